@@ -1,0 +1,54 @@
+"""Walk the leaf layers of any Keras model through public API only."""
+
+import keras
+
+
+def iter_layers(model, prefix=""):
+    """Yield `(path, layer)` for every leaf layer of `model`, depth first.
+
+    Works for Sequential, Functional, subclassed and nested models: it
+    follows the public `layers` property of every model it meets (Keras
+    fills it with the tracked sub-layers of subclassed models too). A
+    custom non-model layer that owns sub-layers is one leaf. Paths are
+    `outer/inner/leaf` layer names; a layer shared in several places is
+    yielded once.
+    """
+    seen = set()
+
+    def walk(layer, path):
+        if id(layer) in seen:
+            return
+        seen.add(id(layer))
+        children = []
+        if isinstance(layer, keras.Model) or hasattr(layer, "layers"):
+            try:
+                children = list(layer.layers)
+            except Exception:  # noqa: BLE001 - a custom `layers` property
+                children = []
+        if children:
+            for child in children:
+                yield from walk(child, f"{path}/{child.name}")
+        elif not isinstance(layer, keras.Model):
+            yield path or layer.name, layer
+
+    for child in model.layers:
+        yield from walk(child, f"{prefix}{child.name}")
+
+
+def leaf_layers(model):
+    """Return a list of the leaf layers of `model` (see `iter_layers`)."""
+    return [layer for _, layer in iter_layers(model)]
+
+
+def target_model(model):
+    """Return the model that compression callbacks should act on.
+
+    A wrapper model that trains another model (such as
+    `keras_slim.distillation.Distiller`, whose teacher is frozen) exposes
+    the trained model as a `student` attribute; callbacks then act on the
+    student. Any other model is its own target.
+    """
+    student = getattr(model, "student", None)
+    if isinstance(student, keras.Model):
+        return student
+    return model

@@ -1,0 +1,43 @@
+"""Executes every `>>>` example in the public docstrings of keras_slim."""
+
+import doctest
+import importlib
+import pkgutil
+
+import pytest
+
+import keras_slim
+
+
+def _public_modules():
+    names = ["keras_slim"]
+    for info in pkgutil.walk_packages(
+        keras_slim.__path__, prefix="keras_slim."
+    ):
+        if not any(part.startswith("_") for part in info.name.split(".")):
+            names.append(info.name)
+    return sorted(names)
+
+
+@pytest.mark.parametrize("module_name", _public_modules())
+def test_docstring_examples_run(module_name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # examples may write files
+    module = importlib.import_module(module_name)
+    finder = doctest.DocTestFinder(exclude_empty=True)
+    runner = doctest.DocTestRunner(
+        optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    )
+    tests = [
+        t
+        for t in finder.find(module, module_name)
+        # Only objects defined in this module, not re-exports.
+        if t.examples and _defined_here(t, module_name)
+    ]
+    for test in tests:
+        runner.run(test)
+    result = runner.summarize(verbose=False)
+    assert result.failed == 0, f"{result.failed} docstring example(s) failed"
+
+
+def _defined_here(test, module_name):
+    return test.name == module_name or test.name.startswith(module_name + ".")
