@@ -1,0 +1,306 @@
+"""Which weights magnitude pruning acts on, and how masks are computed.
+
+Kept free of callbacks so that `MagnitudePruning` and `sparsity_report`
+select exactly the same weights and give the same skip reasons.
+"""
+
+import dataclasses
+import re
+
+import keras
+import numpy as np
+
+from keras_slim import _layers, _validation
+
+_L = keras.layers
+
+# Layer classes whose kernels are pruned by default, with the names of the
+# pruned variables. Order matters: subclasses before their bases.
+_KERNELS = (
+    (
+        (_L.SeparableConv1D, _L.SeparableConv2D),
+        ("depthwise_kernel", "pointwise_kernel"),
+    ),
+    ((_L.DepthwiseConv1D, _L.DepthwiseConv2D), ("kernel",)),
+    ((_L.Conv1DTranspose, _L.Conv2DTranspose, _L.Conv3DTranspose), ("kernel",)),
+    ((_L.Conv1D, _L.Conv2D, _L.Conv3D), ("kernel",)),
+    ((_L.Dense, _L.EinsumDense), ("kernel",)),
+)
+# Pruned only when `filters` selects them explicitly.
+_ON_REQUEST = ((_L.Embedding,), ("embeddings",))
+
+_NOT_PRUNED = (
+    "only kernels of Dense, EinsumDense, Conv, DepthwiseConv, SeparableConv "
+    "and ConvTranspose layers are pruned (never biases or BatchNormalization"
+    "; Embedding only when `filters` selects it)"
+)
+
+
+@dataclasses.dataclass
+class Target:
+    """One prunable variable: where it lives and its N:M input axis."""
+
+    path: str
+    layer: object
+    variable: object
+    input_axis: object  # int, or None when N:M does not apply
+
+    @property
+    def key(self):
+        return f"{self.path}/{self.variable.name}"
+
+
+# ---------------------------------------------------------------- patterns
+
+
+def parse_pattern(pattern):
+    """Return `("unstructured",)`, `("n:m", n, m)` or `("block", bh, bw)`."""
+    if isinstance(pattern, str):
+        if pattern == "unstructured":
+            return ("unstructured",)
+        match = re.fullmatch(r"(\d+):(\d+)", pattern)
+        if match:
+            n, m = int(match.group(1)), int(match.group(2))
+            if 0 < n < m:
+                return ("n:m", n, m)
+    elif (
+        isinstance(pattern, (tuple, list))
+        and len(pattern) == 2
+        and all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0
+            for d in pattern
+        )
+    ):
+        return ("block", pattern[0], pattern[1])
+    raise ValueError(
+        "Expected `pattern` to be 'unstructured', an 'N:M' string with "
+        "0 < N < M such as '2:4', or a block shape (bh, bw) of positive "
+        f"ints. Received: pattern={pattern!r}"
+    )
+
+
+def max_sparsity(pattern):
+    """The highest sparsity a pattern can reach (N:M caps it)."""
+    if pattern[0] == "n:m":
+        return (pattern[2] - pattern[1]) / pattern[2]
+    return 1.0
+
+
+def describe(pattern):
+    if pattern[0] == "n:m":
+        return f"'{pattern[1]}:{pattern[2]}'"
+    if pattern[0] == "block":
+        return f"({pattern[1]}, {pattern[2]})"
+    return "'unstructured'"
+
+
+# --------------------------------------------------------------- selection
+
+
+def _einsum_input_axis(layer):
+    equation = getattr(layer, "equation", "")
+    try:
+        inputs, rest = equation.split(",")
+        kernel, output = rest.split("->")
+    except ValueError:
+        return None
+    if "..." in kernel:
+        return None
+    contracted = [
+        i for i, c in enumerate(kernel) if c in inputs and c not in output
+    ]
+    return contracted[-1] if contracted else None
+
+
+def _input_axis(layer, name):
+    """Axis of `layer.<name>` that the layer reduces its input over."""
+    if isinstance(layer, (_L.DepthwiseConv1D, _L.DepthwiseConv2D)):
+        return None
+    if name == "depthwise_kernel":
+        return None
+    if isinstance(layer, _L.EinsumDense):
+        return _einsum_input_axis(layer)
+    if isinstance(layer, _L.Embedding):
+        return None
+    if isinstance(
+        layer, (_L.Conv1DTranspose, _L.Conv2DTranspose, _L.Conv3DTranspose)
+    ):
+        return -1
+    return -2  # Dense (in, out) and Conv (..., in, out)
+
+
+def _kernel_names(layer, explicit):
+    for classes, names in _KERNELS:
+        if isinstance(layer, classes):
+            return names
+    classes, names = _ON_REQUEST
+    if explicit and isinstance(layer, classes):
+        return names
+    return None
+
+
+def pattern_reason(target_shape, input_axis, pattern):
+    """Why `pattern` cannot apply to a kernel, or `None` if it can."""
+    if pattern[0] != "n:m":
+        return None
+    n, m = pattern[1], pattern[2]
+    if input_axis is None:
+        return (
+            f"pattern {describe(pattern)} groups weights along the input "
+            "(reduction) axis, which this kernel does not have"
+        )
+    size = target_shape[input_axis]
+    if size % m:
+        return (
+            f"pattern {describe(pattern)} needs the input axis (size "
+            f"{size}) to be a multiple of {m}"
+        )
+    del n
+    return None
+
+
+def select(model, filters, pattern, filters_name="filters"):
+    """Return `(targets, skipped)`: prunable variables, `(path, reason)`s.
+
+    Layers without weights are not listed. A layer that `filters`
+    explicitly selects but that cannot be pruned with `pattern` raises a
+    `ValueError`; with the default `filters=None` it is skipped.
+    """
+    predicate = _validation.compile_filters(filters, name=filters_name)
+    explicit = filters is not None
+    targets, skipped = [], []
+    for path, layer in _layers.iter_layers(model):
+        if not layer.weights:
+            continue
+        if not predicate(path, layer):
+            skipped.append((path, f"not selected by `{filters_name}`"))
+            continue
+        names = _kernel_names(layer, explicit)
+        if names is None:
+            kind = type(layer).__name__
+            skipped.append((path, f"{kind}: {_NOT_PRUNED}"))
+            continue
+        for variable in layer.weights:
+            if variable.name not in names:
+                continue
+            if "float" not in str(variable.dtype):
+                skipped.append(
+                    (path, f"{variable.name} is {variable.dtype}, not float")
+                )
+                continue
+            axis = _input_axis(layer, variable.name)
+            reason = pattern_reason(tuple(variable.shape), axis, pattern)
+            if reason is None:
+                targets.append(Target(path, layer, variable, axis))
+            elif explicit:
+                raise ValueError(
+                    f"Layer {path!r} selected by `{filters_name}` cannot be "
+                    f"pruned: {reason}. Exclude it from `{filters_name}` or "
+                    f"use another pattern. Received: pattern="
+                    f"{_pattern_arg(pattern)}"
+                )
+            else:
+                skipped.append((f"{path}/{variable.name}", reason))
+    return targets, skipped
+
+
+def _pattern_arg(pattern):
+    if pattern[0] == "block":
+        return repr((pattern[1], pattern[2]))
+    return describe(pattern)
+
+
+# ------------------------------------------------------------------- masks
+
+
+class _Units:
+    """A kernel cut into pruning units (weights or blocks) with scores.
+
+    `scores[i]` is the mean |w| of unit `i`, `sizes[i]` its number of
+    weights, `eligible[i]` whether the pattern allows pruning it.
+    """
+
+    def __init__(self, weights, input_axis, pattern):
+        self.shape = weights.shape
+        magnitude = np.abs(weights.astype(np.float32))
+        if pattern[0] == "block":
+            self._init_blocks(magnitude, pattern[1], pattern[2])
+            return
+        self.scores = magnitude.reshape(-1)
+        self.sizes = np.ones(self.scores.size, dtype=np.int64)
+        self.eligible = np.ones(self.scores.size, dtype=bool)
+        self._expand = None
+        if pattern[0] == "n:m":
+            self.eligible = _n_m_eligible(
+                magnitude, input_axis, pattern[1], pattern[2]
+            ).reshape(-1)
+
+    def _init_blocks(self, magnitude, bh, bw):
+        rows = int(np.prod(self.shape[:-1])) if len(self.shape) > 1 else 1
+        cols = self.shape[-1]
+        matrix = magnitude.reshape(rows, cols)
+        nr, nc = -(-rows // bh), -(-cols // bw)
+        padded = np.zeros((nr * bh, nc * bw), np.float32)
+        padded[:rows, :cols] = matrix
+        count = np.zeros_like(padded)
+        count[:rows, :cols] = 1.0
+        sums = padded.reshape(nr, bh, nc, bw).sum(axis=(1, 3))
+        sizes = count.reshape(nr, bh, nc, bw).sum(axis=(1, 3))
+        self.scores = (sums / sizes).reshape(-1)
+        self.sizes = sizes.reshape(-1).astype(np.int64)
+        self.eligible = np.ones(self.scores.size, dtype=bool)
+        self._expand = (rows, cols, nr, nc, bh, bw)
+
+    def mask(self, pruned_units):
+        """Weight mask (1 keep, 0 prune) from a boolean per-unit array."""
+        keep = (~pruned_units).astype(np.float32)
+        if self._expand is None:
+            return keep.reshape(self.shape)
+        rows, cols, nr, nc, bh, bw = self._expand
+        full = np.repeat(np.repeat(keep.reshape(nr, nc), bh, 0), bw, 1)
+        return full[:rows, :cols].reshape(self.shape)
+
+
+def _n_m_eligible(magnitude, axis, n, m):
+    """In each group of `m` along `axis`, the `m - n` smallest weights."""
+    moved = np.moveaxis(magnitude, axis, -1)
+    groups = moved.reshape(*moved.shape[:-1], moved.shape[-1] // m, m)
+    ranks = np.argsort(np.argsort(groups, axis=-1, kind="stable"), axis=-1)
+    eligible = (ranks < m - n).reshape(moved.shape)
+    return np.moveaxis(eligible, -1, axis)
+
+
+def _prune_lowest(units_list, target_count):
+    """Mark the lowest-scoring eligible units until `target_count` weights.
+
+    Units are taken in order of score (ties by position) while the
+    cumulative number of weights stays <= `target_count`, across all of
+    `units_list` at once (global scope passes several kernels).
+    """
+    scores = np.concatenate([u.scores for u in units_list])
+    sizes = np.concatenate([u.sizes for u in units_list])
+    eligible = np.concatenate([u.eligible for u in units_list])
+    candidates = np.flatnonzero(eligible)
+    order = candidates[np.argsort(scores[candidates], kind="stable")]
+    cumulative = np.cumsum(sizes[order])
+    count = int(np.searchsorted(cumulative, target_count, side="right"))
+    pruned = np.zeros(scores.size, dtype=bool)
+    pruned[order[:count]] = True
+    out, start = [], 0
+    for units in units_list:
+        stop = start + units.scores.size
+        out.append(units.mask(pruned[start:stop]))
+        start = stop
+    return out
+
+
+def compute_masks(weights, input_axes, pattern, sparsity, scope):
+    """New masks (float32 arrays of 0/1) for `weights` at `sparsity`."""
+    units = [_Units(w, axis, pattern) for w, axis in zip(weights, input_axes)]
+    if scope == "global":
+        total = sum(int(w.size) for w in weights)
+        return _prune_lowest(units, int(round(sparsity * total)))
+    return [
+        _prune_lowest([u], int(round(sparsity * w.size)))[0]
+        for u, w in zip(units, weights)
+    ]
