@@ -1,8 +1,38 @@
 """keras_slim: compression and transfer learning for Keras 3 `model.fit`,
-exported as verified int8 TFLite (LiteRT) models."""
+exported as verified int8 TFLite (LiteRT) models.
 
-from keras_slim._version import __version__
+The headline names are here (`export_tflite`, `inspect_tflite`,
+`profile`); the rest live one level down, by capability:
+`keras_slim.callbacks`, `keras_slim.schedules`, `keras_slim.pruning`,
+`keras_slim.quantization`, `keras_slim.distillation`,
+`keras_slim.transfer`, `keras_slim.litert`, `keras_slim.datasets`,
+`keras_slim.models`.
+"""
+
 from keras_slim import datasets
+from keras_slim import export
+from keras_slim import litert
 from keras_slim import models
+from keras_slim import profiling
+from keras_slim._version import __version__
+from keras_slim.export import ExportReport
+from keras_slim.export import TFLiteInfo
+from keras_slim.export import export_tflite
+from keras_slim.export import inspect_tflite
+from keras_slim.profiling import ModelProfile
+from keras_slim.profiling import profile
 
-__all__ = ["__version__", "datasets", "models"]
+__all__ = [
+    "__version__",
+    "datasets",
+    "export",
+    "litert",
+    "models",
+    "profiling",
+    "ExportReport",
+    "TFLiteInfo",
+    "export_tflite",
+    "inspect_tflite",
+    "ModelProfile",
+    "profile",
+]

@@ -21,7 +21,8 @@ try:
 except RuntimeError:  # already initialised (e.g. by a plugin)
     pass
 
-from keras_slim import datasets, models  # noqa: E402
+from keras_slim import datasets  # noqa: E402
+from keras_slim import models  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -123,7 +124,7 @@ class SubclassedModel(keras.Model):
 
 def subclassed_model(input_shape=(8, 8, 1), num_classes=10):
     model = SubclassedModel(num_classes, name="subclassed_zoo")
-    model.build((None, *input_shape))
+    model(np.zeros((1, *input_shape), "float32"))  # builds every sub-layer
     return model
 
 
