@@ -1,0 +1,208 @@
+"""quantize_model: a new, saveable quantization-aware Keras model."""
+
+import keras
+
+from keras_slim import _validation
+from keras_slim.quantization import _fake_quant
+
+
+def _is_graph_model(model):
+    if isinstance(model, keras.Sequential):
+        return True
+    try:
+        return "input_layers" in model.get_config()
+    except Exception:  # noqa: BLE001 - subclassed get_config
+        return False
+
+
+class _Builder:
+    """Rebuilds a Sequential or Functional model with fake-quant layers."""
+
+    def __init__(self, model, rows, patch):
+        self.rules = {id(layer): rule for _, layer, rule in rows}
+        self.paths = {id(layer): path for path, layer, _ in rows}
+        self.patch = patch
+        self.new_to_old = {}
+        self.copies = []  # (FakeQuant, RangeQuantizer or None)
+        self.names = {layer.name for _, layer, _ in rows}
+
+    def unique(self, name):
+        candidate, i = name, 1
+        while candidate in self.names:
+            i += 1
+            candidate = f"{name}_{i}"
+        self.names.add(candidate)
+        return candidate
+
+    def fake_quant(self, tensor, name, source):
+        layer = _fake_quant.FakeQuant(name=self.unique(name))
+        self.copies.append((layer, source))
+        return layer(tensor)
+
+    def clone_layer(self, layer):
+        if isinstance(layer, keras.Model):
+            new = self.build(layer, top=False)
+        else:
+            rule = self.rules[id(layer)]
+            cls = type(layer)
+            if rule != "skip" and cls in _fake_quant.QUANTIZED_CLASSES:
+                cls = _fake_quant.QUANTIZED_CLASSES[cls]
+            new = cls.from_config(layer.get_config())
+        self.new_to_old[id(new)] = layer
+        return new
+
+    def call_layer(self, new, *args, **kwargs):
+        sc = _fake_quant.current_scope()
+        old = self.new_to_old[id(new)]
+        if isinstance(new, keras.Model):
+            return new(*sc.materialize(args), **kwargs)
+        rule = self.rules[id(old)]
+        path = self.paths[id(old)]
+        source = None
+        if self.patch is not None:
+            source = self.patch.quantizers.get(path)
+
+        def run(new_args):
+            return new(*new_args, **kwargs)
+
+        def quantize_output(t):
+            return self.fake_quant(t, f"{old.name}_quant", source)
+
+        return _fake_quant.place(rule, new, args, run, quantize_output)
+
+    def build(self, model, top):
+        with _fake_quant.scope(training=False, new=True) as sc:
+            inputs = keras.tree.map_structure(
+                lambda t: keras.Input(
+                    batch_shape=t.shape, dtype=t.dtype, name=t.name
+                ),
+                model.inputs
+                if isinstance(model, keras.Sequential)
+                else model.input,
+            )
+            if isinstance(model, keras.Sequential):
+                inputs = inputs[0]
+            if top:
+                source = self.patch.input_quantizer if self.patch else None
+                for t in keras.tree.flatten(inputs):
+                    sc.defer(
+                        t,
+                        "input",
+                        lambda t, s=source: self.fake_quant(
+                            t, "input_quant", s
+                        ),
+                    )
+            if isinstance(model, keras.Sequential):
+                x = inputs
+                for layer in model.layers:
+                    x = self.call_layer(self.clone_layer(layer), x)
+                outputs = x
+            else:
+                clone = keras.models.clone_model(
+                    model,
+                    input_tensors=inputs,
+                    clone_function=self.clone_layer,
+                    call_function=self.call_layer,
+                )
+                outputs = clone.outputs
+                if not isinstance(model.output, (list, tuple, dict)):
+                    outputs = outputs[0]
+            outputs = sc.materialize(outputs)
+            return keras.Model(inputs, outputs, name=model.name)
+
+
+def quantize_model(model, filters=None):
+    """Return a new quantization-aware model with serializable layers.
+
+    Builds a copy of a Sequential or Functional model (nested ones
+    included) in which `Conv1D`/`Conv2D`, `DepthwiseConv2D` and `Dense`
+    become `QuantizedConv2D`, ... (the same layer, same config and
+    weights, with its kernel fake-quantized to int8) and `FakeQuant`
+    layers holding moving-average activation ranges are inserted where
+    the TFLite converter keeps int8 tensors (see
+    `keras_slim.callbacks.QuantizationAwareTraining` for the placement).
+    All of them are registered Keras serializables, so `model.save` and
+    `keras.models.load_model` round-trip the model with its learned
+    ranges, with no custom scope: this is the way to save, reload and
+    resume quantization-aware training. Train it with plain `fit` (ranges
+    move in `training=True` calls) or with the `QuantizationAwareTraining`
+    callback for its delays; export it with `keras_slim.export_tflite`.
+
+    Given a model already made quantization-aware in place by the
+    callback, the new model starts from the ranges that model learned,
+    and predicts the same.
+
+    Args:
+        model: A built Sequential or Functional `keras.Model`. It is not
+            modified.
+        filters: Which layers to quantize: `None` (all), a regex or list of
+            regexes matched against layer paths and names, or a callable
+            `layer -> bool`. Layers left out stay float.
+
+    Returns:
+        A new Functional `keras.Model` (a Sequential input comes back
+        Functional) with the input model's weights, compiled like it (with
+        a new optimizer) when it was compiled.
+
+    Raises:
+        TypeError: if `model` is not a Keras model.
+        ValueError: for a subclassed model, a layer type with no
+            quantization rule (named, with the way to skip it or add a
+            rule), or `filters` matching no layer.
+
+    Example:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((8, 8, 1)),
+    ...     keras.layers.Conv2D(4, 3, activation="relu"),
+    ...     keras.layers.GlobalAveragePooling2D(),
+    ...     keras.layers.Dense(3)])
+    >>> qmodel = quantize_model(model)
+    >>> [type(layer).__name__ for layer in qmodel.layers[1:]]
+    ['FakeQuant', 'QuantizedConv2D', 'FakeQuant', 'GlobalAveragePooling2D', \
+'FakeQuant', 'QuantizedDense', 'FakeQuant']
+    >>> qmodel.save("qat.keras")
+    >>> type(keras.models.load_model("qat.keras").layers[2]).__name__
+    'QuantizedConv2D'
+    """
+    _validation.check_model(model)
+    if not _is_graph_model(model):
+        raise ValueError(
+            "`quantize_model` rebuilds the model's graph, which needs a "
+            "Sequential or Functional model (nested ones included). For a "
+            f"subclassed model ({type(model).__name__}), train with the "
+            "`keras_slim.callbacks.QuantizationAwareTraining` callback "
+            "and export with `keras_slim.export_tflite`, or write it with "
+            "the Functional API. Received: model of type "
+            f"{type(model).__name__}"
+        )
+    predicate = _validation.compile_filters(filters)
+    rows = _fake_quant.plan(model, predicate)
+    if filters is not None and all(r[2] == "skip" for r in rows):
+        raise ValueError(
+            f"`filters` matched no layer of model {model.name!r}: nothing "
+            f"would be quantized. Received: filters={filters!r}"
+        )
+    for _, layer, _ in rows:
+        if isinstance(layer, _fake_quant.FakeQuant):
+            raise ValueError(
+                f"Model {model.name!r} is already quantization-aware: it "
+                f"contains the FakeQuant layer {layer.name!r} from "
+                "`quantize_model`. Train or export it as it is."
+            )
+    patch = _fake_quant.PATCHES.get(model)
+    builder = _Builder(model, rows, patch)
+    new = builder.build(model, top=True)
+    by_id = {id(layer): layer for _, layer, _ in _fake_quant.walk(new)}
+    for new_id, old in builder.new_to_old.items():
+        new_layer = by_id.get(new_id)
+        if new_layer is not None and not isinstance(old, keras.Model):
+            new_layer.set_weights(old.get_weights())
+    for fq, source in builder.copies:
+        if source is not None:
+            fq.min.assign(source.min)
+            fq.max.assign(source.max)
+            fq.initialized.assign(source.initialized)
+    if model.compiled:
+        new.compile_from_config(model.get_compile_config())
+    return new
