@@ -60,8 +60,9 @@ class TFLiteInfo:
             tensor in the main graph.
         inputs, outputs: Lists of dicts with `name`, `shape`, `dtype`,
             `scale` and `zero_point` (`scale` 0.0 when not quantized).
-        float_ops: Compute ops (`"OP_NAME:index"`) that read or write a
-            float tensor, except QUANTIZE and DEQUANTIZE at the edges.
+        float_ops: Ops (`"OP_NAME:index"`) that read or write a float
+            tensor, and QUANTIZE / DEQUANTIZE ops inside the graph (those
+            at the inputs and outputs are expected and not listed).
         int8_only: True when every compute op is integer and QUANTIZE /
             DEQUANTIZE appear only at the model's inputs and outputs.
 
@@ -122,7 +123,6 @@ class TFLiteInfo:
 
         self.ops = {}
         self.float_ops = []
-        edge_violation = False
         for index in range(graph.OperatorsLength()):
             op = graph.Operators(index)
             code = model.OperatorCodes(op.OpcodeIndex())
@@ -133,19 +133,18 @@ class TFLiteInfo:
             self.ops[name] = self.ops.get(name, 0) + 1
             ins = [int(i) for i in op.InputsAsNumpy() if i >= 0]
             outs = [int(i) for i in op.OutputsAsNumpy() if i >= 0]
-            if name == "QUANTIZE" and all(i in input_ids for i in ins):
-                continue
-            if name == "DEQUANTIZE" and all(o in output_ids for o in outs):
-                continue
             if name in _EDGE_OPS:
-                edge_violation = True
+                at_edge = all(i in input_ids for i in ins) or all(
+                    o in output_ids for o in outs
+                )
+                if not at_edge:
+                    self.float_ops.append(f"{name}:{index}")
+                continue
             dtypes = {self.tensors[i]["dtype"] for i in ins + outs}
             if not dtypes <= set(_INTEGER_DTYPES):
                 self.float_ops.append(f"{name}:{index}")
-        self.int8_only = (
-            not self.float_ops
-            and not edge_violation
-            and not any(n.startswith("CUSTOM") for n in self.ops)
+        self.int8_only = not self.float_ops and not any(
+            n.startswith("CUSTOM") for n in self.ops
         )
 
     def __repr__(self):
@@ -287,6 +286,7 @@ def export_tflite(
     sparse=False,
     per_channel_dense=True,
     calibration_steps=None,
+    input_shape=None,
 ):
     """Convert a Keras model to a verified TFLite (LiteRT) file.
 
@@ -334,6 +334,9 @@ def export_tflite(
             NNAPI drivers).
         calibration_steps: Use at most this many representative samples
             (default: all of them, up to 500).
+        input_shape: Input shape without the batch size, for subclassed
+            models, which do not record it (taken from
+            `representative_data` when that is an array).
 
     Returns:
         An `ExportReport` with the file's `TFLiteInfo` as `report.info`.
@@ -382,7 +385,9 @@ def export_tflite(
         ("per_channel_dense", per_channel_dense),
     ):
         _validation.check_type(name, value, bool, "a bool")
-    input_shape, input_dtype = _single_input(model)
+    input_shape, input_dtype = _single_input(
+        model, input_shape, representative_data
+    )
 
     learned = _is_quantization_aware(model)
     if learned and quantization != "int8":
@@ -519,7 +524,7 @@ def _is_quantization_aware(model):
     return bool(is_quantization_aware(model))
 
 
-def _single_input(model):
+def _single_input(model, input_shape, representative_data):
     if _has_inputs(model):
         if len(model.inputs) > 1:
             raise ValueError(
@@ -527,24 +532,40 @@ def _single_input(model):
                 f"a model with {len(model.inputs)} inputs"
             )
         shape = tuple(model.inputs[0].shape[1:])
-        dtype = model.inputs[0].dtype
-    else:
-        # Subclassed models built with `build(input_shape)`.
-        shape_attr = getattr(model, "input_shape", None)
-        if not shape_attr or isinstance(shape_attr[0], (tuple, list)):
+        dtype = str(model.inputs[0].dtype)
+        if input_shape is not None and tuple(input_shape) != shape:
             raise ValueError(
-                "Could not find the input shape of `model`. Build it with "
-                "`model.build((None, *input_shape))` or call it on data. "
-                f"Received: model={model.name!r}"
+                f"`input_shape` must match the model's input shape {shape}. "
+                f"Received: input_shape={input_shape!r}"
             )
-        shape = tuple(shape_attr[1:])
-        dtype = "float32"
+    elif input_shape is not None:
+        if not (
+            isinstance(input_shape, (tuple, list))
+            and all(isinstance(d, int) and d > 0 for d in input_shape)
+        ):
+            raise ValueError(
+                "Expected `input_shape` to be a tuple of positive ints "
+                "without the batch size. Received: "
+                f"input_shape={input_shape!r}"
+            )
+        shape, dtype = tuple(input_shape), "float32"
+    elif isinstance(representative_data, np.ndarray) and (
+        representative_data.ndim >= 2
+    ):
+        shape, dtype = tuple(representative_data.shape[1:]), "float32"
+    else:
+        # Subclassed models do not record their input shape publicly.
+        raise ValueError(
+            "`model` does not record its input shape (a subclassed model?): "
+            "pass `input_shape=(height, width, channels)` (without the "
+            f"batch size). Received: input_shape=None for model={model.name!r}"
+        )
     if any(d is None for d in shape):
         raise ValueError(
             "`export_tflite` needs a fixed input shape (besides the batch "
             f"size). Received: a model with input shape {shape}"
         )
-    return shape, str(dtype)
+    return shape, dtype
 
 
 def _has_inputs(model):

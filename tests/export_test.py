@@ -1,0 +1,276 @@
+"""export_tflite and inspect_tflite on real models and the digits."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import ZOO
+from conftest import accuracy
+
+from keras_slim import export_tflite
+from keras_slim import inspect_tflite
+from keras_slim import litert
+
+
+@pytest.fixture
+def exported(trained_cnn, digits, tmp_path):
+    (x, _), _ = digits
+    paths = {}
+    for q in ("float32", "int8"):
+        path = str(tmp_path / f"{q}.tflite")
+        export_tflite(
+            trained_cnn, path, quantization=q,
+            representative_data=x[:300] if q == "int8" else None,
+        )
+        paths[q] = path
+    return paths
+
+
+def test_float32_file_matches_keras_exactly(trained_cnn, digits, exported):
+    _, (x_test, _) = digits
+    c = litert.compare(trained_cnn, exported["float32"], x_test)
+    assert c.agreement == 1.0
+    assert c.max_abs_error < 1e-4
+
+
+def test_int8_file_is_int8_only_small_and_as_accurate(
+    trained_cnn, digits, exported
+):
+    _, (x_test, y_test) = digits
+    info = inspect_tflite(exported["int8"])
+    float_info = inspect_tflite(exported["float32"])
+    assert info.int8_only, info.float_ops
+    assert info.ops["CONV_2D"] == 3
+    assert info.ops["DEPTHWISE_CONV_2D"] == 1
+    assert info.ops["FULLY_CONNECTED"] == 1
+    assert info.bytes <= 0.36 * float_info.bytes
+    assert info.gzip_bytes < info.bytes
+    keras_acc = accuracy(trained_cnn.predict(x_test, verbose=0), y_test)
+    int8_acc = litert.evaluate(exported["int8"], x_test, y_test)
+    assert keras_acc > 0.93
+    assert abs(keras_acc - int8_acc) <= 0.01
+    assert litert.compare(trained_cnn, exported["int8"], x_test).agreement >= (
+        0.985
+    )
+
+
+def test_signature_has_batch_one_and_float_io_by_default(exported):
+    info = inspect_tflite(exported["int8"])
+    assert info.inputs[0]["shape"] == (1, 32, 32, 1)
+    assert info.inputs[0]["dtype"] == "float32"
+    assert info.outputs[0]["dtype"] == "float32"
+    assert "int8_only: True" in str(info)
+
+
+@pytest.mark.parametrize("io_dtype", ["int8", "uint8"])
+def test_full_integer_io_quantizes_inputs_and_outputs(
+    trained_cnn, digits, tmp_path, io_dtype
+):
+    (x, _), (x_test, y_test) = digits
+    path = str(tmp_path / "io.tflite")
+    report = export_tflite(
+        trained_cnn, path, representative_data=x[:200], io_dtype=io_dtype
+    )
+    inp = report.info.inputs[0]
+    assert inp["dtype"] == io_dtype
+    assert report.info.outputs[0]["dtype"] == io_dtype
+    assert inp["scale"] == pytest.approx(1 / 255, rel=1e-3)
+    assert report.int8_only
+    keras_acc = accuracy(trained_cnn.predict(x_test, verbose=0), y_test)
+    assert abs(litert.evaluate(path, x_test, y_test) - keras_acc) <= 0.015
+
+
+@pytest.mark.parametrize("quantization,ratio", [("float16", 0.6),
+                                                ("dynamic", 0.4)])
+def test_float16_and_dynamic_shrink_and_keep_predictions(
+    trained_cnn, digits, tmp_path, exported, quantization, ratio
+):
+    _, (x_test, _) = digits
+    path = str(tmp_path / f"{quantization}.tflite")
+    report = export_tflite(trained_cnn, path, quantization=quantization)
+    assert not report.int8_only
+    assert report.ranges is None
+    assert report.info.bytes <= ratio * inspect_tflite(
+        exported["float32"]).bytes
+    assert litert.compare(trained_cnn, path, x_test).agreement >= 0.99
+
+
+def test_per_tensor_dense_gives_one_scale_for_fully_connected_weights(
+    trained_cnn, digits, tmp_path
+):
+    (x, _), _ = digits
+
+    def dense_weight_scales(per_channel):
+        path = str(tmp_path / f"pc{per_channel}.tflite")
+        info = export_tflite(trained_cnn, path, representative_data=x[:100],
+                             per_channel_dense=per_channel).info
+        [kernel] = [t for t in info.tensors
+                    if t["dtype"] == "int8" and t["shape"] == (10, 64)]
+        return kernel["scale"]
+
+    assert isinstance(dense_weight_scales(True), list)
+    assert len(dense_weight_scales(True)) == 10
+    assert isinstance(dense_weight_scales(False), float)
+
+
+def test_dynamic_batch_runs_whole_arrays(trained_cnn, digits, tmp_path):
+    _, (x_test, _) = digits
+    path = str(tmp_path / "dyn.tflite")
+    export_tflite(trained_cnn, path, quantization="float32", batch_size=None)
+    c = litert.compare(trained_cnn, path, x_test[:100])
+    assert c.samples == 100 and c.agreement == 1.0
+
+
+@pytest.mark.parametrize("kind", sorted(ZOO))
+def test_every_kind_of_model_exports_int8_only(kind, digits_small, tmp_path):
+    (x, y), (x_test, _) = digits_small
+    model = ZOO[kind]()
+    path = str(tmp_path / "m.tflite")
+    report = export_tflite(model, path, representative_data=x[:100])
+    assert report.int8_only, report.info.float_ops
+    float_path = str(tmp_path / "f.tflite")
+    export_tflite(model, float_path, quantization="float32",
+                  input_shape=(8, 8, 1))
+    assert litert.compare(model, float_path, x_test[:50]).max_abs_error < 1e-4
+
+
+@pytest.mark.slow
+def test_keras_applications_backbone_exports_int8_only(tmp_path):
+    model = keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10
+    )
+    data = np.random.default_rng(0).random((32, 32, 32, 3), "float32")
+    report = export_tflite(model, str(tmp_path / "mnv2.tflite"),
+                           representative_data=data)
+    assert report.int8_only, report.info.float_ops
+    assert report.info.ops["DEPTHWISE_CONV_2D"] == 17
+
+
+def test_representative_data_as_dataset_generator_or_function(
+    trained_cnn, digits, tmp_path
+):
+    (x, y), _ = digits
+    dataset = tf.data.Dataset.from_tensor_slices((x[:64], y[:64])).batch(16)
+
+    def generator():
+        for i in range(32):
+            yield [x[i : i + 1]]
+
+    for i, data in enumerate([dataset, generator(), generator]):
+        report = export_tflite(trained_cnn, str(tmp_path / f"{i}.tflite"),
+                               representative_data=data)
+        assert report.int8_only
+        assert report.calibration_samples in (64, 32)
+
+
+# ------------------------------------------------------------ bad input
+
+
+@pytest.fixture
+def existing_file(tmp_path):
+    path = tmp_path / "model.tflite"
+    path.write_bytes(b"precious")
+    return path
+
+
+def _assert_untouched(path):
+    assert path.read_bytes() == b"precious"
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(quantization="int4"), ValueError,
+         r"`quantization`.*Received: quantization='int4'"),
+        (dict(quantization="int8"), ValueError,
+         r"needs `representative_data`.*Received: representative_data=None"),
+        (dict(representative_data=np.zeros((4, 28, 28, 1), "float32")),
+         ValueError, r"shape \(n, 32, 32, 1\).*shape \(4, 28, 28, 1\)"),
+        (dict(representative_data=np.array([["a"] * 32] * 2)),
+         ValueError, r"representative_data"),
+        (dict(representative_data=np.zeros((4, 32, 32, 1), "<U1")),
+         ValueError, r"dtype <U1"),
+        (dict(representative_data=[1, 2, 3]), TypeError,
+         r"representative_data` to be a NumPy array"),
+        (dict(quantization="float32", io_dtype="int8"), ValueError,
+         r"`io_dtype='int8'` needs `quantization='int8'`"),
+        (dict(io_dtype="int4"), ValueError, r"Received: io_dtype='int4'"),
+        (dict(batch_size=0), ValueError, r"Received: batch_size=0"),
+        (dict(quantization="float32", representative_data=np.zeros(
+            (1, 32, 32, 1))), ValueError, r"only with `quantization='int8'`"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_work(
+    trained_cnn, existing_file, kwargs, error, match
+):
+    with pytest.raises(error, match=match):
+        export_tflite(trained_cnn, str(existing_file), **kwargs)
+    _assert_untouched(existing_file)
+
+
+def test_non_keras_and_unbuilt_models_are_refused(tmp_path):
+    with pytest.raises(TypeError, match=r"Keras 3 `keras.Model`.*str"):
+        export_tflite("model.keras", str(tmp_path / "m.tflite"))
+    unbuilt = keras.Sequential([keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match=r"to be built"):
+        export_tflite(unbuilt, str(tmp_path / "m.tflite"))
+
+
+def test_subclassed_model_without_input_shape_is_refused(tmp_path):
+    model = ZOO["subclassed"]()
+    with pytest.raises(ValueError, match=r"pass `input_shape=.*"
+                       r"Received: input_shape=None"):
+        export_tflite(model, str(tmp_path / "m.tflite"),
+                      quantization="float32")
+
+
+def test_missing_folder_and_wrong_suffix_are_refused(trained_cnn, tmp_path):
+    with pytest.raises(ValueError, match=r"folder of `filepath` does not"):
+        export_tflite(trained_cnn, str(tmp_path / "no" / "m.tflite"),
+                      quantization="float32")
+    with pytest.raises(ValueError, match=r"end with \.tflite"):
+        export_tflite(trained_cnn, str(tmp_path / "m.keras"),
+                      quantization="float32")
+
+
+@keras.saving.register_keras_serializable(package="keras_slim_tests")
+class Sine(keras.layers.Layer):
+    def call(self, x):
+        return keras.ops.sin(x)
+
+
+def test_int8_with_unquantizable_op_fails_and_keeps_existing_file(
+    existing_file, tmp_path
+):
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(4), Sine(),
+         keras.layers.Dense(2)]
+    )
+    data = np.random.default_rng(0).random((16, 4), "float32")
+    with pytest.raises(ValueError, match=r"(?i)float|refused"):
+        export_tflite(model, str(existing_file), representative_data=data)
+    _assert_untouched(existing_file)
+    mixed = str(tmp_path / "mixed.tflite")
+    report = export_tflite(model, mixed, representative_data=data,
+                           allow_float_fallback=True)
+    assert not report.int8_only
+    assert any(op.startswith("SIN") for op in report.info.float_ops)
+
+
+def test_inspect_refuses_missing_and_non_tflite_files(tmp_path):
+    with pytest.raises(ValueError, match=r"No such file for `filepath`"):
+        inspect_tflite(str(tmp_path / "missing.tflite"))
+    text = tmp_path / "notes.tflite"
+    text.write_text("not a model")
+    with pytest.raises(ValueError, match=r"TFLite flatbuffer"):
+        inspect_tflite(str(text))
+
+
+def test_failed_export_leaves_no_temporary_files(trained_cnn, tmp_path):
+    with pytest.raises(ValueError):
+        export_tflite(trained_cnn, str(tmp_path / "m.tflite"),
+                      representative_data=np.zeros((2, 8, 8, 1)))
+    assert os.listdir(tmp_path) == []
