@@ -75,3 +75,5 @@ def load_digits(image_size=32, test_size=0.25, seed=0, channels=1):
         )
     )
     return (x_train, y_train), (x_test, y_test)
+
+__all__ = ["load_digits"]

@@ -652,3 +652,5 @@ def _representative_samples(data, input_shape, input_dtype, limit):
     if len(data) == 0:
         fail("an empty array")
     return data[:limit].astype(input_dtype)
+
+__all__ = ["export_tflite", "inspect_tflite", "ExportReport", "TFLiteInfo"]

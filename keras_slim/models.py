@@ -140,3 +140,5 @@ def residual_cnn(
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     outputs = layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, outputs, name=name)
+
+__all__ = ["small_cnn", "residual_cnn"]

@@ -269,3 +269,5 @@ def profile(model):
         for w, v in zip(weights, values):
             int8_bytes += v.size * (4 if "bias" in w.path else 1)
     return ModelProfile(model.name, rows, float32_bytes, int8_bytes)
+
+__all__ = ["profile", "ModelProfile", "LayerProfile"]
