@@ -52,7 +52,8 @@ class QuantizationAwareTraining(keras.callbacks.Callback):
     from `quantize_model`, which has a new optimizer), so a resumed `fit`
     continues where it stopped. Each epoch writes
     `logs["quantization_active"]`, `logs["quantization_ranges_frozen"]`
-    and `logs["batchnorm_frozen"]` (1.0 or 0.0).
+    and `logs["batchnorm_frozen"]` (1.0 or 0.0), the state of the epoch's
+    last step.
 
     Reference: Jacob et al., "Quantization and Training of Neural Networks
     for Efficient Integer-Arithmetic-Only Inference", CVPR 2018.
@@ -87,7 +88,7 @@ class QuantizationAwareTraining(keras.callbacks.Callback):
     ...     keras.layers.Dense(2)])
     >>> model.compile("adam", "mse")
     >>> x, y = np.random.rand(32, 4), np.random.rand(32, 2)
-    >>> qat = QuantizationAwareTraining(freeze_ranges_after=2)
+    >>> qat = QuantizationAwareTraining(freeze_ranges_after=4)
     >>> history = model.fit(x, y, epochs=2, batch_size=8, verbose=0,
     ...                     callbacks=[qat])
     >>> history.history["quantization_ranges_frozen"]
@@ -216,7 +217,8 @@ class QuantizationAwareTraining(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and self.state is not None:
-            active, frozen, bn_frozen = self.state_at(self.step)
+            # The state of the epoch's last step.
+            active, frozen, bn_frozen = self.state
             logs["quantization_active"] = float(active)
             logs["quantization_ranges_frozen"] = float(frozen)
             logs["batchnorm_frozen"] = float(bn_frozen)

@@ -1,0 +1,120 @@
+"""tfmot QAT on the demo CNN under tf_keras (run in a subprocess).
+
+Usage: TF_USE_LEGACY_KERAS=1 python -m benchmarks._tfmot_qat DATA.npz
+    --base-epochs 20 --epochs 5 --seed 0
+Prints one JSON object on stdout.
+"""
+
+import argparse
+import json
+import os
+import time
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_model_optimization as tfmot  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+
+class EpochTimer(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.times = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times.append(time.perf_counter() - self.start)
+
+
+def small_cnn(shape, num_classes=10, m=0.9):
+    L = keras.layers
+    inputs = keras.Input(shape)
+    x = L.Conv2D(16, 3, strides=2, padding="same", use_bias=False)(inputs)
+    x = L.ReLU()(L.BatchNormalization(momentum=m)(x))
+    x = L.DepthwiseConv2D(3, padding="same", use_bias=False)(x)
+    x = L.ReLU()(L.BatchNormalization(momentum=m)(x))
+    x = L.Conv2D(32, 1, use_bias=False)(x)
+    x = L.ReLU()(L.BatchNormalization(momentum=m)(x))
+    x = L.MaxPooling2D()(x)
+    x = L.Conv2D(64, 3, padding="same", use_bias=False)(x)
+    x = L.ReLU()(L.BatchNormalization(momentum=m)(x))
+    x = L.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, L.Dense(num_classes)(x))
+
+
+def compile_(model, lr):
+    model.compile(
+        keras.optimizers.Adam(lr),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+
+
+def tflite_predict(data, x):
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=data)
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    preds = []
+    for i in range(len(x)):
+        it.set_tensor(inp["index"], x[i : i + 1])
+        it.invoke()
+        preds.append(it.get_tensor(out["index"])[0])
+    return np.array(preds)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("data")
+    p.add_argument("--base-epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    d = np.load(a.data)
+    x, y, xt, yt = d["x"], d["y"], d["xt"], d["yt"]
+    keras.utils.set_random_seed(a.seed)
+    model = small_cnn(x.shape[1:])
+    compile_(model, 1e-3)
+    model.fit(x, y, batch_size=64, epochs=a.base_epochs, verbose=0)
+    base = model.get_weights()
+    # Plain fine-tune (timing reference under tf_keras).
+    plain = small_cnn(x.shape[1:])
+    plain.set_weights(base)
+    compile_(plain, 1e-4)
+    t_plain = EpochTimer()
+    plain.fit(
+        x, y, batch_size=64, epochs=a.epochs, verbose=0, callbacks=[t_plain]
+    )
+    qat = tfmot.quantization.keras.quantize_model(model)
+    compile_(qat, 1e-4)
+    t_qat = EpochTimer()
+    qat.fit(x, y, batch_size=64, epochs=a.epochs, verbose=0, callbacks=[t_qat])
+    keras_pred = qat.predict(xt, verbose=0)
+    conv = tf.lite.TFLiteConverter.from_keras_model(qat)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    data = conv.convert()
+    pred = tflite_predict(data, xt)
+    steady = slice(1, None) if a.epochs > 1 else slice(None)
+    print(
+        json.dumps(
+            {
+                "keras_accuracy": float(np.mean(keras_pred.argmax(1) == yt)),
+                "int8_accuracy": float(np.mean(pred.argmax(1) == yt)),
+                "agreement": float(
+                    np.mean(pred.argmax(1) == keras_pred.argmax(1))
+                ),
+                "plain_epoch_s": float(np.median(t_plain.times[steady])),
+                "qat_epoch_s": float(np.median(t_qat.times[steady])),
+                "bytes": len(data),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

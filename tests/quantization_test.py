@@ -1,0 +1,384 @@
+"""Quantization-aware training: the callback, quantize_model, parity of the
+Keras model with its int8 TFLite file."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import accuracy
+from conftest import compile_classifier
+from conftest import subclassed_model
+
+import keras_slim
+from keras_slim import litert
+from keras_slim import models
+from keras_slim.quantization import QuantizationAwareTraining
+from keras_slim.quantization import is_quantization_aware
+from keras_slim.quantization import quantize_model
+from keras_slim.quantization import register_quantization_rule
+
+
+def _ranges(model):
+    """Learned activation ranges of a model from `quantize_model`."""
+    return {
+        layer.name: (float(layer.min.numpy()), float(layer.max.numpy()))
+        for layer in model.layers
+        if type(layer).__name__ == "FakeQuant"
+    }
+
+
+def _small_dense(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(10),
+        ],
+        name="small_dense",
+    )
+
+
+def _qat_fit(model, digits, epochs=1, lr=1e-3, **kwargs):
+    (x, y), _ = digits
+    if not model.compiled:
+        compile_classifier(model, lr)
+    qat = QuantizationAwareTraining(**kwargs)
+    history = model.fit(
+        x, y, batch_size=64, epochs=epochs, verbose=0, callbacks=[qat]
+    )
+    return history
+
+
+def _assert_parity(model, path, x_test, y_test, min_agreement=0.995):
+    report = keras_slim.export_tflite(
+        model, path, input_shape=tuple(x_test.shape[1:])
+    )
+    assert report.ranges == "learned"
+    info = keras_slim.inspect_tflite(path)
+    assert info.int8_only, info.float_ops
+    comparison = litert.compare(model, path, x_test)
+    assert comparison.agreement >= min_agreement
+    keras_acc = accuracy(model.predict(x_test, verbose=0), y_test)
+    tflite_acc = litert.evaluate(path, x_test, y_test)
+    return keras_acc, tflite_acc, comparison
+
+
+# --------------------------------------------------------------- parity
+
+
+@pytest.mark.slow
+def test_trained_demo_cnn_int8_file_agrees_with_keras_after_qat(
+    trained_cnn, digits, tmp_path
+):
+    _, (x_test, y_test) = digits
+    float_acc = accuracy(trained_cnn.predict(x_test, verbose=0), y_test)
+    # An already-trained, compiled model: fit once so that its train
+    # function is compiled before the callback changes the forward pass.
+    trained_cnn.optimizer.learning_rate.assign(1e-4)
+    history = _qat_fit(
+        trained_cnn, digits, epochs=3, lr=1e-4, freeze_bn_delay=40
+    )
+    assert history.history["batchnorm_frozen"] == [0.0, 1.0, 1.0]
+    assert is_quantization_aware(trained_cnn)
+    keras_acc, tflite_acc, _ = _assert_parity(
+        trained_cnn, tmp_path / "cnn.tflite", x_test, y_test
+    )
+    assert abs(keras_acc - tflite_acc) <= 0.003
+    assert tflite_acc >= float_acc - 0.01
+    assert tflite_acc >= 0.95
+
+
+@pytest.mark.slow
+def test_residual_depthwise_model_int8_file_agrees_with_keras(digits, tmp_path):
+    (x, y), (x_test, y_test) = digits
+    model = compile_classifier(models.residual_cnn())
+    model.fit(x, y, batch_size=64, epochs=8, verbose=0)
+    model.optimizer.learning_rate.assign(3e-4)
+    _qat_fit(model, digits, epochs=3, freeze_bn_delay=44)
+    keras_acc, tflite_acc, _ = _assert_parity(
+        model, tmp_path / "residual.tflite", x_test, y_test
+    )
+    assert abs(keras_acc - tflite_acc) <= 0.003
+    assert tflite_acc >= 0.8
+    info = keras_slim.inspect_tflite(tmp_path / "residual.tflite")
+    assert {"ADD", "DEPTHWISE_CONV_2D", "CONCATENATION"} <= set(info.ops)
+
+
+@pytest.mark.slow
+def test_every_kind_of_model_exports_all_int8_after_two_epochs(
+    zoo_model, digits_small, tmp_path
+):
+    _, (x_test, y_test) = digits_small
+    _qat_fit(zoo_model, digits_small, epochs=2)
+    assert is_quantization_aware(zoo_model)
+    _assert_parity(
+        zoo_model,
+        tmp_path / "zoo.tflite",
+        x_test,
+        y_test,
+        min_agreement=0.98,
+    )
+
+
+# ------------------------------------------------------- the callback
+
+
+def test_pretrained_model_becomes_quantization_aware_despite_compiled_step(
+    digits_small,
+):
+    (x, y), (x_test, _) = digits_small
+    model = compile_classifier(_small_dense())
+    model.fit(x, y, batch_size=64, epochs=1, verbose=0)  # traced step
+    float_pred = model.predict(x_test, verbose=0)
+    assert not is_quantization_aware(model)
+    model.optimizer.learning_rate.assign(0.0)
+    _qat_fit(model, digits_small, epochs=1)
+    assert is_quantization_aware(model)
+    # Same weights (lr 0), but the forward pass now simulates int8.
+    qat_pred = model.predict(x_test, verbose=0)
+    diff = np.abs(qat_pred - float_pred).max()
+    assert 1e-4 < diff < 0.5
+
+
+def test_predict_and_evaluate_leave_ranges_untouched(digits_small):
+    (x, y), (x_test, y_test) = digits_small
+    model = _small_dense()
+    _qat_fit(model, digits_small)
+    qmodel = quantize_model(model)  # snapshots the learned ranges
+    before = _ranges(qmodel)
+    model.predict(x_test * 5.0, verbose=0)
+    model.evaluate(x_test * 5.0, y_test, verbose=0)
+    model(x_test[:8] * 5.0)
+    assert _ranges(quantize_model(model)) == before
+    # Training steps do move them.
+    _qat_fit(model, digits_small)
+    assert _ranges(quantize_model(model)) != before
+
+
+def test_freeze_ranges_after_stops_range_updates_and_logs_it(digits_small):
+    model = _small_dense()
+    history = _qat_fit(model, digits_small, epochs=2, freeze_ranges_after=22)
+    assert history.history["quantization_ranges_frozen"] == [0.0, 1.0]
+    before = _ranges(quantize_model(model))
+    _qat_fit(model, digits_small, epochs=1, freeze_ranges_after=22)
+    assert _ranges(quantize_model(model)) == before
+
+
+def test_quantize_delay_trains_float_first(digits_small):
+    model = _small_dense()
+    history = _qat_fit(model, digits_small, epochs=2, quantize_delay=22)
+    assert history.history["quantization_active"] == [0.0, 1.0]
+    assert is_quantization_aware(model)
+
+
+def test_freeze_bn_delay_stops_moving_statistics(digits_small):
+    model = compile_classifier(models.residual_cnn((8, 8, 1)))
+    bn = model.get_layer("stem_bn")
+    history = _qat_fit(model, digits_small, epochs=2, freeze_bn_delay=22)
+    assert history.history["batchnorm_frozen"] == [0.0, 1.0]
+    mean = bn.moving_mean.numpy().copy()
+    _qat_fit(model, digits_small, epochs=1, freeze_bn_delay=22)
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), mean)
+    assert np.abs(mean).max() > 0  # it did move before the delay
+
+
+def test_save_after_callback_refuses_and_points_to_quantize_model(
+    digits_small, tmp_path
+):
+    model = _small_dense()
+    _qat_fit(model, digits_small)
+    with pytest.raises(ValueError, match="quantize_model"):
+        model.save(tmp_path / "m.keras")
+    with pytest.raises(ValueError, match="quantize_model"):
+        keras.saving.save_model(model, tmp_path / "m2.keras")
+    with pytest.raises(ValueError, match="quantize_model"):
+        model.save_weights(tmp_path / "m.weights.h5")
+
+
+@pytest.mark.slow
+def test_pruned_zeros_survive_quantization_aware_training(
+    digits_small, tmp_path
+):
+    from keras_slim.pruning import MagnitudePruning
+    from keras_slim.schedules import ConstantSparsity
+
+    (x, y), (x_test, y_test) = digits_small
+    model = compile_classifier(_small_dense())
+    pruning = MagnitudePruning(ConstantSparsity(0.75, begin_step=0))
+    qat = QuantizationAwareTraining()
+    model.fit(
+        x, y, batch_size=64, epochs=2, verbose=0, callbacks=[pruning, qat]
+    )
+    kernel = model.layers[1].kernel.numpy()
+    assert np.mean(kernel == 0) == pytest.approx(0.75, abs=0.01)
+    path = tmp_path / "sparse.tflite"
+    keras_slim.export_tflite(model, path)
+    info = keras_slim.inspect_tflite(path)
+    assert info.int8_only
+    assert litert.compare(model, path, x_test).agreement >= 0.98
+    dense = _small_dense()
+    dense_qat = compile_classifier(dense)
+    _qat_fit(dense_qat, digits_small, epochs=2)
+    keras_slim.export_tflite(dense_qat, tmp_path / "dense.tflite")
+    dense_info = keras_slim.inspect_tflite(tmp_path / "dense.tflite")
+    assert info.gzip_bytes < 0.7 * dense_info.gzip_bytes
+
+
+# ------------------------------------------------------ quantize_model
+
+
+def test_quantize_model_round_trips_learned_ranges_without_scope(
+    digits_small, tmp_path
+):
+    (x, y), (x_test, _) = digits_small
+    model = _small_dense()
+    _qat_fit(model, digits_small)
+    expected = model.predict(x_test, verbose=0)
+    qmodel = quantize_model(model)
+    np.testing.assert_allclose(
+        qmodel.predict(x_test, verbose=0), expected, atol=1e-5
+    )
+    assert is_quantization_aware(qmodel)
+    qmodel.save(tmp_path / "q.keras")
+    reloaded = keras.models.load_model(tmp_path / "q.keras")
+    assert _ranges(reloaded) == _ranges(qmodel)
+    np.testing.assert_allclose(
+        reloaded.predict(x_test, verbose=0), expected, atol=1e-5
+    )
+
+
+@pytest.mark.slow
+def test_quantize_model_leaves_input_untouched_and_resumes_training(
+    digits_small, tmp_path
+):
+    (x, y), (x_test, y_test) = digits_small
+    model = compile_classifier(models.residual_cnn((8, 8, 1)))
+    before = model.predict(x_test, verbose=0)
+    qmodel = quantize_model(model)
+    assert [type(layer) for layer in model.layers][1] is keras.layers.Conv2D
+    np.testing.assert_array_equal(model.predict(x_test, verbose=0), before)
+    assert not is_quantization_aware(qmodel)
+    qmodel.fit(x, y, batch_size=64, epochs=3, verbose=0)
+    assert is_quantization_aware(qmodel)
+    qmodel.save(tmp_path / "q.keras")
+    reloaded = keras.models.load_model(tmp_path / "q.keras")
+    history = reloaded.fit(
+        x,
+        y,
+        batch_size=64,
+        epochs=1,
+        verbose=0,
+        callbacks=[QuantizationAwareTraining()],
+    )
+    assert history.history["quantization_active"] == [1.0]
+    _assert_parity(
+        reloaded, tmp_path / "q.tflite", x_test, y_test, min_agreement=0.98
+    )
+
+
+def test_filters_keep_unselected_layers_float():
+    model = models.residual_cnn((8, 8, 1))
+    qmodel = quantize_model(model, filters=lambda layer: layer.name != "logits")
+    assert type(qmodel.get_layer("logits")) is keras.layers.Dense
+    assert type(qmodel.get_layer("stem_conv")).__name__ == "QuantizedConv2D"
+
+
+def test_custom_layer_rule_can_be_registered():
+    class Halve(keras.layers.Layer):
+        def call(self, x):
+            return x * 0.5
+
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3), Halve(name="halve")]
+    )
+    with pytest.raises(ValueError, match="`Halve` has no int8 quantization"):
+        quantize_model(model)
+    register_quantization_rule(Halve, "output")
+    qmodel = quantize_model(model)
+    assert "halve_quant" in [layer.name for layer in qmodel.layers]
+
+
+# ------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"quantize_delay": -1}, "quantize_delay"),
+        ({"freeze_bn_delay": -5}, "freeze_bn_delay"),
+        ({"freeze_ranges_after": -1}, "freeze_ranges_after"),
+        (
+            {"quantize_delay": 10, "freeze_ranges_after": 5},
+            "freeze_ranges_after",
+        ),
+        ({"verbose": 3}, "verbose"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        QuantizationAwareTraining(**kwargs)
+
+
+def test_wrong_types_are_refused():
+    with pytest.raises(TypeError, match="quantize_delay"):
+        QuantizationAwareTraining(quantize_delay=1.5)
+    with pytest.raises(TypeError, match="filters"):
+        QuantizationAwareTraining(filters=3)
+    with pytest.raises(TypeError, match="model"):
+        quantize_model("model")
+    with pytest.raises(TypeError, match="layer_class"):
+        register_quantization_rule("Dense", "output")
+    with pytest.raises(ValueError, match="rule"):
+        register_quantization_rule(keras.layers.Layer, "int4")
+
+
+def test_filters_matching_nothing_fail_before_training(digits_small):
+    model = compile_classifier(_small_dense())
+    weights = model.get_weights()
+    with pytest.raises(ValueError, match="matched no layer"):
+        _qat_fit(model, digits_small, filters="no_such_layer")
+    for before, after in zip(weights, model.get_weights()):
+        np.testing.assert_array_equal(before, after)
+    with pytest.raises(ValueError, match="matched no layer"):
+        quantize_model(model, filters=["nothing"])
+
+
+def test_layer_without_rule_is_named_before_training(digits_small):
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Flatten(),
+            keras.layers.LayerNormalization(name="norm"),
+            keras.layers.Dense(10),
+        ]
+    )
+    compile_classifier(model)
+    with pytest.raises(
+        ValueError,
+        match="'norm' of type `LayerNormalization`"
+        ".*filters.*register_quantization_rule",
+    ):
+        _qat_fit(model, digits_small)
+    assert model.optimizer.iterations.numpy() == 0
+
+
+def test_subclassed_model_is_refused_by_quantize_model():
+    with pytest.raises(ValueError, match="Sequential or Functional"):
+        quantize_model(subclassed_model())
+
+
+def test_export_refuses_representative_data_for_qat_model(
+    digits_small, tmp_path
+):
+    (x, _), _ = digits_small
+    model = _small_dense()
+    _qat_fit(model, digits_small)
+    with pytest.raises(ValueError, match="representative_data"):
+        keras_slim.export_tflite(
+            model, tmp_path / "m.tflite", representative_data=x[:10]
+        )
+    with pytest.raises(ValueError, match="quantization"):
+        keras_slim.export_tflite(
+            model, tmp_path / "m.tflite", quantization="float16"
+        )
