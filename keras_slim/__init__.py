@@ -24,11 +24,17 @@ from keras_slim.profiling import profile
 
 __all__ = [
     "__version__",
+    "callbacks",
     "datasets",
+    "distillation",
     "export",
     "litert",
     "models",
     "profiling",
+    "pruning",
+    "quantization",
+    "schedules",
+    "transfer",
     "ExportReport",
     "TFLiteInfo",
     "export_tflite",
