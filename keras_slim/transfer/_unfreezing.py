@@ -1,0 +1,245 @@
+"""GradualUnfreezing: unfreeze blocks from the top down within one fit."""
+
+import keras
+
+from keras_slim import _layers
+from keras_slim import _validation
+from keras_slim.transfer import _freezing
+
+
+def _stage_kwargs(epoch, value):
+    """Turn one schedule value into `unfreeze` keyword arguments."""
+    if isinstance(value, dict):
+        unknown = set(value) - {"up_to", "fraction", "filters"}
+        if unknown:
+            raise ValueError(
+                "Expected the schedule's dict values to use the keys "
+                "'up_to', 'fraction', 'filters'. Received: "
+                f"schedule[{epoch}]={value!r}"
+            )
+        kwargs = dict(value)
+    elif isinstance(value, float):
+        kwargs = {"fraction": value}
+    elif isinstance(value, (str, int)) and not isinstance(value, bool):
+        kwargs = {"up_to": value}
+    else:
+        raise TypeError(
+            "Expected each schedule value to be a layer name or index "
+            "(`up_to`), a float (`fraction`) or a dict of `unfreeze` "
+            f"arguments. Received: schedule[{epoch}]={value!r}"
+        )
+    kwargs.setdefault("up_to", None)
+    kwargs.setdefault("fraction", None)
+    kwargs.setdefault("filters", None)
+    return kwargs
+
+
+class GradualUnfreezing(keras.callbacks.Callback):
+    """Unfreeze a model from the top down at given epochs of one `fit`.
+
+    ULMFiT-style gradual unfreezing: train the new head on a frozen body
+    first, then let ever deeper blocks train, so the pretrained features
+    are not wrecked by the large early gradients of a random head. At the
+    start of each scheduled epoch the callback unfreezes layers as
+    `keras_slim.transfer.unfreeze` does (from the top down, keeping
+    BatchNormalization frozen by default) and rebuilds the model's train
+    function so the change takes effect at once.
+
+    With `learning_rate_multiplier=m`, layers unfrozen at the k-th stage
+    train at `m**k` times the optimizer's learning rate (discriminative
+    fine-tuning): after each batch, their update is scaled by `m**k`. This
+    scales the step of any optimizer (a gradient scale would be undone by
+    Adam's normalisation), at the cost of one copy of those weights per
+    batch. With `steps_per_execution > 1` the scale applies to the update
+    of each execution.
+
+    A Keras optimizer only updates the variables it was built with, so the
+    callback builds the model's optimizer, in `on_train_begin`, on every
+    variable the schedule will unfreeze. An optimizer that was already
+    built (by an earlier `fit`, or by a distribution strategy) is replaced
+    by a fresh one of the same configuration.
+
+    Reference: Howard and Ruder, "Universal Language Model Fine-tuning for
+    Text Classification", ACL 2018.
+
+    Args:
+        schedule: A dict `{epoch: what}` (epochs count from 0, as in
+            `fit`). `what` is a layer name or an index (unfreeze from the
+            top down to that layer, as `unfreeze(up_to=...)`), a float
+            (the top fraction of the layers with weights), or a dict of
+            `unfreeze` arguments (`up_to`, `fraction`, `filters`). Stages
+            add up: nothing is frozen again.
+        learning_rate_multiplier: `None`, or a float in (0, 1]: the
+            learning-rate factor per stage described above.
+        keep_batchnorm_frozen: Leave BatchNormalization layers frozen
+            (inference mode), as `unfreeze` does.
+        verbose: 1 prints each stage.
+
+    Logs:
+        `trainable_params`: trainable parameters at the end of each epoch.
+
+    Raises:
+        ValueError: if an epoch is negative or a value is invalid, or (at
+            the start of `fit`, before any change) a layer name does not
+            exist.
+
+    Example:
+
+    >>> import keras, keras_slim, numpy as np
+    >>> model = keras_slim.models.small_cnn((16, 16, 1), num_classes=3)
+    >>> _ = keras_slim.transfer.freeze(model, up_to="bn4")
+    >>> _ = model.compile("adam", keras.losses.SparseCategoricalCrossentropy(
+    ...     from_logits=True))
+    >>> x, y = np.random.rand(32, 16, 16, 1), np.arange(32) % 3
+    >>> callback = keras_slim.transfer.GradualUnfreezing({1: "conv4"})
+    >>> history = model.fit(x, y, epochs=2, callbacks=[callback], verbose=0)
+    >>> history.history["trainable_params"]
+    [195, 18627]
+    """
+
+    def __init__(
+        self,
+        schedule,
+        learning_rate_multiplier=None,
+        keep_batchnorm_frozen=True,
+        verbose=0,
+    ):
+        super().__init__()
+        _validation.check_type("schedule", schedule, dict, "a dict")
+        if not schedule:
+            raise ValueError(
+                "Expected `schedule` to have at least one epoch. "
+                f"Received: schedule={schedule!r}"
+            )
+        stages = []
+        for epoch in sorted(
+            schedule, key=lambda e: (not isinstance(e, int), e)
+        ):
+            _validation.check_int("schedule epoch", epoch, minimum=0)
+            kwargs = _stage_kwargs(epoch, schedule[epoch])
+            _freezing.check_selection(**kwargs)
+            stages.append((epoch, kwargs))
+        if learning_rate_multiplier is not None:
+            _validation.check_range(
+                "learning_rate_multiplier",
+                learning_rate_multiplier,
+                0,
+                1,
+                low_inclusive=False,
+            )
+        _validation.check_type(
+            "keep_batchnorm_frozen", keep_batchnorm_frozen, bool, "a bool"
+        )
+        _validation.check_int("verbose", verbose, minimum=0)
+        self.schedule = dict(schedule)
+        self.learning_rate_multiplier = learning_rate_multiplier
+        self.keep_batchnorm_frozen = keep_batchnorm_frozen
+        self.verbose = verbose
+        self._stages = stages
+
+    def _resolve(self, model):
+        """Per stage, the leaves it unfreezes (names checked here)."""
+        all_leaves = _freezing.leaves(model)
+        resolved = []
+        for epoch, kw in self._stages:
+            predicate = _freezing.check_selection(**kw)
+            chosen = _freezing.select(
+                model,
+                all_leaves,
+                kw["up_to"],
+                kw["fraction"],
+                predicate,
+                from_top=True,
+            )
+            if self.keep_batchnorm_frozen:
+                chosen = [
+                    lf
+                    for lf in chosen
+                    if not isinstance(lf.layer, keras.layers.BatchNormalization)
+                ]
+            resolved.append((epoch, chosen))
+        return all_leaves, resolved
+
+    def on_train_begin(self, logs=None):
+        model = _layers.target_model(self.model)
+        self._target = model
+        self._leaves, self._resolved = self._resolve(model)
+        self._applied = 0
+        self._scaled = []  # (variable, factor)
+        self._snapshot = None
+        # Every variable this fit may train, in a stable order.
+        variables = list(model.trainable_variables)
+        known = {id(v) for v in variables}
+        for _, chosen in self._resolved:
+            for lf in chosen:
+                for v in _trainable_when_unfrozen(lf.layer):
+                    if id(v) not in known:
+                        known.add(id(v))
+                        variables.append(v)
+        optimizer = self.model.optimizer
+        if optimizer is None:
+            return
+        with self.model.distribute_strategy.scope():
+            if optimizer.built:
+                optimizer = optimizer.__class__.from_config(
+                    optimizer.get_config()
+                )
+                self.model.optimizer = optimizer
+            optimizer.build(variables)
+        self.model.make_train_function(force=True)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        changed = False
+        while (
+            self._applied < len(self._resolved)
+            and self._resolved[self._applied][0] <= epoch
+        ):
+            stage_epoch, chosen = self._resolved[self._applied]
+            self._applied += 1
+            before = {
+                id(lf.layer) for lf in self._leaves if lf.effectively_trainable
+            }
+            _freezing.set_trainable(self._leaves, chosen, True)
+            new = [lf for lf in chosen if id(lf.layer) not in before]
+            if self.learning_rate_multiplier not in (None, 1.0):
+                factor = self.learning_rate_multiplier**self._applied
+                for lf in new:
+                    self._scaled += [
+                        (v, factor) for v in lf.layer.trainable_weights
+                    ]
+            changed = True
+            if self.verbose:
+                print(
+                    f"GradualUnfreezing: epoch {epoch + 1}, stage "
+                    f"{self._applied} unfroze {len(new)} layer(s) "
+                    f"(down to {chosen[0].path if chosen else '-'})"
+                )
+        if changed:
+            self.model.make_train_function(force=True)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._scaled:
+            self._snapshot = [keras.ops.copy(v.value) for v, _ in self._scaled]
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._scaled and self._snapshot is not None:
+            for (v, factor), old in zip(self._scaled, self._snapshot):
+                v.assign(old + factor * (v.value - old))
+            self._snapshot = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["trainable_params"] = _freezing._num(
+                self._target.trainable_weights
+            )
+
+
+def _trainable_when_unfrozen(layer):
+    """The weights `layer` trains once unfrozen (Keras hides them while
+    it is frozen), read by flipping its public `trainable` flag."""
+    if layer.trainable:
+        return list(layer.trainable_weights)
+    layer.trainable = True
+    weights = list(layer.trainable_weights)
+    layer.trainable = False
+    return weights
