@@ -17,8 +17,8 @@ squeeze-excite blocks), `Concatenate` offsets, and `Flatten` before a
 `Dense`. Model inputs and outputs (the classifier's units) are never pruned.
 """
 
-import numpy as np
 import keras
+import numpy as np
 
 from keras_slim import _layers
 from keras_slim import _validation

@@ -1,0 +1,455 @@
+"""Tests for structured (channel and neuron) pruning."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+from conftest import accuracy
+from conftest import compile_classifier
+from conftest import nested_model
+from conftest import sequential_model
+from conftest import subclassed_model
+
+from keras_slim import models
+from keras_slim.pruning.channels import ChannelPruning
+from keras_slim.pruning.channels import channel_report
+from keras_slim.pruning.channels import prune_channels
+from keras_slim.pruning.channels import shrink
+
+
+def _channels(model):
+    return {
+        layer.name: layer.get_config().get("filters")
+        or layer.get_config().get("units")
+        for layer in model.layers
+        if type(layer).__name__ in ("Conv2D", "Dense")
+    }
+
+
+def _zero_channels(model, conv, bn, index):
+    """Zero filters `index` of `conv` and their BatchNorm scale/offset."""
+    layer = model.get_layer(conv)
+    kernel = layer.kernel.numpy()
+    kernel[..., index] = 0.0
+    layer.kernel.assign(kernel)
+    if bn is not None:
+        norm = model.get_layer(bn)
+        for var in (norm.gamma, norm.beta):
+            value = var.numpy()
+            value[index] = 0.0
+            var.assign(value)
+
+
+def _weights_equal(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def _images(shape, n=8, seed=0):
+    return np.random.default_rng(seed).random((n, *shape), dtype="float32")
+
+
+def _zero_half_in_place(model, x):
+    """Run ChannelPruning(0.5) for one step without training."""
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    callback = ChannelPruning(0.5)
+    callback.set_model(model)
+    callback.on_train_begin()
+    callback.on_train_batch_begin(0)
+    callback.on_train_batch_end(0)
+    return callback
+
+
+# ------------------------------------------------------------ prune_channels
+
+
+def test_prune_channels_halves_every_conv_but_not_the_classifier():
+    model = models.small_cnn()
+    small = prune_channels(model, fraction=0.5)
+    assert _channels(small) == {
+        "conv1": 8,
+        "pw2": 16,
+        "conv4": 32,
+        "logits": 10,
+    }
+    assert small.input_shape == model.input_shape
+    assert small.output_shape == model.output_shape
+    assert small.count_params() == 5466  # from 20394
+    assert small.get_layer("dw2").kernel.shape == (3, 3, 8, 1)
+    assert small.get_layer("bn1").gamma.shape == (8,)
+
+
+def test_input_model_is_untouched():
+    model = models.residual_cnn()
+    before = [w.copy() for w in model.get_weights()]
+    prune_channels(model, fraction=0.5)
+    assert model.count_params() == 6362
+    assert _weights_equal(before, model.get_weights())
+
+
+def test_fraction_zero_copies_the_model_exactly():
+    model = models.residual_cnn()
+    copy = prune_channels(model, fraction=0.0)
+    x = _images((32, 32, 1))
+    assert copy is not model
+    assert copy.count_params() == model.count_params()
+    np.testing.assert_allclose(copy(x), model(x), atol=1e-6)
+
+
+def test_sequential_stays_sequential_and_flatten_maps_positions():
+    model = sequential_model()
+    small = prune_channels(model, fraction=0.5, min_channels=4)
+    assert isinstance(small, keras.Sequential)
+    # Conv 8 -> 4 filters; Flatten 8x8x4 = 256 inputs to the Dense.
+    assert small.layers[0].kernel.shape == (3, 3, 1, 4)
+    assert small.layers[2].kernel.shape == (256, 16)
+    assert small.layers[3].kernel.shape == (16, 10)
+
+
+def test_removed_channels_are_those_with_smallest_norm():
+    model = sequential_model()
+    x = _images((8, 8, 1))
+    conv = model.layers[0]
+    kernel, bias = conv.get_weights()
+    kernel[..., [1, 4, 6, 7]] = 0.0
+    bias[[1, 4, 6, 7]] = 0.0
+    conv.set_weights([kernel, bias])
+    hidden = model.layers[2]
+    kernel, bias = hidden.get_weights()
+    kernel[:, ::2] *= 1e-3  # the 16 small units are removed ...
+    bias[::2] = 0.0
+    hidden.set_weights([kernel, bias])
+    small = prune_channels(model, 0.5, criterion="l2", min_channels=4)
+    # ... so only their tiny contributions are lost.
+    assert np.max(np.abs(small(x) - model(x))) < 0.05 * np.max(np.abs(model(x)))
+    kept = small.layers[0].get_weights()[0]
+    original = model.layers[0].kernel.numpy()
+    np.testing.assert_array_equal(kept, original[..., [0, 2, 3, 5]])
+
+
+def test_residual_add_keeps_the_same_channels_in_every_branch():
+    model = models.residual_cnn()
+    # Channels 8..15 of both branches joined by the Add are dead; the
+    # summed importance makes them the ones removed, so nothing changes.
+    _zero_channels(model, "stem_conv", "stem_bn", slice(8, 16))
+    _zero_channels(model, "project_conv", "project_bn", slice(8, 16))
+    small = prune_channels(model, fraction=0.5)
+    assert small.get_layer("stem_conv").filters == 8
+    assert small.get_layer("project_conv").filters == 8
+    assert small.get_layer("block_dw").kernel.shape == (3, 3, 16, 1)
+    assert small.get_layer("expand_conv").kernel.shape == (1, 1, 8, 16)
+    x = _images((32, 32, 1))
+    # The expand conv lost half its filters too, so compare with shrink.
+    zeroed = shrink(model)
+    assert zeroed.get_layer("stem_conv").filters == 8
+    np.testing.assert_allclose(zeroed(x), model(x), atol=1e-5)
+
+
+def test_concatenate_offsets_map_to_the_dense_input_rows():
+    model = models.residual_cnn()
+    _zero_channels(model, "branch_b_conv", "branch_b_bn", [0, 5, 23])
+    small = shrink(model)
+    assert small.get_layer("branch_b_conv").filters == 21
+    assert small.get_layer("branch_a_conv").filters == 24
+    assert small.get_layer("logits").kernel.shape == (45, 10)
+    x = _images((32, 32, 1))
+    np.testing.assert_allclose(small(x), model(x), atol=1e-5)
+
+
+def test_round_to_and_min_channels_bound_the_kept_counts():
+    model = models.small_cnn()
+    rounded = prune_channels(model, fraction=0.7, round_to=8)
+    assert _channels(rounded) == {
+        "conv1": 8,
+        "pw2": 16,
+        "conv4": 24,
+        "logits": 10,
+    }
+    floored = prune_channels(model, fraction=0.9, min_channels=12)
+    assert _channels(floored) == {
+        "conv1": 12,
+        "pw2": 12,
+        "conv4": 12,
+        "logits": 10,
+    }
+
+
+def test_bn_gamma_removes_channels_with_zero_scale():
+    model = models.small_cnn()
+    norm = model.get_layer("bn4")
+    gamma, beta = norm.gamma.numpy(), norm.beta.numpy()
+    gamma[32:], beta[32:] = 0.0, 0.0
+    norm.gamma.assign(gamma)
+    norm.beta.assign(beta)
+    small = prune_channels(model, 0.5, criterion="bn_gamma")
+    x = _images((32, 32, 1))
+    # Only conv4's dead half is free: conv1 and pw2 lose live channels.
+    kept = small.get_layer("bn4").gamma.numpy()
+    assert kept.shape == (32,)
+    np.testing.assert_array_equal(kept, gamma[:32])
+    assert small(x).shape == (8, 10)
+
+
+def test_filters_limit_which_layers_lose_channels():
+    model = models.small_cnn()
+    small = prune_channels(model, 0.5, filters="conv4")
+    assert _channels(small) == {
+        "conv1": 16,
+        "pw2": 32,
+        "conv4": 32,
+        "logits": 10,
+    }
+
+
+def test_trained_model_pruned_and_fine_tuned_recovers_accuracy(
+    trained_cnn, digits
+):
+    (x, y), (x_test, y_test) = digits
+    base = accuracy(trained_cnn.predict(x_test, verbose=0), y_test)
+    small = compile_classifier(prune_channels(trained_cnn, 0.5))
+    pruned = accuracy(small.predict(x_test, verbose=0), y_test)
+    small.fit(x, y, batch_size=64, epochs=8, verbose=0)
+    tuned = accuracy(small.predict(x_test, verbose=0), y_test)
+    assert base > 0.93
+    assert tuned > pruned + 0.1, (pruned, tuned)
+    assert tuned > base - 0.06, (base, tuned)
+    report = channel_report(trained_cnn, small)
+    assert report.ratio("params") < 0.3
+    assert report.ratio("macs") < 0.4
+
+
+def test_report_lists_channels_params_macs_and_sizes():
+    model = models.small_cnn()
+    report = channel_report(model, prune_channels(model, 0.5))
+    assert report.layers == [
+        ("conv1", 16, 8),
+        ("pw2", 32, 16),
+        ("conv4", 64, 32),
+        ("logits", 10, 10),
+    ]
+    assert report.before["params"] == 20394
+    assert report.after["params"] == 5466
+    assert report.before["macs"] == 1385088
+    assert report.after["macs"] < 0.3 * report.before["macs"]
+    assert report.after["float32_bytes"] < report.before["float32_bytes"]
+    assert report.after["int8_bytes"] < report.before["int8_bytes"]
+    assert "conv4" in report.summary() and "macs" in report.summary()
+
+
+# ------------------------------------------------------ keras.applications
+
+
+def test_mobilenet_v2_prunes_residual_groups_consistently():
+    model = keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10
+    )
+    small = prune_channels(model, 0.5)
+    assert small.output_shape == (None, 10)
+    assert small(_images((32, 32, 3), n=2)).shape == (2, 10)
+    # block_1 and block_2 are joined by an Add: same kept count.
+    assert (
+        small.get_layer("block_1_project").filters
+        == small.get_layer("block_2_project").filters
+        == 8
+    )
+    assert small.get_layer("Conv_1").filters == 640
+    report = channel_report(model, small)
+    assert report.ratio("macs") <= 0.5
+    assert report.ratio("params") < 0.35
+
+
+def test_mobilenet_v3_squeeze_excite_shrinks_exactly():
+    model = keras.applications.MobileNetV3Small(
+        input_shape=(32, 32, 3),
+        alpha=0.75,
+        weights=None,
+        classes=10,
+        include_preprocessing=False,
+        classifier_activation=None,
+    )
+    x = _images((32, 32, 3), n=4)
+    expected = model(x).numpy()
+    _zero_half_in_place(model, x)
+    zeroed = model(x).numpy()
+    scale = np.max(np.abs(zeroed))  # untrained logits are tiny
+    assert np.max(np.abs(expected - zeroed)) > 0.1 * scale
+    small = shrink(model)
+    assert small.count_params() < 0.4 * model.count_params()
+    np.testing.assert_allclose(small(x), zeroed, atol=1e-5 * scale)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ResNet50", "EfficientNetB0"])
+def test_large_applications_prune_with_consistent_shapes(name):
+    model = getattr(keras.applications, name)(
+        input_shape=(32, 32, 3), weights=None, classes=10
+    )
+    small = prune_channels(model, 0.5)
+    assert small(_images((32, 32, 3), n=2)).shape == (2, 10)
+    assert small.count_params() < 0.3 * model.count_params()
+
+
+# ------------------------------------------------- ChannelPruning and shrink
+
+
+def test_shrink_after_channel_pruning_fit_predicts_identically(digits):
+    (x, y), (x_test, _) = digits
+    model = compile_classifier(models.residual_cnn())
+    history = model.fit(
+        x[:256],
+        y[:256],
+        batch_size=64,
+        epochs=2,
+        verbose=0,
+        callbacks=[ChannelPruning(0.5)],
+    )
+    assert history.history["channel_sparsity"] == [0.5, 0.5]
+    assert model.get_layer("stem_conv").kernel.shape[-1] == 16  # in place
+    small = shrink(model)
+    assert _channels(small) == {
+        "stem_conv": 8,
+        "expand_conv": 16,
+        "project_conv": 8,
+        "branch_a_conv": 12,
+        "branch_b_conv": 12,
+        "logits": 10,
+    }
+    np.testing.assert_allclose(
+        small.predict(x_test[:128], verbose=0),
+        model.predict(x_test[:128], verbose=0),
+        atol=1e-5,
+    )
+
+
+def test_schedule_callable_zeroes_channels_progressively(digits):
+    (x, y), _ = digits
+    from keras_slim.schedules import PolynomialDecay
+
+    model = compile_classifier(models.small_cnn())
+    schedule = PolynomialDecay(0.0, 0.5, begin_step=0, end_step=15, frequency=5)
+    history = model.fit(
+        x[:320],
+        y[:320],
+        batch_size=64,
+        epochs=4,
+        verbose=0,
+        callbacks=[ChannelPruning(schedule, criterion="bn_gamma")],
+    )
+    sparsity = history.history["channel_sparsity"]
+    assert sparsity[0] < sparsity[1] < sparsity[2] <= 0.5
+    assert sparsity[-1] == 0.5
+    assert shrink(model).count_params() == 5466
+
+
+def test_channel_pruning_resumes_from_zeroed_weights(digits):
+    (x, y), _ = digits
+    model = compile_classifier(models.small_cnn())
+    model.fit(
+        x[:128], y[:128], epochs=1, verbose=0, callbacks=[ChannelPruning(0.5)]
+    )
+    zeroed = shrink(model).count_params()
+    model.fit(
+        x[:128], y[:128], epochs=1, verbose=0, callbacks=[ChannelPruning(0.5)]
+    )
+    assert shrink(model).count_params() == zeroed == 5466
+
+
+# ------------------------------------------------------------------- export
+
+
+@pytest.mark.skipif(
+    not os.path.exists(
+        os.path.join(os.path.dirname(__file__), "..", "keras_slim", "export.py")
+    ),
+    reason="keras_slim.export not written yet",
+)
+def test_pruned_model_exports_int8_only_and_smaller(
+    trained_cnn, digits, tmp_path
+):
+    from keras_slim import export_tflite
+
+    (x, _), (x_test, y_test) = digits
+    small = prune_channels(trained_cnn, 0.5)
+    full = export_tflite(
+        trained_cnn, tmp_path / "full.tflite", representative_data=x[:64]
+    )
+    pruned = export_tflite(
+        small, tmp_path / "small.tflite", representative_data=x[:64]
+    )
+    assert pruned.info.int8_only
+    assert pruned.info.bytes < 0.6 * full.info.bytes
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("fraction", [1.0, -0.1, 1.5])
+def test_fraction_outside_range_is_refused(fraction):
+    with pytest.raises(ValueError, match=r"Expected `fraction` in \[0, 1\)"):
+        prune_channels(models.small_cnn(), fraction)
+
+
+def test_unknown_criterion_is_refused():
+    with pytest.raises(ValueError, match="`criterion`.*'l1'.*l3"):
+        prune_channels(models.small_cnn(), 0.5, criterion="l3")
+
+
+def test_filters_matching_nothing_are_refused():
+    with pytest.raises(ValueError, match="`filters` to match.*nothing"):
+        prune_channels(models.small_cnn(), 0.5, filters="nothing")
+
+
+def test_subclassed_model_gets_a_clear_error():
+    with pytest.raises(TypeError, match="Sequential and Functional"):
+        prune_channels(subclassed_model(), 0.5)
+
+
+def test_nested_model_gets_a_clear_error():
+    with pytest.raises(ValueError, match="nested models.*'body'"):
+        prune_channels(nested_model(), 0.5)
+
+
+def test_unbuilt_model_is_refused():
+    model = keras.Sequential([keras.layers.Dense(4)])
+    with pytest.raises(ValueError, match="to be built"):
+        prune_channels(model, 0.5)
+
+
+def _permute_model():
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(16, 3, name="conv")(inputs)
+    x = keras.layers.Permute((3, 1, 2), name="permute")(x)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inputs, keras.layers.Dense(10, name="head")(x))
+
+
+def test_topology_that_cannot_be_pruned_names_the_layer():
+    model = _permute_model()
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(ValueError, match="'permute' \\(Permute\\)"):
+        prune_channels(model, 0.5)
+    assert _weights_equal(before, model.get_weights())
+    # Leaving the conv that feeds it whole is the way out.
+    small = prune_channels(model, 0.5, filters="head")
+    assert small.get_layer("conv").filters == 16
+
+
+def test_shared_layer_is_refused_by_name():
+    inputs = keras.Input((8,))
+    shared = keras.layers.Dense(8, name="shared")
+    x = shared(keras.layers.Dense(8, name="a")(inputs))
+    x = shared(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(x))
+    with pytest.raises(ValueError, match="'shared'.*shared"):
+        prune_channels(model, 0.5)
+
+
+@pytest.mark.parametrize("schedule", [1.0, -0.5])
+def test_channel_pruning_refuses_a_fraction_outside_range(schedule):
+    with pytest.raises(ValueError, match="Expected `schedule` in"):
+        ChannelPruning(schedule)
+
+
+def test_channel_pruning_refuses_unknown_criterion():
+    with pytest.raises(ValueError, match="`criterion`"):
+        ChannelPruning(0.5, criterion="gamma")
