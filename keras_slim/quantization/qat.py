@@ -1,5 +1,7 @@
 """Quantization-aware training as a `model.fit` callback."""
 
+import weakref
+
 import keras
 
 from keras_slim import _layers
@@ -59,12 +61,12 @@ class QuantizationAwareTraining(keras.callbacks.Callback):
     for Efficient Integer-Arithmetic-Only Inference", CVPR 2018.
 
     Args:
-        quantize_delay: Optimizer step at which fake quantization starts
-            (before it, training is float), >= 0.
-        freeze_bn_delay: Optimizer step from which BatchNormalization
+        quantize_delay: Step (counted as above) at which fake quantization
+            starts (before it, training is float), >= 0.
+        freeze_bn_delay: Step from which BatchNormalization
             layers use (and stop updating) their moving statistics, as the
             folded int8 file does; `None` never freezes them.
-        freeze_ranges_after: Optimizer step from which activation ranges
+        freeze_ranges_after: Step from which activation ranges
             stop moving; `None` never freezes them. Must be
             >= `quantize_delay`.
         filters: Which layers to quantize: `None` (all), a regex or list
@@ -170,22 +172,24 @@ class QuantizationAwareTraining(keras.callbacks.Callback):
                 f"{'frozen' if bn_frozen else 'learning'}"
             )
         self.state = state
+        _APPLIED[self.target] = state
 
     def optimizer_step(self):
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
-    def rebuild(self, train_only=False):
-        model = self.model
-        model.make_train_function(force=True)
-        if not train_only:
-            model.make_test_function(force=True)
-            model.make_predict_function(force=True)
+    def rebuild(self):
+        # Functions trace lazily: the test and predict functions cost
+        # nothing until they are used.
+        self.model.make_train_function(force=True)
+        self.model.make_test_function(force=True)
+        self.model.make_predict_function(force=True)
 
     # --------------------------------------------------------------- hooks
 
     def on_train_begin(self, logs=None):
         self.target = _layers.target_model(self.model)
         _validation.check_model(self.target)
+        changed = False
         if not _already_quantized(self.target) and (
             self.target not in _fake_quant.PATCHES
         ):
@@ -199,18 +203,23 @@ class QuantizationAwareTraining(keras.callbacks.Callback):
             _check_training_argument(self.target)
             patch = _fake_quant.patch_model(self.target, rows)
             patch.start_step = self.optimizer_step()
+            changed = True
         patch = _fake_quant.PATCHES.get(self.target)
         start = patch.start_step if patch is not None else 0
         self.step = self.optimizer_step() - start
-        self.state = None
-        self.apply_state(self.state_at(self.step))
-        self.rebuild()
+        self.state = _APPLIED.get(self.target)
+        state = self.state_at(self.step)
+        if changed or state != self.state:
+            # Also replaces functions traced before the model changed
+            # (an already-trained model's compiled train step).
+            self.apply_state(state)
+            self.rebuild()
 
     def on_train_batch_begin(self, batch, logs=None):
         state = self.state_at(self.step)
         if state != self.state:
             self.apply_state(state)
-            self.rebuild(train_only=True)
+            self.rebuild()
 
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1
@@ -222,12 +231,6 @@ class QuantizationAwareTraining(keras.callbacks.Callback):
             logs["quantization_active"] = float(active)
             logs["quantization_ranges_frozen"] = float(frozen)
             logs["batchnorm_frozen"] = float(bn_frozen)
-
-    def on_train_end(self, logs=None):
-        # Evaluation and prediction after `fit` trace anew with the final
-        # state (quantized, ranges read only).
-        self.apply_state(self.state_at(self.step))
-        self.rebuild()
 
 
 def _already_quantized(model):
@@ -267,18 +270,20 @@ def _check_training_argument(model):
         )
 
 
-_BN_ORIGINAL_CALLS = {}
+_BN_ORIGINAL_CALLS = weakref.WeakKeyDictionary()
+# Target model -> the (active, frozen, bn_frozen) state its functions use.
+_APPLIED = weakref.WeakKeyDictionary()
 
 
 def _freeze_batchnorm(layer, frozen):
     """Run a BatchNormalization layer in inference mode while `frozen`.
 
-    Used on models from `quantize_model`; overrides the instance `call`.
+    Used on models from `quantize_model`; overrides the instance `call`
+    (the layer's class, config and weights are untouched).
     """
-    key = id(layer)
-    if key not in _BN_ORIGINAL_CALLS:
+    if layer not in _BN_ORIGINAL_CALLS:
         original = layer.call
-        _BN_ORIGINAL_CALLS[key] = original
+        _BN_ORIGINAL_CALLS[layer] = original
 
         def call(*args, **kwargs):
             if getattr(call, "frozen", False):
