@@ -185,7 +185,10 @@ def read_graph(model):
             prev = ((name, 0, 0), tuple(layer.output.shape))
         return "sequential", config, nodes, [nodes[0].key], [prev[0]]
 
-    config = model.get_config()
+    try:
+        config = model.get_config()
+    except NotImplementedError:
+        config = None
     if not (
         isinstance(config, dict)
         and "layers" in config

@@ -258,7 +258,7 @@ def prune_channels(
     >>> small.layers[0].filters, small.output_shape
     (16, (None, 10))
     >>> model.count_params(), small.count_params()
-    (778, 426)
+    (778, 394)
     """
     _check_args(fraction, criterion, min_channels, round_to, "fraction")
     analysis, scores, _ = _analyse(model, filters, criterion)
@@ -347,11 +347,25 @@ def _measure(model):
 class ChannelPruningReport:
     """Channels kept per layer and model costs before and after pruning.
 
+    Returned by `channel_report`; `summary()` prints it as a table.
+
     Attributes:
         layers: List of `(layer_name, channels_before, channels_after)`
             for every Conv and Dense layer.
         before, after: Dicts with `params`, `macs`, `float32_bytes` and
             `int8_bytes` (from `keras_slim.profile`).
+
+    Example:
+
+    >>> report = ChannelPruningReport(
+    ...     [("conv", 32, 16)],
+    ...     {"params": 100, "macs": 1000, "float32_bytes": 400,
+    ...      "int8_bytes": 100},
+    ...     {"params": 50, "macs": 400, "float32_bytes": 200,
+    ...      "int8_bytes": 50},
+    ... )
+    >>> report.ratio("macs")
+    0.4
     """
 
     def __init__(self, layers, before, after):
