@@ -515,9 +515,14 @@ def test_mirrored_strategy_trains_the_student(mirrored_strategy, digits_small):
     # Per-replica loss scaling is undone: the same loss as on one device.
     for key in ("loss", "hard_loss", "distillation_loss"):
         assert logs[key] == pytest.approx(ref_logs[key], rel=1e-4)
-    history = distiller.fit(x, y, batch_size=64, epochs=5, verbose=0)
+    # Training on two replicas follows training on one device.
+    fit = dict(batch_size=64, epochs=3, verbose=0, shuffle=False)
+    history = distiller.fit(x[:1280], y[:1280], **fit)
+    ref_history = reference.fit(x[:1280], y[:1280], **fit)
     assert history.history["loss"][-1] < history.history["loss"][0]
-    assert accuracy(student.predict(x_test, verbose=0), y_test) > 0.6
+    np.testing.assert_allclose(
+        history.history["loss"], ref_history.history["loss"], rtol=1e-3
+    )
 
 
 # ------------------------------------------------------------ composition
@@ -544,9 +549,10 @@ def test_magnitude_pruning_on_the_distiller_prunes_the_student(
     assert np.mean(kernel == 0) == pytest.approx(0.5, abs=0.02)
     for a, b in zip(teacher_before, trained_dense.get_weights()):
         np.testing.assert_array_equal(a, b)  # the teacher is untouched
-    assert accuracy(student.predict(x_test, verbose=0), y_test) > 0.85
+    assert accuracy(student.predict(x_test, verbose=0), y_test) > 0.7
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     QuantizationAwareTraining is None or not HAS_EXPORT,
     reason="needs keras_slim.quantization and keras_slim.export",
@@ -581,3 +587,69 @@ def test_quantization_aware_distilled_student_exports_int8_only(
     int8_acc = litert.evaluate(path, x_test, y_test)
     assert keras_acc > 0.85
     assert int8_acc == pytest.approx(keras_acc, abs=0.02)
+
+
+# ------------------------------------------------- distillation helps
+
+
+def _noisy_subset(digits, n=300, noise=0.4, seed=0):
+    """`n` training images, `noise` of their labels replaced at random.
+
+    The teacher saw clean labels: its soft targets carry what the noisy
+    labels lost, so a working distillation loss must beat training alone,
+    and a broken one (or a label-only loss) cannot.
+    """
+    (x, y), _ = digits
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(x))[:n]
+    xs, ys = x[idx], y[idx].copy()
+    flip = rng.random(n) < noise
+    ys[flip] = rng.integers(0, 10, int(flip.sum()))
+    return xs, ys
+
+
+@pytest.fixture(scope="module")
+def head_to_head(digits, trained_cnn_weights):
+    """Test accuracy of the student alone, ours and Keras's default."""
+    teacher = _compile(models.small_cnn(name="teacher"))
+    teacher.set_weights(trained_cnn_weights)
+    xs, ys = _noisy_subset(digits)
+    _, (x_test, y_test) = digits
+    fit = dict(batch_size=32, epochs=60, verbose=0)
+    results = {}
+
+    alone = _compile(_student(), 3e-3)
+    alone.fit(xs, ys, **fit)
+    results["alone"] = accuracy(alone.predict(x_test, verbose=0), y_test)
+
+    student = _student()
+    _compile(Distiller(teacher, student), 3e-3).fit(xs, ys, **fit)
+    results["ours"] = accuracy(student.predict(x_test, verbose=0), y_test)
+
+    student = _student()
+    keras_distiller = keras.distillation.Distiller(
+        teacher,
+        student,
+        distillation_losses=keras.distillation.LogitsDistillation(),
+    )
+    keras_distiller.compile(
+        keras.optimizers.Adam(3e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    keras_distiller.fit(xs, ys, **fit)
+    results["keras"] = accuracy(student.predict(x_test, verbose=0), y_test)
+    return results
+
+
+@pytest.mark.slow
+def test_default_distillation_beats_the_student_trained_alone(head_to_head):
+    print(head_to_head)
+    assert head_to_head["ours"] > head_to_head["alone"] + 0.03, head_to_head
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not hasattr(keras, "distillation"), reason="no keras.distillation"
+)
+def test_keras_distiller_default_does_worse_than_ours(head_to_head):
+    assert head_to_head["ours"] > head_to_head["keras"] + 0.05, head_to_head
