@@ -93,9 +93,9 @@ def test_trained_demo_cnn_int8_file_agrees_with_keras_after_qat(
 def test_residual_depthwise_model_int8_file_agrees_with_keras(digits, tmp_path):
     (x, y), (x_test, y_test) = digits
     model = compile_classifier(models.residual_cnn())
-    model.fit(x, y, batch_size=64, epochs=8, verbose=0)
-    model.optimizer.learning_rate.assign(3e-4)
-    _qat_fit(model, digits, epochs=3, freeze_bn_delay=44)
+    model.fit(x, y, batch_size=64, epochs=10, verbose=0)
+    model.optimizer.learning_rate.assign(1e-4)
+    _qat_fit(model, digits, epochs=3, freeze_bn_delay=40)
     keras_acc, tflite_acc, _ = _assert_parity(
         model, tmp_path / "residual.tflite", x_test, y_test
     )

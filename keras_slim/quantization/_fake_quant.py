@@ -50,16 +50,18 @@ _MIN_ACTIVATION_RANGE = 1e-3
 #   "batchnorm": fuses with a pending convolution/Dense output; output
 #       pending.
 #   "activation": ReLU-like, fused by the converter into the op before it;
-#       output quantized.
+#       output pending (quantized by its first consumer that needs it).
 #   "add": inputs quantized; output pending (a ReLU after it fuses).
+#   "concat": pending inputs take the output's range; output quantized.
 #   "output": inputs quantized; output quantized (averaging pools,
-#       Concatenate, Softmax, any element-wise op without weights).
+#       Softmax, any element-wise op without weights).
 #   "passthrough": inputs quantized; the output keeps the input's range
 #       (MaxPooling, Flatten, Reshape, Dropout, padding, cropping).
 #   "quantizer": a keras_slim fake-quant layer (already quantized).
 #   "skip": left in float (the layer is called unchanged).
 
 RULES = (
+    "concat",
     "conv",
     "depthwise",
     "dense",
@@ -80,7 +82,7 @@ _RULES = {
     _layers.BatchNormalization: "batchnorm",
     _layers.Add: "add",
     _layers.Subtract: "add",
-    _layers.Concatenate: "output",
+    _layers.Concatenate: "concat",
     _layers.Multiply: "output",
     _layers.Average: "output",
     _layers.Maximum: "output",
@@ -112,6 +114,10 @@ _RULES = {
 _FUSED_ACTIVATIONS = ("relu", "relu6")
 _WEIGHT_RULES = ("conv", "depthwise", "dense")
 _FUSING_PRODUCERS = (*_WEIGHT_RULES, "batchnorm", "add")
+# Concatenation runs in int8 with one scale for its inputs and output: the
+# converter gives the inputs the output's range, so they are not quantized
+# on their own.
+_CONCAT_PRODUCERS = (*_FUSING_PRODUCERS, "activation")
 
 
 def register_rule(layer_class, rule):
@@ -173,9 +179,9 @@ def output_mode(layer, rule):
     if rule in _WEIGHT_RULES:
         name = _activation_name(layer.activation)
         return "pending" if name == "linear" else "quantize"
-    if rule in ("batchnorm", "add"):
+    if rule in ("batchnorm", "add", "activation"):
         return "pending"
-    if rule in ("activation", "output"):
+    if rule in ("output", "concat"):
         return "quantize"
     return "none"
 
@@ -479,6 +485,13 @@ def place(rule, layer, args, run, quantize_output):
     if rule == "batchnorm":
         fused = all(
             sc.producer(t) in _WEIGHT_RULES for t in keras.tree.flatten(args)
+        )
+        if not fused:
+            args = sc.materialize(args)
+    elif rule == "concat":
+        fused = all(
+            sc.producer(t) in _CONCAT_PRODUCERS
+            for t in keras.tree.flatten(args)
         )
         if not fused:
             args = sc.materialize(args)
