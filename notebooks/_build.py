@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (long lines are notebook code inside strings)
 """Write the teaching notebooks of keras_slim from this one script.
 
 The notebooks are generated (with nbformat) so that their source stays
@@ -57,6 +58,7 @@ import tensorflow as tf
 
 import keras_slim
 
+tf.get_logger().setLevel("ERROR")  # quieter outputs (retracing, assets)
 keras.utils.set_random_seed(0)
 WORKDIR = tempfile.mkdtemp()  # every file this notebook writes goes here
 print("keras", keras.__version__, "| keras_slim", keras_slim.__version__)
@@ -212,8 +214,7 @@ The callback writes `logs["sparsity"]` after every batch, so we can record
 it with a `LambdaCallback` (History, TensorBoard and CSVLogger see it too).
 """),
         code("""
-def show(report):
-    """Print a sparsity report, without the (never pruned) BatchNorm rows."""
+def show(report):  # the report, without the (never pruned) BatchNorm rows
     for line in report.summary().splitlines():
         if "BatchNormalization" not in line:
             print(line)
@@ -570,9 +571,9 @@ def make_student(seed=1):
     keras.utils.set_random_seed(seed)  # every student starts the same
     return keras.Sequential([
         keras.Input(x_train.shape[1:]),
-        keras.layers.Conv2D(4, 3, strides=2, activation="relu"),
         keras.layers.Conv2D(8, 3, strides=2, activation="relu"),
-        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.MaxPooling2D(2),
+        keras.layers.Flatten(),
         keras.layers.Dense(num_classes),
     ], name="student")
 
@@ -707,7 +708,7 @@ and Ruder, *Universal Language Model Fine-tuning for Text Classification*
         code("""
 from keras_slim import transfer
 
-PRETRAIN_EPOCHS = 4 if QUICK else 20
+PRETRAIN_EPOCHS = 10 if QUICK else 30
 HEAD_EPOCHS = 10 if QUICK else 60
 FINETUNE_EPOCHS = 6 if QUICK else 40
 LABELS_PER_CLASS = 10
@@ -868,8 +869,8 @@ Convolutional Networks through Network Slimming*, ICCV 2017
 from keras_slim.pruning.channels import channel_report, prune_channels
 
 IMAGE_SIZE = 32 if QUICK else 64
-EPOCHS = 3 if QUICK else 30
-FINETUNE_EPOCHS = 2 if QUICK else 15
+EPOCHS = 2 if QUICK else 30
+FINETUNE_EPOCHS = 1 if QUICK else 15
 FRACTION = 0.5
 
 (x_train, y_train), (x_test, y_test) = load_data(IMAGE_SIZE, channels=3)
@@ -903,8 +904,8 @@ float kernels); the classifier's units are never removed.
         code("""
 small = prune_channels(model, fraction=FRACTION, criterion="l1", round_to=8)
 report = channel_report(model, small)
-print(report.summary().split("\\n", 1)[0])
-print("\\n".join(report.summary().splitlines()[-4:]))
+lines = report.summary().splitlines()
+print("\\n".join(lines[:8] + ["..."] + lines[-4:]))
 compile_classifier(small, learning_rate=5e-4)
 pruned_accuracy = accuracy(small, x_test, y_test)
 small.fit(x_train, y_train, batch_size=32, epochs=FINETUNE_EPOCHS, verbose=0)
@@ -927,9 +928,9 @@ it as a ratio, not as phone figures.
 rows = {}
 for name, m in [("original", model), ("pruned", small)]:
     path = os.path.join(WORKDIR, f"{name}.tflite")
-    keras_slim.export_tflite(m, path, representative_data=x_train[:200])
+    keras_slim.export_tflite(m, path, representative_data=x_train[:100])
     prof = keras_slim.profile(m)
-    lat = keras_slim.litert.latency(path, runs=20 if QUICK else 100)
+    lat = keras_slim.litert.latency(path, runs=10 if QUICK else 100)
     rows[name] = {"MMACs": prof.macs / 1e6, "params (k)": prof.total_params / 1e3,
                   "int8 KiB": keras_slim.inspect_tflite(path).bytes / 1024,
                   "latency ms": lat.median_ms}
@@ -992,6 +993,7 @@ from keras_slim.schedules import PolynomialDecay
 EPOCHS = 4 if QUICK else 20
 PRUNE_EPOCHS = 2 if QUICK else 8
 QAT_EPOCHS = 1 if QUICK else 4
+SPARSITY = 0.5 if QUICK else 0.75
 
 (x_train, y_train), (x_test, y_test) = load_data()
 num_classes = int(y_train.max()) + 1
@@ -1003,7 +1005,7 @@ compile_classifier(model)
 model.fit(x_train, y_train, batch_size=64, epochs=EPOCHS, verbose=0)
 float_accuracy = accuracy(model, x_test, y_test)
 print(f"float accuracy {float_accuracy:.3f}")
-print(keras_slim.profile(model).summary())
+keras_slim.profile(model).summary()
 """),
         md("""
 ## 2. Compress: prune, then quantization-aware training
@@ -1016,7 +1018,7 @@ compile_classifier(model, learning_rate=5e-4)
 steps = PRUNE_EPOCHS * int(np.ceil(len(x_train) / 64))
 model.fit(x_train, y_train, batch_size=64, epochs=PRUNE_EPOCHS, verbose=0,
           callbacks=[MagnitudePruning(PolynomialDecay(
-              0.0, 0.75, 0, int(0.7 * steps), frequency=5))])
+              0.0, SPARSITY, 0, int(0.7 * steps), frequency=5))])
 compile_classifier(model, learning_rate=1e-4)
 model.fit(x_train, y_train, batch_size=64, epochs=QAT_EPOCHS, verbose=0,
           callbacks=[QuantizationAwareTraining()])
@@ -1203,7 +1205,9 @@ def set_quick(nb):
     """Insert `QUICK = True` right after the `parameters` cell."""
     for index, cell in enumerate(nb.cells):
         if "parameters" in cell.metadata.get("tags", []):
-            injected = v4.new_code_cell("QUICK = True  # injected")
+            injected = v4.new_code_cell(
+                "QUICK = True  # injected: these stored outputs are a quick run"
+            )
             injected.metadata["tags"] = ["injected-parameters"]
             nb.cells.insert(index + 1, injected)
             return nb
@@ -1230,12 +1234,11 @@ def execute(names, quick):
                 kernel_name="python3",
                 resources={"metadata": {"path": cwd}},
             ).execute()
-        print(f"{filename}: {time.time() - start:.0f} s "
-              f"({'quick' if quick else 'full'})", flush=True)
-        if quick:  # store outputs without the injected cell
-            run.cells = [c for c in run.cells
-                         if "injected-parameters" not in c.metadata.get(
-                             "tags", [])]
+        print(
+            f"{filename}: {time.time() - start:.0f} s "
+            f"({'quick' if quick else 'full'})",
+            flush=True,
+        )
         nbformat.write(run, HERE / filename)
 
 
