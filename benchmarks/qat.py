@@ -209,7 +209,19 @@ def write_markdown(runs, args, seconds):
     ratio = _median(runs, "keras_slim QAT fine-tune", "epoch_ratio")
     tfmot = _median(runs, "tfmot QAT (tf_keras)", "int8_accuracy")
     ptq = _median(runs, "PTQ int8 of the fine-tune", "int8_accuracy")
+    spread = ", ".join(
+        f"seed {i}: QAT int8 "
+        f"{_fmt(r['keras_slim QAT fine-tune']['int8_accuracy'], 'pct')} vs "
+        f"float {_fmt(r['float fine-tune']['keras_accuracy'], 'pct')}, "
+        f"epoch {_fmt(r['keras_slim QAT fine-tune']['epoch_ratio'], 'ratio')}"
+        for i, r in enumerate(runs)
+    )
     lines += [
+        "",
+        f"Per repeat ({spread}). With 450 test images one image is 0.22 "
+        "points, and epoch ratios on the shared machine moved by more "
+        "than the 1.25x goal between repeats: more repeats are needed "
+        "before either goal is called met.",
         "",
         "Goals: QAT epoch <= 1.25x plain fit: "
         f"{_fmt(ratio, 'ratio')} ({'met' if ratio <= 1.25 else 'missed'}). "
