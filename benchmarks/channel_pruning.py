@@ -156,8 +156,9 @@ def write(rows, args, seconds):
     lines = [
         "## Channel pruning: MobileNetV2 (alpha 0.35) on digits",
         "",
-        f"Command: `python -m benchmarks.channel_pruning"
-        f"{' --quick' if args.quick else ''}` "
+        "Command: `"
+        + " ".join(["python -m benchmarks.channel_pruning", *args.argv])
+        + "` "
         f"({datetime.date.today().isoformat()}, {seconds / 60:.0f} min). "
         f"Python {platform.python_version()}, TensorFlow {tf.__version__}, "
         f"Keras {keras.__version__}.",
@@ -242,6 +243,7 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--latency-runs", type=int, default=50)
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     if args.quick:
         args.repeats, args.epochs, args.finetune_epochs = 1, 1, 1
         args.size, args.latency_runs = 48, 10
