@@ -453,3 +453,34 @@ def test_channel_pruning_refuses_a_fraction_outside_range(schedule):
 def test_channel_pruning_refuses_unknown_criterion():
     with pytest.raises(ValueError, match="`criterion`"):
         ChannelPruning(0.5, criterion="gamma")
+
+
+def test_shrunk_model_trains_quantization_aware_and_exports_int8_only(
+    trained_cnn, digits, tmp_path
+):
+    from keras_slim import export_tflite
+    from keras_slim.quantization import QuantizationAwareTraining
+
+    (x, y), (x_test, y_test) = digits
+    model = trained_cnn
+    model.fit(
+        x[:256],
+        y[:256],
+        batch_size=64,
+        epochs=1,
+        verbose=0,
+        callbacks=[ChannelPruning(0.5)],
+    )
+    small = compile_classifier(shrink(model), 1e-4)
+    assert small.count_params() == 5466
+    small.fit(
+        x,
+        y,
+        batch_size=64,
+        epochs=1,
+        verbose=0,
+        callbacks=[QuantizationAwareTraining()],
+    )
+    report = export_tflite(small, tmp_path / "qat.tflite")
+    assert report.ranges == "learned"
+    assert report.info.int8_only
