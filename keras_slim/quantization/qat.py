@@ -65,7 +65,10 @@ class QuantizationAwareTraining(keras.callbacks.Callback):
             starts (before it, training is float), >= 0.
         freeze_bn_delay: Step from which BatchNormalization
             layers use (and stop updating) their moving statistics, as the
-            folded int8 file does; `None` never freezes them.
+            folded int8 file does; `None` never freezes them. To fine-tune
+            an already-trained model, `0` (BatchNorm in inference mode
+            throughout) worked best on the demo CNN; freezing late in a
+            short fine-tune shifts the model it has just adapted.
         freeze_ranges_after: Step from which activation ranges
             stop moving; `None` never freezes them. Must be
             >= `quantize_delay`.
