@@ -18,6 +18,7 @@ from keras_slim import datasets
 from keras_slim import export
 from keras_slim import litert
 from keras_slim import models
+from keras_slim import profiling
 
 MIN_AGREEMENT = 0.98
 
@@ -54,7 +55,8 @@ def compile_classifier(model, learning_rate=1e-3):
 
 class Row:
     def __init__(self, name, keras_acc, tflite_acc, agreement, info,
-                 latency_ms, int8_only):
+                 latency_ms, int8_only, params):
+        self.params = params
         self.name = name
         self.keras_acc = keras_acc
         self.tflite_acc = tflite_acc
@@ -67,7 +69,9 @@ class Row:
 def verify(name, model, path, data, quantization="int8", **export_kwargs):
     """Export `model`, run the file on the test split, return a `Row`."""
     (x, _), (x_test, y_test) = data
-    if quantization == "int8" and "representative_data" not in export_kwargs:
+    if quantization == "int8" and "representative_data" not in (
+        export_kwargs
+    ):
         export_kwargs["representative_data"] = x[:500]
     report = export.export_tflite(model, path, quantization=quantization,
                                   **export_kwargs)
@@ -76,17 +80,19 @@ def verify(name, model, path, data, quantization="int8", **export_kwargs):
     tflite_acc = litert.evaluate(path, x_test, y_test)
     agreement = litert.compare(model, path, x_test).agreement
     ms = litert.latency(path, runs=50).median_ms
+    p = profiling.profile(model)
     return Row(name, keras_acc, tflite_acc, agreement, report.info, ms,
-               report.int8_only)
+               report.int8_only, f"{p.nonzero_params:,}/{p.total_params:,}")
 
 
 def _table(rows):
-    head = ("model", "Keras acc", "TFLite acc", "agreement", "bytes",
-            "gzip", "int8_only", "latency")
+    head = ("model", "nonzero/params", "Keras acc", "TFLite acc",
+            "agreement", "bytes", "gzip", "int8_only", "latency")
     lines = [head]
     for r in rows:
         lines.append((
-            r.name, f"{100 * r.keras_acc:.2f}%", f"{100 * r.tflite_acc:.2f}%",
+            r.name, r.params, f"{100 * r.keras_acc:.2f}%",
+            f"{100 * r.tflite_acc:.2f}%",
             f"{100 * r.agreement:.2f}%", f"{r.info.bytes:,}",
             f"{r.info.gzip_bytes:,}", "yes" if r.int8_only else "no",
             f"{r.latency_ms:.3f} ms",
@@ -146,6 +152,98 @@ def run(quick=False, output_dir="keras_slim_demo"):
     return not failed
 
 
+def _copy(model):
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def _pruned_rows(model, data, output_dir, quick):
+    from keras_slim.callbacks import MagnitudePruning
+    from keras_slim.schedules import PolynomialDecay
+
+    (x, y), _ = data
+    epochs = 4 if quick else 10
+    steps = epochs * int(np.ceil(len(x) / 64))
+    pruned = compile_classifier(_copy(model), 5e-4)
+    schedule = PolynomialDecay(0.0, 0.8, begin_step=0,
+                               end_step=int(0.7 * steps), frequency=10)
+    pruned.fit(x, y, batch_size=64, epochs=epochs, verbose=0, callbacks=[
+        MagnitudePruning(schedule),
+        _EpochBar(epochs, "[2] magnitude pruning to 80% while fine-tuning")])
+    return [verify("pruned 80% (int8)", pruned,
+                   os.path.join(output_dir, "pruned_int8.tflite"), data)]
+
+
+def _qat_rows(model, data, output_dir, quick):
+    from keras_slim.callbacks import QuantizationAwareTraining
+
+    (x, y), _ = data
+    epochs = 2 if quick else 5
+    qat = compile_classifier(_copy(model), 1e-4)
+    qat.fit(x, y, batch_size=64, epochs=epochs, verbose=0, callbacks=[
+        QuantizationAwareTraining(freeze_bn_delay=0),
+        _EpochBar(epochs, "[3] quantization-aware fine-tuning")])
+    # The learned ranges replace representative data.
+    return [verify("QAT (int8, learned ranges)", qat,
+                   os.path.join(output_dir, "qat_int8.tflite"), data,
+                   representative_data=None)]
+
+
+def _distilled_rows(model, data, output_dir, quick):
+    from keras_slim.distillation import Distiller
+    from keras_slim.distillation import cache_teacher_outputs
+
+    (x, y), _ = data
+    epochs = 10 if quick else 40
+    student = keras.Sequential([
+        keras.Input((32, 32, 1)), keras.layers.AveragePooling2D(4),
+        keras.layers.Flatten(), keras.layers.Dense(32, activation="relu"),
+        keras.layers.Dense(10)], name="student")
+    teacher_logits = cache_teacher_outputs(model, x)
+    distiller = Distiller(model, student)
+    compile_classifier(distiller, 3e-3)
+    distiller.fit(x, {"labels": y, "teacher_outputs": teacher_logits},
+                  batch_size=64, epochs=epochs, verbose=0,
+                  callbacks=[_EpochBar(epochs, "[4] distil the CNN into a "
+                                       "small Dense student")])
+    return [verify("distilled student (int8)", distiller.student,
+                   os.path.join(output_dir, "student_int8.tflite"), data)]
+
+
+def _structured_rows(model, data, output_dir, quick):
+    from keras_slim.pruning.channels import prune_channels
+
+    (x, y), _ = data
+    epochs = 3 if quick else 8
+    small = compile_classifier(prune_channels(model, fraction=0.5))
+    small.fit(x, y, batch_size=64, epochs=epochs, verbose=0, callbacks=[
+        _EpochBar(epochs, "[5] remove 50% of the channels, fine-tune")])
+    return [verify("50% channels removed (int8)", small,
+                   os.path.join(output_dir, "structured_int8.tflite"), data)]
+
+
+def _transfer_rows(model, data, output_dir, quick):
+    from keras_slim import transfer
+
+    (x, y), (x_test, y_test) = data
+    print("  [6] transfer: frozen CNN body, new head trained on its features")
+    body = _copy(model)
+    transfer.freeze(body)
+    # A 5-class task on digits 5-9 (the CNN has seen them: this row shows
+    # the mechanics; benchmarks/RESULTS.md has the few-label experiment).
+    k, kt = y >= 5, y_test >= 5
+    features = transfer.extract_features(body, x[k])
+    head = compile_classifier(keras.Sequential(
+        [keras.Input(features.shape[1:]), keras.layers.Dense(5)]), 1e-2)
+    head.fit(features, y[k] - 5, epochs=5 if quick else 30, verbose=0)
+    new = transfer.attach_head(body, head, name="transfer")
+    subset = ((x[k], y[k] - 5), (x_test[kt], y_test[kt] - 5))
+    return [verify("transfer: digits 5-9 head (int8)", new,
+                   os.path.join(output_dir, "transfer_int8.tflite"), subset)]
+
+
 def _extra_steps():
     """Demo rows contributed by the compression modules."""
-    return []
+    return [_pruned_rows, _qat_rows, _distilled_rows, _structured_rows,
+            _transfer_rows]

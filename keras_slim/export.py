@@ -326,8 +326,13 @@ def export_tflite(
         batch_size: Batch size of the exported signature; `1` is what
             phones run; `None` for a dynamic batch.
         sparse: Ask the converter to encode sparse weights (for models
-            pruned with `keras_slim.callbacks.MagnitudePruning`); the
-            gzip size shows the gain either way.
+            pruned with `keras_slim.callbacks.MagnitudePruning`). Measured
+            with TensorFlow 2.21 on the 80%-pruned demo CNN in int8: the
+            raw file shrinks (20.9 kB vs 27.9 kB) but its gzip size grows
+            (11.1 kB vs 9.0 kB), and the DENSIFY ops it adds make LiteRT's
+            default XNNPACK delegate fail on FULLY_CONNECTED, which this
+            function then refuses. Pruning's gain shows in the gzip size
+            (`report.info.gzip_bytes`) without it.
         per_channel_dense: Quantize Dense weights per output channel (the
             converter's default). Set `False` for runtimes that accept only
             per-tensor FULLY_CONNECTED weights (many microcontroller and
@@ -345,8 +350,10 @@ def export_tflite(
         TypeError: if `model` is not a Keras 3 model.
         ValueError: if an argument is invalid (named in the message), if
             `"int8"` is asked for without `representative_data` on a model
-            with no learned ranges, or if float ops remain in an int8 file
-            and `allow_float_fallback=False`.
+            with no learned ranges, if float ops remain in an int8 file
+            and `allow_float_fallback=False`, or if LiteRT cannot load the
+            converted file with its default delegate. Nothing is written
+            then.
 
     Example:
 
@@ -433,12 +440,12 @@ def export_tflite(
     wrapper = keras.Model(inputs, model(inputs), name=f"{model.name}_export")
     converter = tf.lite.TFLiteConverter.from_keras_model(wrapper)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    optimizations = []
     if quantization != "float32":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        optimizations.append(tf.lite.Optimize.DEFAULT)
     if sparse:
-        converter.optimizations = converter.optimizations + [
-            tf.lite.Optimize.EXPERIMENTAL_SPARSITY
-        ]
+        optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
+    converter.optimizations = optimizations
     if quantization == "float16":
         converter.target_spec.supported_types = [tf.float16]
     if quantization == "int8":
@@ -487,6 +494,24 @@ def export_tflite(
             + ", ".join(info.float_ops or sorted(info.ops))
             + ". Nothing was written. Pass `allow_float_fallback=True` to "
             "accept a mixed file, or skip those layers from quantization."
+        )
+
+    # ---- the file must load in LiteRT as a phone would run it (with the
+    # default XNNPACK delegate) before it is written.
+    from keras_slim import litert
+
+    problem = litert.load_error(data)
+    if problem:
+        hint = (
+            " The sparse encoding (`sparse=True`) adds DENSIFY ops whose "
+            "results the XNNPACK delegate cannot take; export without it "
+            "(pruning's zeros still show in the gzip size)."
+            if sparse
+            else ""
+        )
+        raise ValueError(
+            "LiteRT cannot run the converted file with its default "
+            f"delegate: {problem}. Nothing was written.{hint}"
         )
 
     # ---- atomic write: a temporary file in the same folder, then rename.

@@ -35,6 +35,33 @@ def _interpreter(filepath, threads=None):
     return interpreter
 
 
+def load_error(data):
+    """Return why LiteRT cannot load `.tflite` bytes, or `""` if it can.
+
+    Loads and allocates the model with LiteRT's default settings (the
+    XNNPACK delegate on CPU), as an app would, without running it.
+    `keras_slim.export_tflite` calls it before writing a file.
+
+    Args:
+        data: The bytes of a `.tflite` file.
+
+    Returns:
+        An empty string, or the runtime's error message.
+
+    Example:
+
+    >>> load_error(b"not a model")[:6]
+    'Model '
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        Interpreter(model_content=bytes(data)).allocate_tensors()
+    except (RuntimeError, ValueError) as e:
+        return " ".join(str(e).split()) or type(e).__name__
+    return ""
+
+
 def _quantize(x, detail):
     dtype = detail["dtype"]
     if not np.issubdtype(dtype, np.integer):
@@ -351,5 +378,5 @@ def latency(filepath, runs=50, threads=1, warmup=5):
     )
 
 
-__all__ = ["predict", "evaluate", "compare", "latency", "Comparison",
-           "Latency"]
+__all__ = ["predict", "evaluate", "compare", "latency", "load_error",
+           "Comparison", "Latency"]

@@ -274,3 +274,24 @@ def test_failed_export_leaves_no_temporary_files(trained_cnn, tmp_path):
         export_tflite(trained_cnn, str(tmp_path / "m.tflite"),
                       representative_data=np.zeros((2, 8, 8, 1)))
     assert os.listdir(tmp_path) == []
+
+
+def test_sparse_int8_encoding_that_litert_cannot_run_is_refused(
+    trained_cnn, digits, tmp_path
+):
+    (x, _), _ = digits
+    for layer in trained_cnn.layers:
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+            k = layer.kernel.numpy()
+            cut = np.quantile(np.abs(k), 0.8)
+            layer.kernel.assign(np.where(np.abs(k) < cut, 0, k))
+    path = tmp_path / "sparse.tflite"
+    # Measured with TF 2.21: DENSIFY feeding FULLY_CONNECTED makes the
+    # default XNNPACK delegate fail, so the file would not run on a phone.
+    with pytest.raises(ValueError, match=r"default delegate.*sparse=True"):
+        export_tflite(trained_cnn, str(path), representative_data=x[:100],
+                      sparse=True)
+    assert not path.exists()
+    report = export_tflite(trained_cnn, str(path), representative_data=x[:100])
+    assert report.int8_only
+    assert report.info.gzip_bytes < 0.5 * report.info.bytes
