@@ -195,7 +195,41 @@ def _ratio(v):
     return "-" if v is None else f"{v:.3f}x"
 
 
-def write_markdown(runs, args, seconds, command):
+def alternating_epoch_ratio(weights, data, args, rounds):
+    """Median s/epoch of an 80% global pruning fit over plain `fit`.
+
+    The two models train one epoch each in turn (ABAB...), so load from
+    other jobs on the machine hits both alike; the first round (tracing)
+    is dropped. The pruning callback keeps running its schedule (mask
+    updates every `frequency` steps) through the rounds.
+    """
+    (x, y), _ = data
+    plain = _compile(models.small_cnn())
+    pruned = _compile(models.small_cnn())
+    plain.set_weights(weights)
+    pruned.set_weights(weights)
+    pruning = MagnitudePruning(_schedule(0.8, args), scope="global")
+    times = {"plain": [], "pruned": []}
+    for _ in range(rounds + 1):
+        for name, model, callbacks in (
+            ("plain", plain, []),
+            ("pruned", pruned, [pruning]),
+        ):
+            start = time.perf_counter()
+            model.fit(
+                x, y, batch_size=64, epochs=1, verbose=0, callbacks=callbacks
+            )
+            times[name].append(time.perf_counter() - start)
+    ratios = [b / a for a, b in zip(times["plain"][1:], times["pruned"][1:])]
+    return {
+        "rounds": rounds,
+        "plain_s": _median(times["plain"][1:]),
+        "pruned_s": _median(times["pruned"][1:]),
+        "ratio": _median(ratios),
+    }
+
+
+def write_markdown(runs, args, seconds, command, timing):
     first = runs[0]
     float_bytes = first["plain"].get("float32_bytes")
     plain_acc = _median([r["plain"]["accuracy"] for r in runs])
@@ -227,8 +261,8 @@ def write_markdown(runs, args, seconds, command):
         "ran: rely on the ratios measured interleaved, not the seconds.",
         "",
         "| method | target | accuracy | vs plain fine-tune | reached "
-        "sparsity | depthwise sparsity | s/epoch | epoch vs plain fit | "
-        "int8 gzip / float32 |",
+        "sparsity | depthwise sparsity | s/epoch | epoch vs plain fit "
+        "(per run) | int8 gzip / float32 |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
 
@@ -285,21 +319,33 @@ def write_markdown(runs, args, seconds, command):
                 f" | {_ratio(_median([row['epoch_ratio'] for row in rows]))}"
                 f" | {gz([row.get('int8_gzip_bytes') for row in rows])} |"
             )
-    lines += ["", _goals(runs, plain_acc, float_bytes), ""]
+    lines += [
+        "",
+        f"Epoch time measured alternately (plain `fit` epoch, then a "
+        f"pruning `fit` epoch at 80% global, {timing['rounds']} rounds after "
+        f"one warm-up round): {timing['plain_s']:.2f} s vs "
+        f"{timing['pruned_s']:.2f} s, median per-round ratio "
+        f"{timing['ratio']:.3f}x. The per-run ratios in the table come from "
+        "whole 10-epoch runs minutes apart and swing with the machine's "
+        "load; the alternating figure is the one to compare with the goal.",
+        "",
+        _goals(runs, plain_acc, float_bytes, timing),
+        "",
+    ]
     lines += ["Per repeat (JSON):", "", "```"]
     lines += [json.dumps(r, sort_keys=True) for r in runs]
     lines += ["```", ""]
     return "\n".join(lines)
 
 
-def _goals(runs, plain_acc, float_bytes):
+def _goals(runs, plain_acc, float_bytes, timing):
     if "0.8" not in runs[0]:
         return "Goals: the 80% rows were not run."
     ours = _median([r["0.8"]["accuracy"] for r in runs])
     theirs = _median([r["tfmot"]["0.8"]["accuracy"] for r in runs])
-    ratio = _median([r["0.8"]["epoch_ratio"] for r in runs])
+    ratio = timing["ratio"]
     parts = [
-        f"epoch time <= 1.05x plain fit: {ratio:.3f}x at 80% "
+        f"epoch time <= 1.05x plain fit: {ratio:.3f}x at 80% (alternating) "
         f"({'met' if ratio <= 1.05 else 'missed'})",
         f"80% accuracy within 1 point of the plain fine-tune: "
         f"{_pct(ours)} vs {_pct(plain_acc)} "
@@ -329,9 +375,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.base_epochs, args.epochs = 1, 3, 2
+        args.rounds = 2
         args.sparsities = (0.8,)
     else:
         args.sparsities = (0.5, 0.8, 0.9)
+        args.rounds = 8
     # Reach the target after 60% of the fine-tuning, then recover.
     args.end_step = int(0.6 * args.epochs * STEPS_PER_EPOCH)
     args.frequency = max(1, STEPS_PER_EPOCH // 2)
@@ -349,6 +397,8 @@ def main(argv=None):
     base.fit(x, y, batch_size=64, epochs=args.base_epochs, verbose=0)
     weights = base.get_weights()
     print(f"pretrained: {_accuracy(base, xt, yt):.3f}", flush=True)
+    timing = alternating_epoch_ratio(weights, data, args, args.rounds)
+    print(json.dumps(timing), flush=True)
     runs = []
     with tempfile.TemporaryDirectory() as folder:
         data_file = os.path.join(folder, "data.npz")
@@ -366,7 +416,9 @@ def main(argv=None):
                 run_once(seed, weights, data, args, data_file, folder, export)
             )
             print(json.dumps(runs[-1], sort_keys=True), flush=True)
-    text = write_markdown(runs, args, time.perf_counter() - start, command)
+    text = write_markdown(
+        runs, args, time.perf_counter() - start, command, timing
+    )
     with open(args.output, "w") as f:
         f.write(text)
     print(text)

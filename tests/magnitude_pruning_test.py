@@ -104,6 +104,37 @@ def test_every_model_kind_is_pruned_in_place(kind, digits_small):
         assert (v.constraint is not None) == (v.name in KERNEL_NAMES), v.path
 
 
+@pytest.mark.slow
+def test_keras_applications_backbone_is_pruned_with_its_depthwise_kernels(
+    digits,
+):
+    (x, y), _ = digits
+    x = np.repeat(x[:128], 3, axis=-1)
+    backbone = keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3),
+        alpha=0.35,
+        include_top=False,
+        weights=None,
+        pooling="avg",
+    )
+    model = keras.Sequential([backbone, keras.layers.Dense(10)])
+    compile_classifier(model)
+    model.fit(
+        x,
+        y[:128],
+        epochs=1,
+        batch_size=32,
+        verbose=0,
+        callbacks=[MagnitudePruning(one_shot(0.5))],
+    )
+    report = sparsity_report(model)
+    depthwise = [r for r in report.layers if r.path.endswith("depthwise")]
+    assert len(report.layers) == 53 and len(depthwise) == 17
+    assert report.layers[0].path == "mobilenetv2_0.35_32/Conv1"
+    for row in report.layers:
+        assert row.sparsity == pytest.approx(0.5, abs=0.01), row
+
+
 def test_nested_model_paths_and_filters_on_inner_layers(digits_small):
     (x, y), _ = digits_small
     model = compile_classifier(ZOO["nested"]())
