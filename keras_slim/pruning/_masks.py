@@ -10,7 +10,8 @@ import re
 import keras
 import numpy as np
 
-from keras_slim import _layers, _validation
+from keras_slim import _layers
+from keras_slim import _validation
 
 _L = keras.layers
 
