@@ -7,7 +7,7 @@ fine-tuned with the same schedule to 50%, 80% and 90% sparsity by
 weights), beside the same fine-tuning without pruning. Epoch times are
 steady-state medians (first epoch excluded), each pruned run relative to the
 plain fit measured in the same process in the same repeat. File sizes:
-int8 `.tflite` (sparse encoding asked) gzipped, relative to the float32
+int8 `.tflite` gzipped, relative to the float32
 `.tflite` of the plain fine-tune.
 
 Usage (from the repository root):
@@ -101,14 +101,13 @@ def _fine_tune(weights, data, args, seed, callbacks=()):
 
 
 def _export_sizes(model, folder, name, x):
-    """`(int8 gzip bytes, int8_only)` of `model` exported sparse."""
+    """`(int8 gzip bytes, int8_only)` of `model` exported to int8."""
     path = os.path.join(folder, f"{name}.tflite")
     export_module.export_tflite(
         model,
         path,
         quantization="int8",
         representative_data=x[:200],
-        sparse=True,
     )
     info = export_module.inspect_tflite(path)
     return info.gzip_bytes, info.int8_only
@@ -253,7 +252,7 @@ def write_markdown(runs, args, seconds, command, timing):
         "time: steady-state median (first epoch excluded), relative to plain "
         "Keras 3 `fit` in the same process and repeat (tfmot: relative to "
         "plain tf_keras `fit` in its subprocess). int8 gzip: the int8 "
-        "`.tflite` (sparse encoding asked, calibrated on 200 training "
+        "`.tflite` (calibrated on 200 training "
         "images) gzipped, relative to the float32 `.tflite` of the plain "
         "fine-tune"
         + (f" ({float_bytes:,} bytes)." if float_bytes else " (not measured)."),

@@ -50,8 +50,8 @@ def load_error(data):
 
     Example:
 
-    >>> load_error(b"not a model")[:6]
-    'Model '
+    >>> load_error(b"not a model")
+    'The model is not a valid Flatbuffer buffer'
     """
     from ai_edge_litert.interpreter import Interpreter
 

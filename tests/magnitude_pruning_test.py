@@ -501,7 +501,6 @@ def test_pruned_model_exports_to_smaller_int8_tflite(
         paths["pruned_int8"],
         quantization="int8",
         representative_data=x[:100],
-        sparse=True,
     )
     info = {name: export.inspect_tflite(p) for name, p in paths.items()}
     assert info["pruned_int8"].int8_only, info["pruned_int8"].float_ops
