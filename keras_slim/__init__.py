@@ -9,11 +9,17 @@ The headline names are here (`export_tflite`, `inspect_tflite`,
 `keras_slim.models`.
 """
 
+from keras_slim import callbacks
 from keras_slim import datasets
+from keras_slim import distillation
 from keras_slim import export
 from keras_slim import litert
 from keras_slim import models
 from keras_slim import profiling
+from keras_slim import pruning
+from keras_slim import quantization
+from keras_slim import schedules
+from keras_slim import transfer
 from keras_slim._version import __version__
 from keras_slim.export import ExportReport
 from keras_slim.export import TFLiteInfo
