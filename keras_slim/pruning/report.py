@@ -12,7 +12,14 @@ __all__ = ["LayerSparsity", "SparsityReport", "sparsity_report"]
 
 @dataclasses.dataclass(frozen=True)
 class LayerSparsity:
-    """One row of a `SparsityReport`: a prunable kernel and its zeros."""
+    """One row of a `SparsityReport`: a prunable kernel and its zeros.
+
+    Example:
+
+    >>> row = LayerSparsity("dense", "kernel", (8, 4), size=32, zeros=8)
+    >>> row.sparsity
+    0.25
+    """
 
     path: str
     weight: str
@@ -38,6 +45,14 @@ class SparsityReport:
         zeros: Number of zero weights over all `layers`.
         size: Number of weights over all `layers`.
         sparsity: `zeros / size`.
+
+    Example:
+
+    >>> rows = [LayerSparsity("a", "kernel", (4, 4), 16, 8),
+    ...         LayerSparsity("b", "kernel", (4, 2), 8, 4)]
+    >>> report = SparsityReport(layers=rows, skipped=[])
+    >>> report.zeros, report.size, report.sparsity
+    (12, 24, 0.5)
     """
 
     layers: list

@@ -189,6 +189,16 @@ class FreezeReport:
             weights and BatchNormalization moving statistics).
         recompiled: Whether the model was recompiled for the change.
         message: What the user must do, if anything.
+
+    Example:
+
+    >>> import keras
+    >>> from keras_slim.transfer import freeze
+    >>> model = keras.Sequential([keras.Input((4,)),
+    ...     keras.layers.Dense(3, name="body"), keras.layers.Dense(2)])
+    >>> report = freeze(model, up_to="body")
+    >>> report.action, report.trainable_params, report.non_trainable_params
+    ('freeze', 8, 15)
     """
 
     def __init__(

@@ -17,6 +17,18 @@ class TransferReport:
             it was.
         copied_params: Number of parameters copied.
         total_params: Number of parameters of the target.
+
+    Example:
+
+    >>> import keras
+    >>> from keras_slim.transfer import transfer_weights
+    >>> def mlp(width):
+    ...     return keras.Sequential([keras.Input((4,)),
+    ...         keras.layers.Dense(8, name="hidden"),
+    ...         keras.layers.Dense(width, name="out")])
+    >>> report = transfer_weights(mlp(3), mlp(5))
+    >>> report.copied_params, report.total_params
+    (40, 85)
     """
 
     def __init__(self, copied, skipped, copied_params, total_params):
