@@ -158,9 +158,14 @@ def zoo_model(request):
     return ZOO[request.param]()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def mirrored_strategy():
-    """A `tf.distribute.MirroredStrategy` over two virtual CPUs."""
+    """A `tf.distribute.MirroredStrategy` over two virtual CPUs.
+
+    One instance for the whole session: a second MirroredStrategy in the
+    same process reuses collective instance keys, and its all-reduces then
+    fail with "Shape mismatch in the collective instance".
+    """
     devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
     if len(devices) < 2:
         pytest.fail("two virtual CPUs were not configured")
