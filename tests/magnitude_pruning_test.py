@@ -589,3 +589,23 @@ def test_unbuilt_model_raises():
 def test_sparsity_report_rejects_non_keras_models():
     with pytest.raises(TypeError, match="Keras 3"):
         sparsity_report("model.keras")
+
+
+def test_schedule_that_ended_before_fit_is_refused_not_silently_skipped(
+    digits_small,
+):
+    (x, y), _ = digits_small
+    model = compile_classifier(ZOO["sequential"]())
+    model.fit(x, y, batch_size=64, epochs=1, verbose=0)  # 22 steps taken
+    weights = [w.copy() for w in model.get_weights()]
+    late = MagnitudePruning(PolynomialDecay(0.0, 0.8, 0, 10, frequency=5))
+    with pytest.raises(ValueError, match=r"ended at step 10.*already taken "
+                       r"22 steps.*begin_step=22, end_step=32"):
+        model.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=[late])
+    for before, after in zip(weights, model.get_weights()):
+        np.testing.assert_array_equal(before, after)
+    start = int(model.optimizer.iterations)
+    on_time = MagnitudePruning(
+        PolynomialDecay(0.0, 0.8, start, start + 10, frequency=5))
+    model.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=[on_time])
+    assert sparsity_report(model).sparsity == pytest.approx(0.8, abs=0.01)

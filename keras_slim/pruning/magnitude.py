@@ -216,6 +216,7 @@ class MagnitudePruning(keras.callbacks.Callback):
                 f"Received: filters={self.filters!r}"
             )
         self._targets = targets
+        self._check_not_over(targets)
         if self.verbose:
             for path, reason in self._skipped:
                 print(f"MagnitudePruning: skipped {path}: {reason}")
@@ -227,6 +228,28 @@ class MagnitudePruning(keras.callbacks.Callback):
         self._last_step = step
         if self.schedule.updates_between(step - 1, step):
             self._update(step)
+
+    def _check_not_over(self, targets):
+        """Refuse a schedule that ended before this `fit` starts."""
+        step = self._step()
+        begin, end = self.schedule.begin_step, self.schedule.end_step
+        if end < 0 or step <= end:
+            return
+        size = sum(int(np.prod(t.variable.shape)) for t in targets)
+        zeros = sum(int(np.sum(t.variable.numpy() == 0)) for t in targets)
+        target = self.schedule(step)
+        if zeros / size >= target - 0.02:
+            return  # a finished (or resumed) pruning run
+        raise ValueError(
+            f"`schedule` ended at step {end}, but the optimizer has already "
+            f"taken {step} steps (`model.optimizer.iterations`): no mask "
+            f"would ever be updated, and the model would stay at "
+            f"{zeros / size:.0%} sparsity instead of {target:.0%}. Schedules "
+            "count the optimizer's steps so that a resumed `fit` continues "
+            "them; for a model that has trained before, start the schedule "
+            f"there, e.g. begin_step={step}, end_step={step + end - begin}. "
+            f"Received: schedule={self.schedule!r}"
+        )
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = self._step()
