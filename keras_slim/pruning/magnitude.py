@@ -122,8 +122,12 @@ class MagnitudePruning(keras.callbacks.Callback):
         ValueError: an unknown `pattern` or `scope`, a schedule target above
             what the pattern can reach, and, when training starts (before
             the first step), a model that is not built, `filters` that match
-            no prunable layer, or an N:M pattern on a layer selected by
-            `filters` whose input axis is not a multiple of `M`.
+            no prunable layer, an N:M pattern on a layer selected by
+            `filters` whose input axis is not a multiple of `M`, or a
+            schedule whose `end_step` is already behind
+            `model.optimizer.iterations` while the kernels are below its
+            target (it would never update a mask: start the schedule at
+            the optimizer's step for a model that trained before).
 
     Example:
 
