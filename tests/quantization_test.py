@@ -156,6 +156,34 @@ def test_predict_and_evaluate_leave_ranges_untouched(digits_small):
     assert _ranges(quantize_model(model)) != before
 
 
+def test_mirrored_strategy_learns_ranges_and_exports_in_parity(
+    mirrored_strategy, digits_small, tmp_path
+):
+    (x, y), (x_test, y_test) = digits_small
+    with mirrored_strategy.scope():
+        model = compile_classifier(_small_dense())
+    # 1280 samples: every batch splits evenly over the two replicas.
+    fit = dict(batch_size=64, verbose=0)
+    model.fit(x[:1280], y[:1280], epochs=10, **fit)
+    float_acc = accuracy(model.predict(x_test, verbose=0), y_test)
+    history = model.fit(
+        x[:1280],
+        y[:1280],
+        epochs=2,
+        callbacks=[QuantizationAwareTraining()],
+        **fit,
+    )
+    assert history.history["quantization_active"] == [1.0, 1.0]
+    ranges = _ranges(quantize_model(model))
+    # Every activation range moved off its (-6, 6) initial value.
+    assert ranges and all(r != (-6.0, 6.0) for r in ranges.values())
+    keras_acc, tflite_acc, _ = _assert_parity(
+        model, tmp_path / "mirrored.tflite", x_test, y_test
+    )
+    assert abs(keras_acc - tflite_acc) <= 0.003
+    assert tflite_acc >= float_acc - 0.02
+
+
 def test_freeze_ranges_after_stops_range_updates_and_logs_it(digits_small):
     model = _small_dense()
     history = _qat_fit(model, digits_small, epochs=2, freeze_ranges_after=22)
