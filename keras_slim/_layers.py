@@ -3,8 +3,11 @@
 import keras
 
 
-def iter_layers(model, prefix=""):
+def iter_layers(model, prefix="", models=False):
     """Yield `(path, layer)` for every leaf layer of `model`, depth first.
+
+    With `models=True`, nested models are yielded too, each right before
+    its own layers.
 
     Works for Sequential, Functional, subclassed and nested models: it
     follows the public `layers` property of every model it meets (Keras
@@ -25,10 +28,13 @@ def iter_layers(model, prefix=""):
                 children = list(layer.layers)
             except Exception:  # noqa: BLE001 - a custom `layers` property
                 children = []
+        is_model = isinstance(layer, keras.Model)
+        if is_model and models:
+            yield path or layer.name, layer
         if children:
             for child in children:
                 yield from walk(child, f"{path}/{child.name}")
-        elif not isinstance(layer, keras.Model):
+        elif not is_model:
             yield path or layer.name, layer
 
     for child in model.layers:

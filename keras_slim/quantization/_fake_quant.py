@@ -37,6 +37,8 @@ import weakref
 import keras
 from keras import ops
 
+from keras_slim._layers import iter_layers
+
 NUM_BITS = 8
 RANGE_MOMENTUM = 0.99
 _MIN_WEIGHT_RANGE = 1e-8
@@ -539,28 +541,8 @@ SAVE_REFUSAL = (
 
 def walk(model):
     """Yield `(path, layer, is_model)` for all sub-layers, depth first."""
-    seen = set()
-
-    def walk(layer, path):
-        if id(layer) in seen:
-            return
-        seen.add(id(layer))
-        children = []
-        if isinstance(layer, keras.Model) or hasattr(layer, "layers"):
-            try:
-                children = list(layer.layers)
-            except Exception:  # noqa: BLE001
-                children = []
-        if isinstance(layer, keras.Model):
-            yield path, layer, True
-        if children:
-            for child in children:
-                yield from walk(child, f"{path}/{child.name}")
-        elif not isinstance(layer, keras.Model):
-            yield path, layer, False
-
-    for child in model.layers:
-        yield from walk(child, child.name)
+    for path, layer in iter_layers(model, models=True):
+        yield path, layer, isinstance(layer, keras.Model)
 
 
 def plan(model, predicate):
