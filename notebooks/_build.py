@@ -6,6 +6,7 @@ reviewable as plain Python. Run from the repository root:
 
     python notebooks/_build.py            # write the six .ipynb files
     python notebooks/_build.py --execute  # and run them (stored outputs)
+    python notebooks/_build.py --clean    # drop runtime noise from outputs
 
 `--execute` runs each notebook with nbclient in a temporary directory;
 `--quick` sets `QUICK = True` for that run (CI does the same in
@@ -1221,6 +1222,42 @@ def set_quick(nb):
     raise ValueError("no cell tagged `parameters`")
 
 
+# Lines the TensorFlow and LiteRT runtimes print on stderr at import,
+# conversion and interpreter creation: noise to a reader on GitHub.
+NOISE = (
+    "WARNING: All log messages before absl::InitializeLog()",
+    "cudart_stub.cc",
+    "cuda_platform.cc",
+    "cpu_feature_guard.cc",
+    "To enable the following instructions",
+    "fully_quantize:",
+    "INFO: Created TensorFlow Lite XNNPACK delegate",
+)
+
+
+def clean_outputs(nb):
+    """Drop stderr lines that are runtime noise from the stored outputs."""
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        kept = []
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream" and (
+                output.get("name") == "stderr"
+            ):
+                lines = [
+                    line
+                    for line in output["text"].splitlines(keepends=True)
+                    if line.strip() and not any(n in line for n in NOISE)
+                ]
+                if not lines:
+                    continue
+                output["text"] = "".join(lines)
+            kept.append(output)
+        cell.outputs = kept
+    return nb
+
+
 def execute(names, quick):
     import nbclient
 
@@ -1246,15 +1283,32 @@ def execute(names, quick):
             f"({'quick' if quick else 'full'})",
             flush=True,
         )
-        nbformat.write(run, HERE / filename)
+        nbformat.write(clean_outputs(run), HERE / filename)
+
+
+def clean(names):
+    for filename, _ in NOTEBOOKS:
+        if names and not any(n in filename for n in names):
+            continue
+        nb = nbformat.read(HERE / filename, as_version=4)
+        nbformat.write(clean_outputs(nb), HERE / filename)
+        print("cleaned", HERE / filename)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--execute", action="store_true")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--clean",
+        action="store_true",
+        help="only drop runtime noise from the stored outputs",
+    )
     parser.add_argument("names", nargs="*", help="e.g. 01 03")
     args = parser.parse_args()
+    if args.clean:
+        clean(args.names)
+        sys.exit(0)
     write_all(args.names)
     if args.execute:
         execute(args.names, args.quick)
