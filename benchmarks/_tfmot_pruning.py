@@ -12,7 +12,6 @@ import argparse
 import gzip
 import json
 import os
-import time
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -22,40 +21,9 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_model_optimization as tfmot  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-
-class EpochTimer(keras.callbacks.Callback):
-    def on_train_begin(self, logs=None):
-        self.times = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.times.append(time.perf_counter() - self.start)
-
-
-def small_cnn(shape, num_classes=10, m=0.9):
-    L = keras.layers
-    inputs = keras.Input(shape)
-    x = L.Conv2D(16, 3, strides=2, padding="same", use_bias=False)(inputs)
-    x = L.ReLU()(L.BatchNormalization(momentum=m)(x))
-    x = L.DepthwiseConv2D(3, padding="same", use_bias=False)(x)
-    x = L.ReLU()(L.BatchNormalization(momentum=m)(x))
-    x = L.Conv2D(32, 1, use_bias=False)(x)
-    x = L.ReLU()(L.BatchNormalization(momentum=m)(x))
-    x = L.MaxPooling2D()(x)
-    x = L.Conv2D(64, 3, padding="same", use_bias=False)(x)
-    x = L.ReLU()(L.BatchNormalization(momentum=m)(x))
-    x = L.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, L.Dense(num_classes)(x))
-
-
-def compile_(model, lr=1e-3):
-    model.compile(
-        keras.optimizers.Adam(lr),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+from benchmarks._tf_keras_common import EpochTimer  # noqa: E402
+from benchmarks._tf_keras_common import compile_  # noqa: E402
+from benchmarks._tf_keras_common import small_cnn  # noqa: E402
 
 
 def steady(times):
