@@ -177,3 +177,13 @@ def compile_filters(filters, name="filters"):
         f"Expected `{name}` to be None, a regex string, a list of regex "
         f"strings or a callable `layer -> bool`. {_received(name, filters)}"
     )
+
+
+def check_tflite_bytes(data, filepath):
+    """Raise unless `data` (a file's bytes, or its first 8) is a TFLite
+    flatbuffer: its file identifier, bytes 4-8, is `TFL3`."""
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise ValueError(
+            "Expected `filepath` to be a TFLite flatbuffer (file identifier "
+            f"'TFL3'), but it is not. Received: filepath={filepath!r}"
+        )

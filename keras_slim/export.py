@@ -36,7 +36,6 @@ from keras_slim import _validation
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 IO_DTYPES = ("float32", "int8", "uint8")
 
-_TFLITE_IDENTIFIER = b"TFL3"
 # Ops that only move data between float and integer at the model's edges.
 _EDGE_OPS = ("QUANTIZE", "DEQUANTIZE")
 _INTEGER_DTYPES = ("int8", "uint8", "int16", "int32", "int64", "bool")
@@ -208,16 +207,8 @@ def inspect_tflite(filepath):
     filepath = _validation.check_input_file("filepath", filepath)
     with open(filepath, "rb") as f:
         data = f.read()
-    _check_tflite_bytes(data, filepath)
+    _validation.check_tflite_bytes(data, filepath)
     return TFLiteInfo(filepath, data)
-
-
-def _check_tflite_bytes(data, filepath):
-    if len(data) < 8 or data[4:8] != _TFLITE_IDENTIFIER:
-        raise ValueError(
-            "Expected `filepath` to be a TFLite flatbuffer (file identifier "
-            f"'TFL3'), but it is not. Received: filepath={filepath!r}"
-        )
 
 
 # ---------------------------------------------------------------- export

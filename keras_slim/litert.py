@@ -25,11 +25,7 @@ def _interpreter(filepath, threads=None):
     filepath = _validation.check_input_file("filepath", filepath)
     with open(filepath, "rb") as f:
         head = f.read(8)
-    if len(head) < 8 or head[4:8] != b"TFL3":
-        raise ValueError(
-            "Expected `filepath` to be a TFLite flatbuffer (file identifier "
-            f"'TFL3'), but it is not. Received: filepath={filepath!r}"
-        )
+    _validation.check_tflite_bytes(head, filepath)
     interpreter = Interpreter(model_path=filepath, num_threads=threads)
     interpreter.allocate_tensors()
     return interpreter
