@@ -306,6 +306,15 @@ class Distiller(keras.Model):
     plain Keras model; compression callbacks given to the distiller's
     `fit` (`MagnitudePruning`, `QuantizationAwareTraining`) act on it.
 
+    What to expect: the soft targets carry what the teacher knows beyond
+    the labels, so distillation gains most when the teacher is clearly
+    better than the student trained alone, or the labels are noisy or
+    few. A student matching a softened distribution also fits more
+    slowly than one fitting labels: give it more epochs than you would
+    train it alone. When the teacher is barely better than the student
+    alone, a larger `alpha` (0.5) leans on the labels more;
+    `benchmarks/results/distillation.md` has the measurements.
+
     Teacher cache: for non-augmented data, compute the teacher's outputs
     once with `cache_teacher_outputs` and pass them inside the targets,
     `fit(x, {"labels": y, "teacher_outputs": t})` (a `tf.data.Dataset`

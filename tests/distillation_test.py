@@ -590,6 +590,17 @@ def test_quantization_aware_distilled_student_exports_int8_only(
 
 
 # ------------------------------------------------- distillation helps
+#
+# With noisy labels, not clean ones, on purpose. On the clean digits the
+# demo CNN teacher (98.4% after 30 epochs) is only 1.4 points above this
+# student trained alone (97.0%), and no budget or seed gave the default
+# Distiller a gain larger than the spread between seeds
+# (benchmarks/results/distillation.md): a clean-label "beats" assertion
+# would test the seed, not the loss. Here the teacher saw clean labels
+# and the student sees 40% wrong ones, so the soft targets carry
+# information the labels lost: a correct loss wins by several points, and
+# the test fails for a loss on raw logits (Keras's default, below), or a
+# distillation term scaled so small that the noisy labels dominate.
 
 
 def _noisy_subset(digits, n=300, noise=0.4, seed=0):
@@ -642,7 +653,9 @@ def head_to_head(digits, trained_cnn_weights):
 
 
 @pytest.mark.slow
-def test_default_distillation_beats_the_student_trained_alone(head_to_head):
+def test_default_distillation_beats_the_student_alone_on_noisy_labels(
+    head_to_head,
+):
     print(head_to_head)
     assert head_to_head["ours"] > head_to_head["alone"] + 0.03, head_to_head
 
