@@ -463,6 +463,31 @@ def test_extract_features_of_headless_backbone_is_its_output():
     )
 
 
+def test_extract_features_traces_once_for_ragged_batches_and_repeat_calls():
+    import gc
+    import weakref
+
+    from keras_slim.transfer import _heads
+
+    keras.utils.set_random_seed(0)
+    model = models.small_cnn()
+    x = np.random.default_rng(0).random((12, 32, 32, 1), "float32")
+    # 7 = 2 batches of 3 + 1, then 5 = 3 + 2: last batches are smaller.
+    first = transfer.extract_features(model, x[:7], batch_size=3)
+    second = transfer.extract_features(model, x[7:], batch_size=3)
+    gap = keras.Model(model.inputs[0], model.get_layer("gap").output)
+    np.testing.assert_allclose(
+        np.concatenate([first, second]), gap(x), atol=1e-5
+    )
+    [body] = _heads._BODIES[model].values()
+    assert body.predict_function.experimental_get_tracing_count() == 1
+    # The cache does not keep the model alive.
+    ref = weakref.ref(model)
+    del model, body
+    gc.collect()
+    assert ref() is None
+
+
 # ------------------------------------------------------ transfer_weights
 
 

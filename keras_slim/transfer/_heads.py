@@ -1,8 +1,16 @@
 """swap_head, extract_features, attach_head: find and replace the head."""
 
+import weakref
+
 import keras
+import numpy as np
 
 from keras_slim import _validation
+
+# model -> {(kind, index): the cut-off body}. Reusing the body reuses its
+# traced predict function: tracing a MobileNetV2 costs more than running
+# 500 images through it, and a user extracts train, then test features.
+_BODIES = weakref.WeakKeyDictionary()
 
 _POOLING = (
     keras.layers.GlobalAveragePooling1D,
@@ -272,6 +280,11 @@ def extract_features(model, x, layer=None, batch_size=32, verbose=0):
     train a small head on them (many times faster), then join head and body
     with `attach_head` into one model for export.
 
+    The forward pass is traced once per model and `layer`: later calls
+    (test features after train features) reuse it, and an array whose
+    length is not a multiple of `batch_size` has its last batch padded to
+    full size (then dropped) rather than traced a second time.
+
     Args:
         model: A built Sequential or Functional model: a classifier (its
             head is found as in `swap_head` and left out), a headless
@@ -307,8 +320,49 @@ def extract_features(model, x, layer=None, batch_size=32, verbose=0):
     _validation.check_model(model)
     _validation.check_int("batch_size", batch_size, minimum=1)
     kind, index = _cut(model, layer, "layer", allow_headless=True)
-    body = keras.Model(model.inputs, _tensor(model, kind, index))
-    return body.predict(x, batch_size=batch_size, verbose=verbose)
+    bodies = _BODIES.setdefault(model, {})
+    if (kind, index) not in bodies:
+        bodies[(kind, index)] = keras.Model(
+            model.inputs, _tensor(model, kind, index)
+        )
+    body = bodies[(kind, index)]
+    return _predict_whole_batches(body, x, batch_size, verbose)
+
+
+def _predict_whole_batches(body, x, batch_size, verbose):
+    """`body.predict(x)` with every batch of one shape, so traced once.
+
+    Keras traces its predict function again for a last, smaller batch (a
+    second full trace of the body). For arrays, predict the whole batches,
+    then the remainder padded to a full batch, and drop the padding rows
+    (inference mode: rows do not affect each other).
+    """
+    leaves = keras.tree.flatten(x)
+    if not leaves or not all(isinstance(a, np.ndarray) for a in leaves):
+        return body.predict(x, batch_size=batch_size, verbose=verbose)
+    n = len(leaves[0])
+    rest = n % batch_size
+    if n <= batch_size or not rest or any(len(a) != n for a in leaves):
+        return body.predict(x, batch_size=batch_size, verbose=verbose)
+    cut = n - rest
+    whole = body.predict(
+        keras.tree.map_structure(lambda a: a[:cut], x),
+        batch_size=batch_size,
+        verbose=verbose,
+    )
+    tail = body.predict(
+        keras.tree.map_structure(
+            lambda a: np.concatenate(
+                [a[cut:], np.repeat(a[-1:], batch_size - rest, axis=0)]
+            ),
+            x,
+        ),
+        batch_size=batch_size,
+        verbose=verbose,
+    )
+    return keras.tree.map_structure(
+        lambda w, t: np.concatenate([w, t[:rest]]), whole, tail
+    )
 
 
 def attach_head(body, head, layer=None, name=None):
