@@ -1,15 +1,18 @@
 """Benchmark: channel pruning of MobileNetV2 (alpha 0.35, 96x96) on digits.
 
-Per run: train the model briefly, then fine-tune it twice with the same
-budget, once unpruned and once after `prune_channels(fraction=0.5)`, and
-measure MACs, params, int8 bytes, LiteRT latency (float32 and int8) and
-accuracy of both. Medians over the runs; ratios pruned / unpruned.
+Per run: train the model from scratch, then fine-tune the same weights
+with the same budget (epochs, Adam with cosine decay) three ways: as is
+(unpruned), and after one-shot `prune_channels(fraction=0.5)` with the
+`l1` and the `bn_gamma` criterion. Measure MACs, params, int8 bytes,
+LiteRT latency (float32 and int8) and accuracy of each. Medians over the
+runs; ratios pruned / unpruned.
 
-    python -m benchmarks.channel_pruning [--quick]
+    python -m benchmarks.channel_pruning [--quick] [--repeats N]
 """
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import statistics
@@ -64,7 +67,7 @@ def _acc(model, x, y):
     return float(np.mean(np.argmax(model.predict(x, verbose=0), -1) == y))
 
 
-def _measure(model, x_cal, x_test, y_test, folder, tag, latency_runs):
+def _measure(model, x_cal, x_test, y_test, folder, tag):
     p = profile(model)
     row = {
         "macs": p.macs,
@@ -81,7 +84,19 @@ def _measure(model, x_cal, x_test, y_test, folder, tag, latency_runs):
     return row, f32, i8
 
 
-def run(repeats, epochs, finetune_epochs, size, latency_runs):
+CRITERIA = ("l1", "bn_gamma")
+
+
+def _finetune(model, x, y, epochs, lr):
+    # Same recipe for every row: Adam, cosine decay from `lr` to 0.
+    steps = epochs * int(np.ceil(len(x) / 64))
+    schedule = keras.optimizers.schedules.CosineDecay(lr, steps)
+    _compile(model, schedule)
+    model.fit(x, y, batch_size=64, epochs=epochs, verbose=0)
+    return model
+
+
+def run(repeats, epochs, finetune_epochs, size, latency_runs, lr):
     (x, y), (x_test, y_test) = datasets.load_digits(
         image_size=size, channels=3, seed=0
     )
@@ -92,30 +107,27 @@ def run(repeats, epochs, finetune_epochs, size, latency_runs):
         t0 = time.time()
         base.fit(x, y, batch_size=64, epochs=epochs, verbose=0)
         weights = base.get_weights()
-        results = {}
+        results = {"base_accuracy": _acc(base, x_test, y_test)}
         with tempfile.TemporaryDirectory() as folder:
             files = {}
-            for tag in ("unpruned", "pruned"):
+            for tag in ("unpruned", *CRITERIA):
                 keras.utils.set_random_seed(100 + repeat)
                 model = _bn_momentum(_model(size), 0.9)
                 model.set_weights(weights)
-                if tag == "pruned":
-                    model = prune_channels(model, fraction=0.5)
-                model = _compile(model, 5e-4)
-                model.fit(
-                    x, y, batch_size=64, epochs=finetune_epochs, verbose=0
-                )
+                pruned_accuracy = None
+                if tag != "unpruned":
+                    model = prune_channels(model, fraction=0.5, criterion=tag)
+                    pruned_accuracy = _acc(model, x_test, y_test)
+                t1 = time.time()
+                _finetune(model, x, y, finetune_epochs, lr)
+                seconds = time.time() - t1
                 results[tag], f32, i8 = _measure(
-                    model,
-                    x[:200],
-                    x_test,
-                    y_test,
-                    folder,
-                    tag,
-                    latency_runs,
+                    model, x[:200], x_test, y_test, folder, tag
                 )
+                results[tag]["finetune_seconds"] = seconds
+                results[tag]["accuracy_before_finetune"] = pruned_accuracy
                 files[tag] = (f32, i8)
-            # Latency interleaved, unpruned and pruned alternately.
+            # Latency interleaved, every model in turn.
             lat = {t: {"f32": [], "i8": []} for t in files}
             for _ in range(3):
                 for tag, (f32, i8) in files.items():
@@ -129,7 +141,9 @@ def run(repeats, epochs, finetune_epochs, size, latency_runs):
                 results[tag]["f32_ms"] = statistics.median(lat[tag]["f32"])
                 results[tag]["i8_ms"] = statistics.median(lat[tag]["i8"])
         print(
-            f"run {repeat}: {time.time() - t0:.0f}s {results}", file=sys.stderr
+            f"run {repeat}: {time.time() - t0:.0f}s {json.dumps(results)}",
+            file=sys.stderr,
+            flush=True,
         )
         rows.append(results)
     return rows
@@ -139,19 +153,17 @@ def _median(rows, tag, key):
     return statistics.median(r[tag][key] for r in rows)
 
 
-def _ratio(rows, key):
+def _ratio(rows, tag, key):
+    return statistics.median(r[tag][key] / r["unpruned"][key] for r in rows)
+
+
+def _delta(rows, tag):
     return statistics.median(
-        r["pruned"][key] / r["unpruned"][key] for r in rows
+        100 * (r[tag]["accuracy"] - r["unpruned"]["accuracy"]) for r in rows
     )
 
 
 def write(rows, args, seconds):
-    med = lambda tag, key: _median(rows, tag, key)  # noqa: E731
-    acc_u, acc_p = med("unpruned", "accuracy"), med("pruned", "accuracy")
-    delta = statistics.median(
-        100 * (r["pruned"]["accuracy"] - r["unpruned"]["accuracy"])
-        for r in rows
-    )
     goal = lambda ok: "met" if ok else "**missed**"  # noqa: E731
     lines = [
         "## Channel pruning: MobileNetV2 (alpha 0.35) on digits",
@@ -166,61 +178,102 @@ def write(rows, args, seconds):
         f"MobileNetV2(alpha=0.35, {args.size}x{args.size}x3, weights=None, "
         "BN momentum 0.9), digits resized to "
         f"{args.size} (1347 train / 450 test), trained {args.epochs} epochs "
-        "(Adam 1e-3, batch 64); then fine-tuned "
-        f"{args.finetune_epochs} epochs (Adam 5e-4) either as is "
-        "(unpruned) or after `prune_channels(model, fraction=0.5)` "
-        "(criterion l1, min_channels 8). "
+        "from scratch (Adam 1e-3, batch 64). Then the same weights are "
+        f"fine-tuned {args.finetune_epochs} epochs with the same optimizer "
+        f"(Adam, cosine decay from {args.lr:g} to 0, batch 64) three ways: "
+        "as is (unpruned), and after one-shot "
+        "`prune_channels(model, fraction=0.5, criterion=...)` with "
+        "criterion `l1` and `bn_gamma` (min_channels 8). "
         f"Medians over {len(rows)} runs (seeds 0..{len(rows) - 1}); "
-        "ratios are medians of per-run ratios. LiteRT latency: batch 1, "
-        f"1 thread, XNNPACK, {args.latency_runs} runs x 3 interleaved. "
-        "The machine (2 cores) was shared with other agents while this "
-        "ran: absolute times are noisy, the ratios were measured "
-        "interleaved in one run.",
+        "ratios and accuracy differences are medians of per-run values. "
+        "LiteRT latency: batch 1, 1 thread, XNNPACK, "
+        f"{args.latency_runs} runs x 3 interleaved. The machine (2 cores) "
+        "was shared with other jobs while this ran: absolute times are "
+        "noisy, the ratios were measured interleaved in one process.",
         "",
     ]
-    if len(rows) < 3 or args.epochs < 8 or args.finetune_epochs < 4:
+    if len(rows) < 3:
         lines += [
-            f"Reduced budget: {len(rows)} run(s), {args.epochs} training "
-            f"and {args.finetune_epochs} fine-tuning epochs instead of 3 "
-            "runs, 8 and 4 epochs, because one 96x96 MobileNetV2 epoch "
-            "took minutes on the shared machine. A model trained from "
-            "scratch this briefly is far from converged: read the "
-            "accuracy row as a like-for-like comparison at this budget.",
+            f"Reduced budget: {len(rows)} run(s) instead of 3, to fit the "
+            "time available on the shared machine.",
             "",
         ]
+    head = "| | unpruned |"
+    rule = "|---|---:|"
+    for tag in CRITERIA:
+        head += f" pruned 50% ({tag}) | ratio |"
+        rule += "---:|---:|"
+    lines += [head + " goal |", rule + "---|"]
+
+    def row(label, key, fmt, goal_text=None, limit=None):
+        text = f"| {label} | {fmt(_median(rows, 'unpruned', key))} |"
+        verdicts = []
+        for tag in CRITERIA:
+            r = _ratio(rows, tag, key)
+            text += f" {fmt(_median(rows, tag, key))} | {r:.2f}x |"
+            if limit is not None:
+                verdicts.append(f"{tag} {goal(r <= limit)}")
+        return text + (
+            f" {goal_text}: {', '.join(verdicts)} |" if goal_text else " |"
+        )
+
+    integer = lambda v: f"{v:,.0f}"  # noqa: E731
+    ms = lambda v: f"{v:.2f}"  # noqa: E731
+    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+    acc = (
+        "| Keras accuracy after fine-tuning | "
+        + pct(_median(rows, "unpruned", "accuracy"))
+        + " |"
+    )
+    verdicts = []
+    for tag in CRITERIA:
+        d = _delta(rows, tag)
+        acc += f" {pct(_median(rows, tag, 'accuracy'))} | {d:+.1f} pt |"
+        verdicts.append(f"{tag} {goal(d >= -1.0)}")
+    acc += f" within 1 pt: {', '.join(verdicts)} |"
+    before = "| Keras accuracy right after pruning | |"
+    i8acc = (
+        "| int8 LiteRT accuracy | "
+        + pct(_median(rows, "unpruned", "int8_accuracy"))
+        + " |"
+    )
+    only = (
+        "| int8 file all-integer | "
+        + str(all(r["unpruned"]["int8_only"] for r in rows))
+        + " |"
+    )
+    for tag in CRITERIA:
+        before += f" {pct(_median(rows, tag, 'accuracy_before_finetune'))}"
+        before += " | |"
+        i8acc += f" {pct(_median(rows, tag, 'int8_accuracy'))} | |"
+        only += f" {all(r[tag]['int8_only'] for r in rows)} | |"
     lines += [
-        "| | unpruned | pruned 50% | ratio | goal |",
-        "|---|---:|---:|---:|---|",
-        f"| MACs | {med('unpruned', 'macs'):,.0f} | "
-        f"{med('pruned', 'macs'):,.0f} | {_ratio(rows, 'macs'):.2f}x | "
-        f"<= 0.5x: {goal(_ratio(rows, 'macs') <= 0.5)} |",
-        f"| params | {med('unpruned', 'params'):,.0f} | "
-        f"{med('pruned', 'params'):,.0f} | {_ratio(rows, 'params'):.2f}x "
-        "| |",
-        f"| int8 bytes | {med('unpruned', 'int8_bytes'):,.0f} | "
-        f"{med('pruned', 'int8_bytes'):,.0f} | "
-        f"{_ratio(rows, 'int8_bytes'):.2f}x | |",
-        f"| LiteRT float32 latency (ms) | {med('unpruned', 'f32_ms'):.2f} "
-        f"| {med('pruned', 'f32_ms'):.2f} | {_ratio(rows, 'f32_ms'):.2f}x"
-        f" | <= 0.6x: {goal(_ratio(rows, 'f32_ms') <= 0.6)} |",
-        f"| LiteRT int8 latency (ms) | {med('unpruned', 'i8_ms'):.2f} | "
-        f"{med('pruned', 'i8_ms'):.2f} | {_ratio(rows, 'i8_ms'):.2f}x | |",
-        f"| Keras accuracy | {100 * acc_u:.1f}% | {100 * acc_p:.1f}% | "
-        f"{delta:+.1f} pt | within 1 pt: {goal(delta >= -1.0)} |",
-        f"| int8 LiteRT accuracy | "
-        f"{100 * med('unpruned', 'int8_accuracy'):.1f}% | "
-        f"{100 * med('pruned', 'int8_accuracy'):.1f}% | | |",
-        f"| int8 file all-integer | "
-        f"{all(r['unpruned']['int8_only'] for r in rows)} | "
-        f"{all(r['pruned']['int8_only'] for r in rows)} | | |",
+        row("MACs", "macs", integer, "<= 0.5x", 0.5),
+        row("params", "params", integer),
+        row("int8 bytes", "int8_bytes", integer),
+        row("LiteRT float32 latency (ms)", "f32_ms", ms, "<= 0.6x", 0.6),
+        row("LiteRT int8 latency (ms)", "i8_ms", ms),
+        before + " |",
+        acc,
+        i8acc + " |",
+        only + " |",
+        row("fine-tuning time (s)", "finetune_seconds", integer),
         "",
-        "Per run (unpruned -> pruned accuracy): "
-        + ", ".join(
-            f"{100 * r['unpruned']['accuracy']:.1f}% -> "
-            f"{100 * r['pruned']['accuracy']:.1f}%"
-            for r in rows
+        "Per run (base after training; unpruned, "
+        + ", ".join(CRITERIA)
+        + " after fine-tuning): "
+        + "; ".join(
+            f"seed {i}: {pct(r['base_accuracy'])}; "
+            + ", ".join(pct(r[t]["accuracy"]) for t in ("unpruned", *CRITERIA))
+            for i, r in enumerate(rows)
         )
         + ".",
+        "",
+        "Raw results:",
+        "",
+        "```json",
+        json.dumps(rows, indent=1),
+        "```",
         "",
     ]
     text = "\n".join(lines)
@@ -239,7 +292,8 @@ def main(argv=None):
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--finetune-epochs", type=int, default=4)
+    parser.add_argument("--finetune-epochs", type=int, default=6)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--latency-runs", type=int, default=50)
     args = parser.parse_args(argv)
@@ -254,6 +308,7 @@ def main(argv=None):
         args.finetune_epochs,
         args.size,
         args.latency_runs,
+        args.lr,
     )
     write(rows, args, time.time() - t0)
 
