@@ -9,6 +9,7 @@ The headline names are here (`export_tflite`, `inspect_tflite`,
 `keras_slim.models`.
 """
 
+from keras_slim import _quiet  # noqa: F401 - first: before TensorFlow loads
 from keras_slim import callbacks
 from keras_slim import datasets
 from keras_slim import distillation
