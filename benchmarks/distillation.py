@@ -29,6 +29,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks._common import compile_classifier  # noqa: E402
 from keras_slim import datasets  # noqa: E402
 from keras_slim import models  # noqa: E402
 from keras_slim.distillation import Distiller  # noqa: E402
@@ -36,15 +37,6 @@ from keras_slim.distillation import cache_teacher_outputs  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "distillation.md")
 BATCH = 32
-
-
-def _compile(model, lr):
-    model.compile(
-        keras.optimizers.Adam(lr),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
 
 
 def _student(seed):
@@ -160,17 +152,17 @@ def accuracy_runs(teacher, data, args):
             student = _student(seed)
             targets = y
             if name == "student alone":
-                model = _compile(student, args.lr)
+                model = compile_classifier(student, args.lr)
             elif name == "Keras Distiller default":
                 model = keras.distillation.Distiller(
                     teacher,
                     student,
                     distillation_losses=keras.distillation.LogitsDistillation(),
                 )
-                _compile(model, args.lr)
+                compile_classifier(model, args.lr)
             else:
                 alpha = 0.5 if "alpha=0.5" in name else 0.1
-                model = _compile(
+                model = compile_classifier(
                     Distiller(teacher, student, alpha=alpha), args.lr
                 )
                 # Same loss as running the teacher (tests check it), faster.
@@ -224,13 +216,13 @@ def timing_runs(teacher, x, y, repeats, lr):
     cached = cache_teacher_outputs(teacher, x)
     cache_s = time.perf_counter() - start
     variants = {
-        "student alone": (_compile(_student(0), lr), y),
+        "student alone": (compile_classifier(_student(0), lr), y),
         "keras_slim Distiller, teacher every step": (
-            _compile(Distiller(teacher, _student(0)), lr),
+            compile_classifier(Distiller(teacher, _student(0)), lr),
             y,
         ),
         "keras_slim Distiller, cached teacher": (
-            _compile(Distiller(teacher, _student(0)), lr),
+            compile_classifier(Distiller(teacher, _student(0)), lr),
             {"labels": y, "teacher_outputs": cached},
         ),
     }
@@ -275,7 +267,9 @@ def mobilenet_teacher(x, y, epochs, lr):
         classifier_activation=None,
     )
     model = keras.Model(inputs, backbone(h), name="mobilenet_teacher")
-    _compile(model, lr).fit(x, y, batch_size=64, epochs=epochs, verbose=0)
+    compile_classifier(model, lr).fit(
+        x, y, batch_size=64, epochs=epochs, verbose=0
+    )
     return model
 
 
@@ -294,7 +288,7 @@ def main():
     data = datasets.load_digits(image_size=32, seed=0)
     (x, y), (x_test, y_test) = data
     keras.utils.set_random_seed(0)
-    teacher = _compile(models.small_cnn(name="teacher"), 1e-3)
+    teacher = compile_classifier(models.small_cnn(name="teacher"), 1e-3)
     teacher.fit(x, y, batch_size=64, epochs=args.teacher_epochs, verbose=0)
     teacher_acc = _accuracy(teacher, x_test, y_test)
     teacher_train = _accuracy(teacher, x, y)

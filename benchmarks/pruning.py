@@ -30,6 +30,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks._common import EpochTimer  # noqa: E402
+from benchmarks._common import compile_classifier  # noqa: E402
+from benchmarks._common import steady  # noqa: E402
 from keras_slim import datasets  # noqa: E402
 from keras_slim import models  # noqa: E402
 from keras_slim.pruning import MagnitudePruning  # noqa: E402
@@ -43,30 +46,6 @@ except ImportError:  # export.py not there yet
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "pruning.md")
 STEPS_PER_EPOCH = 22  # 1347 images, batch 64
-
-
-class EpochTimer(keras.callbacks.Callback):
-    def on_train_begin(self, logs=None):
-        self.times = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.times.append(time.perf_counter() - self.start)
-
-
-def _compile(model, lr=1e-3):
-    model.compile(
-        optimizer=keras.optimizers.Adam(lr),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
-
-
-def _steady(times):
-    return float(np.median(times[1:] if len(times) > 1 else times))
 
 
 def _accuracy(model, x, y):
@@ -86,7 +65,7 @@ def _schedule(target, args):
 def _fine_tune(weights, data, args, seed, callbacks=()):
     (x, y), (xt, yt) = data
     keras.utils.set_random_seed(seed)
-    model = _compile(models.small_cnn())
+    model = compile_classifier(models.small_cnn())
     model.set_weights(weights)
     timer = EpochTimer()
     model.fit(
@@ -97,7 +76,7 @@ def _fine_tune(weights, data, args, seed, callbacks=()):
         verbose=0,
         callbacks=[timer, *callbacks],
     )
-    return model, _accuracy(model, xt, yt), _steady(timer.times)
+    return model, _accuracy(model, xt, yt), steady(timer.times)
 
 
 def _export_sizes(model, folder, name, x):
@@ -203,8 +182,8 @@ def alternating_epoch_ratio(weights, data, args, rounds):
     updates every `frequency` steps) through the rounds.
     """
     (x, y), _ = data
-    plain = _compile(models.small_cnn())
-    pruned = _compile(models.small_cnn())
+    plain = compile_classifier(models.small_cnn())
+    pruned = compile_classifier(models.small_cnn())
     plain.set_weights(weights)
     pruned.set_weights(weights)
     pruning = MagnitudePruning(_schedule(0.8, args), scope="global")
@@ -392,7 +371,7 @@ def main(argv=None):
     data = datasets.load_digits(32, seed=0)
     (x, y), (xt, yt) = data
     keras.utils.set_random_seed(0)
-    base = _compile(models.small_cnn())
+    base = compile_classifier(models.small_cnn())
     base.fit(x, y, batch_size=64, epochs=args.base_epochs, verbose=0)
     weights = base.get_weights()
     print(f"pretrained: {_accuracy(base, xt, yt):.3f}", flush=True)

@@ -30,36 +30,15 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_slim  # noqa: E402
+from benchmarks._common import EpochTimer  # noqa: E402
+from benchmarks._common import compile_classifier  # noqa: E402
+from benchmarks._common import steady  # noqa: E402
 from keras_slim import datasets  # noqa: E402
 from keras_slim import litert  # noqa: E402
 from keras_slim import models  # noqa: E402
 from keras_slim.quantization import QuantizationAwareTraining  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "qat.md")
-
-
-class EpochTimer(keras.callbacks.Callback):
-    def on_train_begin(self, logs=None):
-        self.times = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.times.append(time.perf_counter() - self.start)
-
-
-def _compile(model, lr):
-    model.compile(
-        keras.optimizers.Adam(lr),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
-
-
-def _steady(times):
-    return float(np.median(times[1:] if len(times) > 1 else times))
 
 
 def _file_row(model, path, xt, yt, **export_kwargs):
@@ -78,13 +57,13 @@ def _file_row(model, path, xt, yt, **export_kwargs):
 def run_once(seed, base_epochs, epochs, folder, data_file):
     (x, y), (xt, yt) = datasets.load_digits(32, seed=0)
     keras.utils.set_random_seed(seed)
-    base = _compile(models.small_cnn(), 1e-3)
+    base = compile_classifier(models.small_cnn(), 1e-3)
     base.fit(x, y, batch_size=64, epochs=base_epochs, verbose=0)
     weights = base.get_weights()
     rows = {}
 
     # Float fine-tune, then PTQ of it.
-    plain = _compile(models.small_cnn(), 1e-4)
+    plain = compile_classifier(models.small_cnn(), 1e-4)
     plain.set_weights(weights)
     t_plain = EpochTimer()
     plain.fit(
@@ -93,7 +72,7 @@ def run_once(seed, base_epochs, epochs, folder, data_file):
     float_acc = float(np.mean(plain.predict(xt, verbose=0).argmax(1) == yt))
     rows["float fine-tune"] = {
         "keras_accuracy": float_acc,
-        "epoch_s": _steady(t_plain.times),
+        "epoch_s": steady(t_plain.times),
     }
     ptq = _file_row(
         plain,
@@ -105,7 +84,7 @@ def run_once(seed, base_epochs, epochs, folder, data_file):
     rows["PTQ int8 of the fine-tune"] = ptq
 
     # Our QAT fine-tune (right after, same process: interleaved timing).
-    qat_model = _compile(models.small_cnn(), 1e-4)
+    qat_model = compile_classifier(models.small_cnn(), 1e-4)
     qat_model.set_weights(weights)
     t_qat = EpochTimer()
     qat = QuantizationAwareTraining(freeze_bn_delay=0)
@@ -113,7 +92,7 @@ def run_once(seed, base_epochs, epochs, folder, data_file):
         x, y, batch_size=64, epochs=epochs, verbose=0, callbacks=[t_qat, qat]
     )
     row = _file_row(qat_model, os.path.join(folder, "qat.tflite"), xt, yt)
-    row["epoch_s"] = _steady(t_qat.times)
+    row["epoch_s"] = steady(t_qat.times)
     row["epoch_ratio"] = row["epoch_s"] / rows["float fine-tune"]["epoch_s"]
     rows["keras_slim QAT fine-tune"] = row
 
@@ -155,7 +134,7 @@ def alternating_epochs(seed, rounds, epochs_base=5):
     """
     (x, y), _ = datasets.load_digits(32, seed=0)
     keras.utils.set_random_seed(seed)
-    base = _compile(models.small_cnn(), 1e-3)
+    base = compile_classifier(models.small_cnn(), 1e-3)
     base.fit(x, y, batch_size=64, epochs=epochs_base, verbose=0)
     variants = {
         "plain": None,
@@ -164,7 +143,7 @@ def alternating_epochs(seed, rounds, epochs_base=5):
     }
     fitted = {}
     for name, callback in variants.items():
-        model = _compile(models.small_cnn(), 1e-4)
+        model = compile_classifier(models.small_cnn(), 1e-4)
         model.set_weights(base.get_weights())
         fitted[name] = (model, [callback] if callback else [])
     times = {name: [] for name in variants}
@@ -213,7 +192,7 @@ def run_mobilenet(seed, base_epochs, epochs, folder):
     """MobileNetV2-0.35 at 96x96: PTQ of a float fine-tune vs QAT."""
     (x, y), (xt, yt) = datasets.load_digits(96, seed=0, channels=3)
     keras.utils.set_random_seed(seed)
-    base = _compile(mobilenet(), 1e-3)
+    base = compile_classifier(mobilenet(), 1e-3)
     base.fit(x, y, batch_size=64, epochs=base_epochs, verbose=0)
     weights = base.get_weights()
     rows = {
@@ -225,7 +204,7 @@ def run_mobilenet(seed, base_epochs, epochs, folder):
     }
     del base
     keras.backend.clear_session()
-    plain = _compile(mobilenet(), 1e-4)
+    plain = compile_classifier(mobilenet(), 1e-4)
     plain.set_weights(weights)
     plain.fit(x, y, batch_size=64, epochs=epochs, verbose=0)
     rows["PTQ int8 of the fine-tune"] = _file_row(
@@ -235,7 +214,7 @@ def run_mobilenet(seed, base_epochs, epochs, folder):
         yt,
         representative_data=x[:300],
     )
-    qat_model = _compile(mobilenet(), 1e-4)
+    qat_model = compile_classifier(mobilenet(), 1e-4)
     qat_model.set_weights(weights)
     qat_model.fit(
         x,

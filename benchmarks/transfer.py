@@ -32,20 +32,12 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks._common import compile_classifier  # noqa: E402
 from keras_slim import datasets  # noqa: E402
 from keras_slim import models  # noqa: E402
 from keras_slim import transfer  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "transfer.md")
-
-
-def _compile(model, lr):
-    model.compile(
-        keras.optimizers.Adam(lr),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
 
 
 def _split(x, y, classes):
@@ -85,7 +77,7 @@ def _labelled(y59, k, seed):
 
 def _head_on(features, lr, seed):
     keras.utils.set_random_seed(seed)
-    return _compile(
+    return compile_classifier(
         keras.Sequential(
             [keras.Input(features.shape[1:]), keras.layers.Dense(5)]
         ),
@@ -114,7 +106,7 @@ def offline_transfer(args):
     xt, yt = _split(x_test, y_test, range(5, 10))
     x59, y59 = _split(x, y, range(5, 10))
     keras.utils.set_random_seed(0)
-    source = _compile(models.small_cnn(num_classes=5), 1e-3)
+    source = compile_classifier(models.small_cnn(num_classes=5), 1e-3)
     source.fit(xs, ys, batch_size=64, epochs=args.source_epochs, verbose=0)
     source_acc = _accuracy(source, *_split(x_test, y_test, range(5)))
     # Features of every 5-9 image, once: GAP (the source's own head input)
@@ -159,7 +151,7 @@ def offline_transfer(args):
             keras.utils.set_random_seed(s)
             model = transfer.swap_head(source, 5, dropout=0.0, head_layer="gap")
             transfer.freeze(model, up_to="relu4")
-            _compile(model, head_lr)
+            compile_classifier(model, head_lr)
             _fit_steps(model, x59[idx], y59[idx], args.steps)
             transfer.unfreeze(model)  # BatchNorm stays frozen
             model.optimizer.learning_rate.assign(lr)
@@ -171,7 +163,7 @@ def offline_transfer(args):
         def scratch(lr, s):
             idx, rest = picks[s], rests[s]
             keras.utils.set_random_seed(s)
-            model = _compile(models.small_cnn(num_classes=5), lr)
+            model = compile_classifier(models.small_cnn(num_classes=5), lr)
             _fit_steps(model, x59[idx], y59[idx], 2 * args.steps)
             return _accuracy(model, x59[rest], y59[rest]), _accuracy(
                 model, xt, yt
@@ -237,7 +229,7 @@ def feature_caching(args):
             start = time.perf_counter()
             if way == "cached":
                 feats = transfer.extract_features(base, x, batch_size=64)
-                _compile(head, 1e-3).fit(
+                compile_classifier(head, 1e-3).fit(
                     feats,
                     y,
                     batch_size=32,
@@ -248,7 +240,7 @@ def feature_caching(args):
                 model = transfer.attach_head(base, head)
             else:
                 model = transfer.attach_head(base, head)
-                _compile(model, 1e-3).fit(
+                compile_classifier(model, 1e-3).fit(
                     x,
                     y,
                     batch_size=32,

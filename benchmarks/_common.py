@@ -1,0 +1,37 @@
+"""What the Keras 3 benchmarks share: the classifier compile, an epoch
+timer and the steady-state epoch time. (The tf_keras subprocesses have
+their own, in `_tf_keras_common`: a tf_keras callback is another class.)
+"""
+
+import time
+
+import keras
+import numpy as np
+
+
+def compile_classifier(model, lr=1e-3):
+    """Adam(lr), sparse cross-entropy on logits, accuracy; returns `model`."""
+    model.compile(
+        keras.optimizers.Adam(lr),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Seconds of each epoch of `fit`, in `times`."""
+
+    def on_train_begin(self, logs=None):
+        self.times = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times.append(time.perf_counter() - self.start)
+
+
+def steady(times):
+    """Median epoch time without the first epoch (which traces)."""
+    return float(np.median(times[1:] if len(times) > 1 else times))
