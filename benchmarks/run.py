@@ -16,6 +16,11 @@ import os
 HERE = os.path.dirname(os.path.abspath(__file__))
 ORDER = ["export", "pruning", "qat", "distillation", "transfer",
          "channel_pruning"]
+# Result files in RESULTS.md order: a benchmark with parts writes one file
+# per part (`--part`), so a part can be re-run alone.
+SECTIONS = ["export", "pruning", "qat", "qat_mobilenet", "distillation",
+            "distillation_timing", "transfer", "transfer_caching",
+            "channel_pruning"]
 
 
 def assemble():
@@ -28,7 +33,7 @@ def assemble():
     ]
     folder = os.path.join(HERE, "results")
     names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
-    ordered = [f"{n}.md" for n in ORDER if f"{n}.md" in names]
+    ordered = [f"{n}.md" for n in SECTIONS if f"{n}.md" in names]
     ordered += [n for n in names if n.endswith(".md") and n not in ordered]
     for name in ordered:
         with open(os.path.join(folder, name)) as f:
