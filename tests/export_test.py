@@ -12,6 +12,7 @@ from conftest import accuracy
 from keras_slim import export_tflite
 from keras_slim import inspect_tflite
 from keras_slim import litert
+from keras_slim import profile
 
 
 @pytest.fixture
@@ -47,6 +48,9 @@ def test_int8_file_is_int8_only_small_and_as_accurate(
     assert info.ops["FULLY_CONNECTED"] == 1
     assert info.bytes <= 0.36 * float_info.bytes
     assert info.gzip_bytes < info.bytes
+    # profile's estimate: the weights with their quantization parameters,
+    # without the graph the file adds around them.
+    assert 0.7 * info.bytes <= profile(trained_cnn).int8_bytes <= info.bytes
     keras_acc = accuracy(trained_cnn.predict(x_test, verbose=0), y_test)
     int8_acc = litert.evaluate(exported["int8"], x_test, y_test)
     assert keras_acc > 0.93
@@ -146,6 +150,8 @@ def test_keras_applications_backbone_exports_int8_only(tmp_path):
                            representative_data=data)
     assert report.int8_only, report.info.float_ops
     assert report.info.ops["DEPTHWISE_CONV_2D"] == 17
+    estimate = profile(model).int8_bytes
+    assert 0.75 * report.info.bytes <= estimate <= report.info.bytes
 
 
 def test_representative_data_as_dataset_generator_or_function(
