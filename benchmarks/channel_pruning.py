@@ -1,11 +1,14 @@
 """Benchmark: channel pruning of MobileNetV2 (alpha 0.35, 96x96) on digits.
 
 Per run: train the model from scratch, then fine-tune the same weights
-with the same budget (epochs, Adam with cosine decay) three ways: as is
-(unpruned), and after one-shot `prune_channels(fraction=0.5)` with the
-`l1` and the `bn_gamma` criterion. Measure MACs, params, int8 bytes,
-LiteRT latency (float32 and int8) and accuracy of each. Medians over the
-runs; ratios pruned / unpruned.
+with the same budget (epochs, Adam with cosine decay) five ways: as is
+(unpruned); after one-shot `prune_channels(fraction=0.5)` with the `l1`
+and the `bn_gamma` criterion (plain fine-tune, the literal rows); and
+bn_gamma 50% fine-tuned by distillation (RECIPE below), from the unpruned
+base (same budget) and, as an extra row, from the fine-tuned unpruned
+model. Measure MACs, params, int8 bytes, LiteRT latency (float32 and
+int8), accuracy and fine-tuning time of each. Medians over the runs;
+ratios pruned / unpruned.
 
     python -m benchmarks.channel_pruning [--quick] [--repeats N]
 """
@@ -26,10 +29,14 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks._common import EpochTimer  # noqa: E402
+from benchmarks._common import steady  # noqa: E402
 from keras_slim import datasets  # noqa: E402
 from keras_slim import export_tflite  # noqa: E402
 from keras_slim import litert  # noqa: E402
 from keras_slim import profile  # noqa: E402
+from keras_slim.distillation import Distiller  # noqa: E402
+from keras_slim.distillation import cache_teacher_outputs  # noqa: E402
 from keras_slim.pruning.channels import prune_channels  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
@@ -84,16 +91,63 @@ def _measure(model, x_cal, x_test, y_test, folder, tag):
     return row, f32, i8
 
 
-CRITERIA = ("l1", "bn_gamma")
+# The recommended recipe (probes: benchmarks/probes/channel_pruning_recipes.py
+# and the notes in results/channel_pruning.md): uniform bn_gamma 50%,
+# fine-tuned by distillation. Teacher "base": the unpruned base the pruned
+# model came from (same budget as the unpruned row); teacher "unpruned": the
+# unpruned model after its own fine-tune (the pipeline then trains both).
+RECIPE_PRUNE = dict(fraction=0.5, criterion="bn_gamma")
+RECIPE_TEXT = (
+    '`prune_channels(model, fraction=0.5, criterion="bn_gamma")`, '
+    "fine-tuned with `keras_slim.distillation.Distiller(teacher, "
+    "student=pruned)` (temperature 4, alpha 0.1, teacher outputs cached "
+    "once), the teacher being either the unpruned base the pruned model "
+    "came from (`kd_base`, the same budget as the unpruned row) or the "
+    "unpruned model after its own fine-tune (`kd_unpruned`: the pipeline "
+    "then spends the unpruned row's fine-tune as well, an extra row for "
+    "users who have that model anyway)."
+)
+
+# tag -> (prune_channels arguments, teacher (None: plain fine-tune), label)
+VARIANTS = {
+    "l1": (dict(fraction=0.5, criterion="l1"), None, "pruned 50% (l1)"),
+    "bn_gamma": (
+        dict(fraction=0.5, criterion="bn_gamma"),
+        None,
+        "pruned 50% (bn_gamma)",
+    ),
+    "kd_base": (RECIPE_PRUNE, "base", "recipe: bn_gamma 50% + KD from base"),
+    "kd_unpruned": (
+        RECIPE_PRUNE,
+        "unpruned",
+        "extra: bn_gamma 50% + KD from fine-tuned unpruned",
+    ),
+}
+CRITERIA = tuple(VARIANTS)
 
 
-def _finetune(model, x, y, epochs, lr):
-    # Same recipe for every row: Adam, cosine decay from `lr` to 0.
+def _finetune(model, x, y, epochs, lr, teacher_outputs=None, teacher=None):
+    # Same optimizer for every row: Adam, cosine decay from `lr` to 0; the
+    # recipe trains through a Distiller (labels and the teacher's outputs).
     steps = epochs * int(np.ceil(len(x) / 64))
     schedule = keras.optimizers.schedules.CosineDecay(lr, steps)
-    _compile(model, schedule)
-    model.fit(x, y, batch_size=64, epochs=epochs, verbose=0)
-    return model
+    timer = EpochTimer()
+    if teacher is None:
+        _compile(model, schedule)
+        model.fit(
+            x, y, batch_size=64, epochs=epochs, verbose=0, callbacks=[timer]
+        )
+    else:
+        distiller = _compile(Distiller(teacher, model), schedule)
+        distiller.fit(
+            x,
+            {"labels": y, "teacher_outputs": teacher_outputs},
+            batch_size=64,
+            epochs=epochs,
+            verbose=0,
+            callbacks=[timer],
+        )
+    return steady(timer.times)
 
 
 def run(repeats, epochs, finetune_epochs, size, latency_runs, lr):
@@ -108,6 +162,16 @@ def run(repeats, epochs, finetune_epochs, size, latency_runs, lr):
         base.fit(x, y, batch_size=64, epochs=epochs, verbose=0)
         weights = base.get_weights()
         results = {"base_accuracy": _acc(base, x_test, y_test)}
+        # Teachers of the recipe, run once over the (non-augmented)
+        # training images; that pass counts in the fine-tuning time.
+        teachers = {}
+
+        def _teach(name, model):
+            t1 = time.time()
+            outputs = cache_teacher_outputs(model, x)
+            teachers[name] = (model, outputs, time.time() - t1)
+
+        _teach("base", base)
         with tempfile.TemporaryDirectory() as folder:
             files = {}
             for tag in ("unpruned", *CRITERIA):
@@ -115,17 +179,26 @@ def run(repeats, epochs, finetune_epochs, size, latency_runs, lr):
                 model = _bn_momentum(_model(size), 0.9)
                 model.set_weights(weights)
                 pruned_accuracy = None
+                teacher, outputs, seconds = None, None, 0.0
                 if tag != "unpruned":
-                    model = prune_channels(model, fraction=0.5, criterion=tag)
+                    arguments, name, _ = VARIANTS[tag]
+                    model = prune_channels(model, **arguments)
                     pruned_accuracy = _acc(model, x_test, y_test)
+                    if name is not None:
+                        teacher, outputs, seconds = teachers[name]
                 t1 = time.time()
-                _finetune(model, x, y, finetune_epochs, lr)
-                seconds = time.time() - t1
+                epoch = _finetune(
+                    model, x, y, finetune_epochs, lr, outputs, teacher
+                )
+                seconds += time.time() - t1
                 results[tag], f32, i8 = _measure(
                     model, x[:200], x_test, y_test, folder, tag
                 )
                 results[tag]["finetune_seconds"] = seconds
+                results[tag]["epoch_seconds"] = epoch
                 results[tag]["accuracy_before_finetune"] = pruned_accuracy
+                if tag == "unpruned":
+                    _teach("unpruned", model)
                 files[tag] = (f32, i8)
             # Latency interleaved, every model in turn.
             lat = {t: {"f32": [], "i8": []} for t in files}
@@ -180,10 +253,15 @@ def write(rows, args, seconds):
         f"{args.size} (1347 train / 450 test), trained {args.epochs} epochs "
         "from scratch (Adam 1e-3, batch 64). Then the same weights are "
         f"fine-tuned {args.finetune_epochs} epochs with the same optimizer "
-        f"(Adam, cosine decay from {args.lr:g} to 0, batch 64) three ways: "
-        "as is (unpruned), and after one-shot "
+        f"(Adam, cosine decay from {args.lr:g} to 0, batch 64) four ways: "
+        "as is (unpruned); after one-shot "
         "`prune_channels(model, fraction=0.5, criterion=...)` with "
-        "criterion `l1` and `bn_gamma` (min_channels 8). "
+        "criterion `l1` and `bn_gamma` (min_channels 8), plain fine-tune "
+        "(the literal uniform 50% rows); and the recommended recipe: "
+        + RECIPE_TEXT
+        + " Fine-tuning time includes the recipe's one pass of the teacher "
+        "over the training images; epoch time is the median epoch after "
+        "the first. "
         f"Medians over {len(rows)} runs (seeds 0..{len(rows) - 1}); "
         "ratios and accuracy differences are medians of per-run values. "
         "LiteRT latency: batch 1, 1 thread, XNNPACK, "
@@ -201,7 +279,7 @@ def write(rows, args, seconds):
     head = "| | unpruned |"
     rule = "|---|---:|"
     for tag in CRITERIA:
-        head += f" pruned 50% ({tag}) | ratio |"
+        head += f" {VARIANTS[tag][2]} | ratio |"
         rule += "---:|---:|"
     lines += [head + " goal |", rule + "---|"]
 
@@ -258,6 +336,7 @@ def write(rows, args, seconds):
         i8acc + " |",
         only + " |",
         row("fine-tuning time (s)", "finetune_seconds", integer),
+        row("fine-tuning epoch time (s)", "epoch_seconds", ms),
         "",
         "Per run (base after training; unpruned, "
         + ", ".join(CRITERIA)
@@ -292,7 +371,7 @@ def main(argv=None):
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--finetune-epochs", type=int, default=6)
+    parser.add_argument("--finetune-epochs", type=int, default=12)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--latency-runs", type=int, default=50)
