@@ -8,11 +8,13 @@ times of plain `fit` and QAT `fit` are measured in the same run, one after
 the other in each repeat, as steady-state medians (first epoch, which
 traces, left out).
 
-    python -m benchmarks.qat            # 3 repeats, writes results/qat.md
-
 Then the epoch time measured alternately (plain, QAT, plain, ...), and
 MobileNetV2-0.35 at 96x96: PTQ vs QAT int8 accuracy.
-    python -m benchmarks.qat --quick    # smoke run, 1 repeat, few epochs
+
+    python -m benchmarks.qat                   # both parts, 3 repeats
+    python -m benchmarks.qat --part cnn        # results/qat.md
+    python -m benchmarks.qat --part mobilenet  # results/qat_mobilenet.md
+    python -m benchmarks.qat --quick           # smoke run, few epochs
 """
 
 import argparse
@@ -39,6 +41,9 @@ from keras_slim import models  # noqa: E402
 from keras_slim.quantization import QuantizationAwareTraining  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "qat.md")
+MOBILENET_RESULTS = os.path.join(
+    os.path.dirname(__file__), "results", "qat_mobilenet.md"
+)
 
 
 def _file_row(model, path, xt, yt, **export_kwargs):
@@ -247,7 +252,7 @@ def _fmt(value, kind):
     return str(value)
 
 
-def write_markdown(runs, timing, mnv2, args, seconds):
+def _cnn_lines(runs, timing, args, seconds):
     import tensorflow as tf
 
     names = [
@@ -259,14 +264,11 @@ def write_markdown(runs, timing, mnv2, args, seconds):
     lines = [
         "## Quantization-aware training",
         "",
-        f"Command: `python -m benchmarks.qat{' --quick' if args.quick else ''}`"
-        f" (repeats={args.repeats}, base epochs={args.base_epochs}, "
-        f"fine-tune epochs={args.epochs}, timing rounds={args.rounds}, "
-        f"MobileNetV2 repeats={args.mobilenet_repeats}, base epochs="
-        f"{args.mobilenet_base_epochs}, fine-tune epochs="
-        f"{args.mobilenet_epochs}); date "
+        f"Command: `{args.command}` (repeats={args.repeats}, base epochs="
+        f"{args.base_epochs}, fine-tune epochs={args.epochs}, timing "
+        f"rounds={args.rounds}); date "
         f"{datetime.date.today().isoformat()}; tensorflow {tf.__version__}, "
-        f"keras {keras.__version__}; {seconds / 60:.1f} min.",
+        f"keras {keras.__version__}; {seconds / 60:.1f} min for the run.",
         "",
         "Demo CNN (`keras_slim.models.small_cnn`, 20,394 parameters) on the "
         "digits at 32x32 (1347 train / 450 test), trained "
@@ -347,7 +349,26 @@ def write_markdown(runs, timing, mnv2, args, seconds):
         json.dumps({"alternating_timing": timing}, sort_keys=True),
         "```",
         "",
-        "### MobileNetV2 (alpha 0.35, 96x96x3, weights=None): PTQ vs QAT",
+    ]
+    return lines
+
+
+def write_markdown(runs, timing, mnv2, args, seconds):
+    import tensorflow as tf
+
+    if runs:
+        _save(RESULTS, _cnn_lines(runs, timing, args, seconds))
+    if not mnv2:
+        return
+    lines = [
+        "## Quantization-aware training: MobileNetV2 (alpha 0.35, 96x96x3, "
+        "weights=None), PTQ vs QAT",
+        "",
+        f"Command: `{args.command}` (MobileNetV2 repeats="
+        f"{args.mobilenet_repeats}, base epochs={args.mobilenet_base_epochs}"
+        f", fine-tune epochs={args.mobilenet_epochs}); date "
+        f"{datetime.date.today().isoformat()}; tensorflow {tf.__version__}, "
+        f"keras {keras.__version__}; {seconds / 60:.1f} min for the run.",
         "",
         "`keras.applications.MobileNetV2(alpha=0.35, weights=None)` (BN "
         "momentum 0.9) on the digits resized to 96x96x3, trained "
@@ -383,7 +404,12 @@ def write_markdown(runs, timing, mnv2, args, seconds):
         "```",
         "",
     ]
-    with open(RESULTS, "w") as f:
+    _save(MOBILENET_RESULTS, lines)
+
+
+def _save(path, lines):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))
 
@@ -391,6 +417,13 @@ def write_markdown(runs, timing, mnv2, args, seconds):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
+    p.add_argument(
+        "--part",
+        choices=("both", "cnn", "mobilenet"),
+        default="both",
+        help="the demo CNN comparison (results/qat.md), the MobileNetV2 "
+        "PTQ-vs-QAT rows (results/qat_mobilenet.md), or both",
+    )
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--base-epochs", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
@@ -399,6 +432,9 @@ def main(argv=None):
     p.add_argument("--mobilenet-base-epochs", type=int, default=None)
     p.add_argument("--mobilenet-epochs", type=int, default=None)
     args = p.parse_args(argv)
+    args.command = "python -m benchmarks.qat" + " ".join(
+        [""] + (argv if argv is not None else sys.argv[1:])
+    )
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.base_epochs = args.base_epochs or (3 if args.quick else 20)
     args.epochs = args.epochs or (2 if args.quick else 5)
@@ -415,14 +451,16 @@ def main(argv=None):
         (x, y), (xt, yt) = datasets.load_digits(32, seed=0)
         data_file = os.path.join(folder, "digits.npz")
         np.savez(data_file, x=x, y=y, xt=xt, yt=yt)
-        for seed in range(args.repeats):
+        for seed in range(args.repeats if args.part != "mobilenet" else 0):
             runs.append(
                 run_once(seed, args.base_epochs, args.epochs, folder, data_file)
             )
             print(json.dumps(runs[-1]), flush=True)
-        timing = alternating_epochs(0, args.rounds)
-        print(json.dumps(timing), flush=True)
-        for seed in range(args.mobilenet_repeats):
+        timing = None
+        if args.part != "mobilenet":
+            timing = alternating_epochs(0, args.rounds)
+            print(json.dumps(timing), flush=True)
+        for seed in range(args.mobilenet_repeats if args.part != "cnn" else 0):
             keras.backend.clear_session()
             mnv2.append(
                 run_mobilenet(
