@@ -3,6 +3,7 @@ timer and the steady-state epoch time. (The tf_keras subprocesses have
 their own, in `_tf_keras_common`: a tf_keras callback is another class.)
 """
 
+import os
 import time
 
 import keras
@@ -35,3 +36,12 @@ class EpochTimer(keras.callbacks.Callback):
 def steady(times):
     """Median epoch time without the first epoch (which traces)."""
     return float(np.median(times[1:] if len(times) > 1 else times))
+
+
+def save_section(path, lines):
+    """Write a results section (a list of lines or a text) and print it."""
+    text = lines if isinstance(lines, str) else "\n".join(lines)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    print(text)

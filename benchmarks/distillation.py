@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks._common import compile_classifier  # noqa: E402
+from benchmarks._common import save_section  # noqa: E402
 from keras_slim import datasets  # noqa: E402
 from keras_slim import models  # noqa: E402
 from keras_slim.distillation import Distiller  # noqa: E402
@@ -453,14 +454,7 @@ def _write_accuracy(args, teacher, rows, minutes):
         "```",
         "",
     ]
-    _save(RESULTS, lines)
-
-
-def _save(path, lines):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
-    print("\n".join(lines))
+    save_section(RESULTS, lines)
 
 
 def _write_timing(args, repeats, mobilenet_epochs, cnn, big, minutes):
@@ -534,7 +528,7 @@ def _write_timing(args, repeats, mobilenet_epochs, cnn, big, minutes):
         "",
         TIMING_NOTES,
     ]
-    _save(TIMING_RESULTS, lines)
+    save_section(TIMING_RESULTS, lines)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 import keras_slim  # noqa: E402
 from benchmarks._common import EpochTimer  # noqa: E402
 from benchmarks._common import compile_classifier  # noqa: E402
+from benchmarks._common import save_section  # noqa: E402
 from benchmarks._common import steady  # noqa: E402
 from keras_slim import datasets  # noqa: E402
 from keras_slim import litert  # noqa: E402
@@ -357,7 +358,7 @@ def write_markdown(runs, timing, mnv2, args, seconds):
     import tensorflow as tf
 
     if runs:
-        _save(RESULTS, _cnn_lines(runs, timing, args, seconds))
+        save_section(RESULTS, _cnn_lines(runs, timing, args, seconds))
     if not mnv2:
         return
     lines = [
@@ -404,14 +405,7 @@ def write_markdown(runs, timing, mnv2, args, seconds):
         "```",
         "",
     ]
-    _save(MOBILENET_RESULTS, lines)
-
-
-def _save(path, lines):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
-    print("\n".join(lines))
+    save_section(MOBILENET_RESULTS, lines)
 
 
 def main(argv=None):

@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks._common import compile_classifier  # noqa: E402
+from benchmarks._common import save_section  # noqa: E402
 from keras_slim import datasets  # noqa: E402
 from keras_slim import models  # noqa: E402
 from keras_slim import transfer  # noqa: E402
@@ -207,6 +208,17 @@ def _old_extract_features(model, x, batch_size):
     return body.predict(x, batch_size=batch_size, verbose=0)
 
 
+def _headless_mobilenet():
+    """MobileNetV2 alpha 0.35 at 96x96, random weights, GAP features."""
+    return keras.applications.MobileNetV2(
+        input_shape=(96, 96, 3),
+        alpha=0.35,
+        include_top=False,
+        weights=None,
+        pooling="avg",
+    )
+
+
 def _time_head(base, x, y, way, repeat, epochs):
     """Seconds (total, per epoch end) and train accuracy of one head."""
     keras.utils.set_random_seed(repeat)
@@ -239,13 +251,7 @@ def feature_caching(args):
             # A fresh frozen backbone per size and repeat: nothing traced
             # is shared between sizes, and each way pays its own tracing.
             keras.utils.set_random_seed(repeat)
-            base = keras.applications.MobileNetV2(
-                input_shape=(96, 96, 3),
-                alpha=0.35,
-                include_top=False,
-                weights=None,
-                pooling="avg",
-            )
+            base = _headless_mobilenet()
             transfer.freeze(base)
             order = (
                 ("cached", "frozen")
@@ -273,13 +279,7 @@ def feature_caching(args):
         # features of the whole split (last batches smaller than 32).
         for when in ("before", "after") if repeat % 2 else ("after", "before"):
             keras.utils.set_random_seed(repeat)
-            fresh = keras.applications.MobileNetV2(
-                input_shape=(96, 96, 3),
-                alpha=0.35,
-                include_top=False,
-                weights=None,
-                pooling="avg",
-            )
+            fresh = _headless_mobilenet()
             start = time.perf_counter()
             for data in (x_all[: args.split_images], x_test):
                 if when == "before":
@@ -339,7 +339,7 @@ def main(argv=None):
         started = time.perf_counter()
         source_acc, results, n_test, n_59 = offline_transfer(args)
         minutes = (time.perf_counter() - started) / 60
-        _write(
+        save_section(
             RESULTS,
             _offline_text(args, minutes, source_acc, results, n_test, n_59),
         )
@@ -347,17 +347,10 @@ def main(argv=None):
         started = time.perf_counter()
         runs, extract, n_x_test = feature_caching(args)
         minutes = (time.perf_counter() - started) / 60
-        _write(
+        save_section(
             CACHING_RESULTS,
             _caching_text(args, minutes, runs, extract, n_x_test),
         )
-
-
-def _write(path, text):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text)
-    print(text)
 
 
 def _header(args, minutes):
