@@ -3,12 +3,17 @@
 Seed 0, the benchmark's setup (MobileNetV2 alpha 0.35, 96x96 digits, 8-epoch
 base, Adam cosine fine-tune). Variants, run in the order given:
 
-    python -m benchmarks.probes.channel_pruning_recipes VARIANT [VARIANT ...]
+    python -m benchmarks.probes.channel_pruning_recipes [--seed N] VARIANT ...
+
+--seed N (default 0) trains the base with seed N and fine-tunes with seed
+100 + N, as run N of the benchmark does.
 
 VARIANT is `name:epochs`, name one of
   unpruned          plain fine-tune of the base
   bn / l1           prune_channels(0.5, bn_gamma / l1), plain fine-tune
   bn_kd / l1_kd     the same, fine-tuned with Distiller(teacher=base)
+  bn_kdu            bn, Distiller(teacher=the model of the last `unpruned`
+                    variant of this invocation, i.e. after its fine-tune)
   exp60 / exp60_kd  bn_gamma, 0.6 of `_expand$` and `^Conv_1$` only
   u40 / u40_kd      bn_gamma, uniform fraction 0.4
 and `recal` (no epochs): accuracy right after pruning, before and after
@@ -48,9 +53,13 @@ SHAPES = {
     "u40": dict(fraction=0.4, criterion="bn_gamma"),
 }
 
+args = sys.argv[1:]
+SEED = 0
+if args[:1] == ["--seed"]:
+    SEED, args = int(args[1]), args[2:]
 (x, y), (xt, yt) = datasets.load_digits(image_size=SIZE, channels=3, seed=0)
-path = "/tmp/cp/base_seed0.weights.h5"
-keras.utils.set_random_seed(0)
+path = f"/tmp/cp/base_seed{SEED}.weights.h5"
+keras.utils.set_random_seed(SEED)
 base = _compile(_bn_momentum(_model(SIZE), 0.9), 1e-3)
 if os.path.exists(path):
     base.load_weights(path)
@@ -62,7 +71,7 @@ MACS = profile(base).macs
 
 
 def fresh():
-    keras.utils.set_random_seed(100)
+    keras.utils.set_random_seed(100 + SEED)
     m = _bn_momentum(_model(SIZE), 0.9)
     m.set_weights(base.get_weights())
     return m
@@ -91,12 +100,13 @@ class Log(keras.callbacks.Callback):
         )
 
 
-def finetune(m, epochs, kd):
+def finetune(m, epochs, kd, teacher=None):
+    teacher = base if teacher is None else teacher
     steps = epochs * int(np.ceil(len(x) / 64))
     lr = keras.optimizers.schedules.CosineDecay(1e-3, steps)
     if kd:
-        t = cache_teacher_outputs(base, x)
-        d = Distiller(base, m)
+        t = cache_teacher_outputs(teacher, x)
+        d = Distiller(teacher, m)
         d.compile(
             keras.optimizers.Adam(lr),
             keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -116,7 +126,8 @@ def finetune(m, epochs, kd):
     return m
 
 
-for arg in sys.argv[1:]:
+tuned = None  # the last fine-tuned unpruned model, teacher of bn_kdu
+for arg in args:
     if arg == "recal":
         for name, kw in SHAPES.items():
             m = prune_channels(fresh(), **kw)
@@ -148,17 +159,23 @@ for arg in sys.argv[1:]:
         continue
     name, epochs = arg.split(":")
     epochs = int(epochs)
-    kd = name.endswith("_kd")
-    shape = name.removesuffix("_kd").removesuffix("_recal")
+    kd = name.endswith(("_kd", "_kdu"))
+    if name.endswith("_kdu") and tuned is None:
+        sys.exit(f"{arg}: needs an `unpruned:E` variant before it")
+    teacher = tuned if name.endswith("_kdu") else None
+    shape = name.removesuffix("_kdu").removesuffix("_kd")
+    shape = shape.removesuffix("_recal")
     m = fresh()
     if shape != "unpruned":
         m = prune_channels(m, **SHAPES[shape])
     if "_recal" in name:
         recalibrate(m)
     t0 = time.time()
-    finetune(m, epochs, kd)
+    finetune(m, epochs, kd, teacher)
+    if shape == "unpruned":
+        tuned = m
     print(
-        f"RESULT {arg}: test {_acc(m, xt, yt):.4f} "
+        f"RESULT seed {SEED} {arg}: test {_acc(m, xt, yt):.4f} "
         f"MACs {profile(m).macs / MACS:.3f}x {time.time() - t0:.0f}s",
         flush=True,
     )
