@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks._common import EpochTimer  # noqa: E402
+from benchmarks._common import compile_classifier  # noqa: E402
 from benchmarks._common import steady  # noqa: E402
 from keras_slim import datasets  # noqa: E402
 from keras_slim import export_tflite  # noqa: E402
@@ -50,15 +51,6 @@ def _model(size):
         classes=10,
         classifier_activation=None,
     )
-
-
-def _compile(model, lr):
-    model.compile(
-        optimizer=keras.optimizers.Adam(lr),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
 
 
 def _bn_momentum(model, momentum):
@@ -133,12 +125,12 @@ def _finetune(model, x, y, epochs, lr, teacher_outputs=None, teacher=None):
     schedule = keras.optimizers.schedules.CosineDecay(lr, steps)
     timer = EpochTimer()
     if teacher is None:
-        _compile(model, schedule)
+        compile_classifier(model, schedule)
         model.fit(
             x, y, batch_size=64, epochs=epochs, verbose=0, callbacks=[timer]
         )
     else:
-        distiller = _compile(Distiller(teacher, model), schedule)
+        distiller = compile_classifier(Distiller(teacher, model), schedule)
         distiller.fit(
             x,
             {"labels": y, "teacher_outputs": teacher_outputs},
@@ -157,7 +149,7 @@ def run(repeats, epochs, finetune_epochs, size, latency_runs, lr):
     rows = []
     for repeat in range(repeats):
         keras.utils.set_random_seed(repeat)
-        base = _compile(_bn_momentum(_model(size), 0.9), 1e-3)
+        base = compile_classifier(_bn_momentum(_model(size), 0.9), 1e-3)
         t0 = time.time()
         base.fit(x, y, batch_size=64, epochs=epochs, verbose=0)
         weights = base.get_weights()

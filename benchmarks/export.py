@@ -18,20 +18,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 
 import keras_slim  # noqa: E402
+from benchmarks._common import compile_classifier  # noqa: E402
 from keras_slim import datasets  # noqa: E402
 from keras_slim import litert  # noqa: E402
 from keras_slim import models  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _compile(model, lr=1e-3):
-    model.compile(
-        keras.optimizers.Adam(lr),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
 
 
 def _mobilenet():
@@ -49,7 +41,7 @@ def bench(name, build, image_size, channels, epochs, repeats, folder):
     keras.utils.set_random_seed(0)
     data = datasets.load_digits(image_size=image_size, channels=channels)
     (x, y), (xt, yt) = data
-    model = _compile(build())
+    model = compile_classifier(build())
     start = time.perf_counter()
     model.fit(x, y, batch_size=64, epochs=epochs, verbose=0)
     train_s = time.perf_counter() - start

@@ -31,9 +31,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks._common import compile_classifier  # noqa: E402
 from benchmarks.channel_pruning import _acc  # noqa: E402
 from benchmarks.channel_pruning import _bn_momentum  # noqa: E402
-from benchmarks.channel_pruning import _compile  # noqa: E402
 from benchmarks.channel_pruning import _model  # noqa: E402
 from keras_slim import datasets  # noqa: E402
 from keras_slim import export_tflite  # noqa: E402
@@ -60,7 +60,7 @@ if args[:1] == ["--seed"]:
 (x, y), (xt, yt) = datasets.load_digits(image_size=SIZE, channels=3, seed=0)
 path = f"/tmp/cp/base_seed{SEED}.weights.h5"
 keras.utils.set_random_seed(SEED)
-base = _compile(_bn_momentum(_model(SIZE), 0.9), 1e-3)
+base = compile_classifier(_bn_momentum(_model(SIZE), 0.9), 1e-3)
 if os.path.exists(path):
     base.load_weights(path)
 else:
@@ -121,7 +121,7 @@ def finetune(m, epochs, kd, teacher=None):
             callbacks=[Log(m)],
         )
     else:
-        _compile(m, lr)
+        compile_classifier(m, lr)
         m.fit(x, y, batch_size=64, epochs=epochs, verbose=0, callbacks=[Log(m)])
     return m
 

@@ -9,6 +9,7 @@ import os
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import keras
 
+from benchmarks._common import compile_classifier
 from keras_slim import datasets
 from keras_slim import models
 from keras_slim import schedules
@@ -20,25 +21,16 @@ from keras_slim.pruning.channels import shrink
 keras.utils.set_random_seed(0)
 
 
-def comp(m, lr=1e-3):
-    m.compile(
-        keras.optimizers.Adam(lr),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return m
-
-
-base = comp(models.small_cnn())
+base = compile_classifier(models.small_cnn())
 base.fit(x, y, batch_size=64, epochs=20, verbose=0)
 print("base", base.evaluate(xt, yt, verbose=0)[1])
 w = base.get_weights()
 one = prune_channels(base, fraction=0.5, min_channels=4)
-comp(one, 5e-4)
+compile_classifier(one, 5e-4)
 print("oneshot before ft", one.evaluate(xt, yt, verbose=0)[1])
 h = one.fit(x, y, batch_size=64, epochs=4, verbose=0)
 print("oneshot ft", one.evaluate(xt, yt, verbose=0)[1], h.history["accuracy"])
-g = comp(models.small_cnn(), 5e-4)
+g = compile_classifier(models.small_cnn(), 5e-4)
 g.set_weights(w)
 steps = 22 * 3
 cb = ChannelPruning(
@@ -49,7 +41,7 @@ h = g.fit(x, y, batch_size=64, epochs=3, verbose=0, callbacks=[cb])
 print("gradual train acc", h.history["accuracy"], h.history["channel_sparsity"])
 print("gradual keras (zeroed)", g.evaluate(xt, yt, verbose=0)[1])
 s = shrink(g)
-comp(s, 5e-4)
+compile_classifier(s, 5e-4)
 print(
     "shrunk",
     s.evaluate(xt, yt, verbose=0)[1],
