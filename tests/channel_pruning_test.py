@@ -341,6 +341,36 @@ def test_schedule_callable_zeroes_channels_progressively(digits):
     assert shrink(model).count_params() == 5466
 
 
+def test_pruning_schedule_selects_only_at_its_update_steps():
+    from keras_slim.schedules import PolynomialDecay
+
+    model = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(32), keras.layers.Dense(2)]
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    schedule = PolynomialDecay(
+        0.0, 0.5, begin_step=0, end_step=8, power=1, frequency=4
+    )
+    seen = []
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: seen.append(
+            logs["channel_sparsity"]
+        )
+    )
+    x = np.random.default_rng(0).random((10, 8), dtype="float32")
+    model.fit(
+        x,
+        x[:, :2],
+        batch_size=1,
+        epochs=1,
+        verbose=0,
+        callbacks=[ChannelPruning(schedule, min_channels=1), record],
+    )
+    # Updates at steps 0, 4 and 8: 0, 8 and 16 of the 32 units zeroed; a
+    # plain callable would have moved at every step.
+    assert seen == [0.0] * 4 + [0.25] * 4 + [0.5] * 2
+
+
 def test_channel_pruning_resumes_from_zeroed_weights(digits):
     (x, y), _ = digits
     model = compile_classifier(models.small_cnn())

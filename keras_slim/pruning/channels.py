@@ -22,6 +22,7 @@ import numpy as np
 
 from keras_slim import _layers
 from keras_slim import _validation
+from keras_slim import schedules
 from keras_slim.pruning import _graph
 
 CRITERIA = ("l1", "l2", "bn_gamma")
@@ -434,13 +435,16 @@ def channel_report(model, pruned_model):
 class ChannelPruning(keras.callbacks.Callback):
     """Zero whole channels progressively during `fit` (group sparsity).
 
-    At every step the callback reads the target fraction from `schedule`
-    and, when it grows, zeroes the least important channels of each group
-    of dependent layers (the same groups as `prune_channels`: residual
-    branches are pruned together). A zeroed channel has its filter, bias,
-    BatchNorm scale and offset and DepthwiseConv2D slice set to zero, and
-    is kept at zero after every batch, so the rest of the network learns
-    to do without it. `shrink(model)` then removes those channels exactly.
+    The callback reads the target fraction from `schedule` and, when it
+    grows, zeroes the least important channels of each group of dependent
+    layers (the same groups as `prune_channels`: residual branches are
+    pruned together). A `keras_slim.schedules.PruningSchedule` is read at
+    its update steps (`begin_step`, every `frequency` steps, `end_step`),
+    as `MagnitudePruning` reads it; a plain callable at every step. A
+    zeroed channel has its filter, bias, BatchNorm scale and offset and
+    DepthwiseConv2D slice set to zero, and is kept at zero after every
+    batch, so the rest of the network learns to do without it.
+    `shrink(model)` then removes those channels exactly.
     The callback acts on the model being trained, in place; zeroed channels
     are found again from the weights, so training can resume.
 
@@ -514,14 +518,27 @@ class ChannelPruning(keras.callbacks.Callback):
         self._prunable = list(self._analysis.classes())
         self._pruned = {r for r in self._prunable if r not in live}
         self._fraction_now = None
+        self._last_step = None
         self._masks = []
         self._update_masks()
 
     def _step(self):
         return int(self.model.optimizer.iterations.numpy())
 
+    def _due(self, step):
+        """Whether to read the schedule at `step` (always the first time)."""
+        if self._last_step is None:
+            return True
+        if isinstance(self.schedule, schedules.PruningSchedule):
+            return self.schedule.updates_between(self._last_step, step)
+        return True
+
     def on_train_batch_begin(self, batch, logs=None):
-        fraction = self._fraction(self._step())
+        step = self._step()
+        if not self._due(step):
+            return
+        self._last_step = step
+        fraction = self._fraction(step)
         if fraction == self._fraction_now:
             return
         self._fraction_now = fraction
