@@ -184,7 +184,7 @@ def _qat_rows(model, data, output_dir, quick):
     epochs = 2 if quick else 5
     qat = compile_classifier(_copy(model), 1e-4)
     qat.fit(x, y, batch_size=64, epochs=epochs, verbose=0, callbacks=[
-        QuantizationAwareTraining(freeze_bn_delay=0),
+        QuantizationAwareTraining(),
         _EpochBar(epochs, "[3] quantization-aware fine-tuning")])
     # The learned ranges replace representative data.
     return [verify("QAT (int8, learned ranges)", qat,

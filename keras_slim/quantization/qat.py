@@ -66,9 +66,11 @@ class QuantizationAwareTraining(keras.callbacks.Callback):
         freeze_bn_delay: Step from which BatchNormalization
             layers use (and stop updating) their moving statistics, as the
             folded int8 file does; `None` never freezes them. To fine-tune
-            an already-trained model, `0` (BatchNorm in inference mode
-            throughout) worked best on the demo CNN; freezing late in a
-            short fine-tune shifts the model it has just adapted.
+            an already-trained model, keep `None`: on the demo CNN, paired
+            over 10 seeds, it ended 0.3 points closer to the float
+            fine-tune than `0` (BatchNorm in inference mode throughout),
+            which is faster per epoch (no batch statistics); freezing late
+            in a short fine-tune shifts the model it has just adapted.
         freeze_ranges_after: Step from which activation ranges
             stop moving; `None` never freezes them. Must be
             >= `quantize_delay`.
