@@ -1,16 +1,19 @@
 """Benchmark: channel pruning of MobileNetV2 (alpha 0.35, 96x96) on digits.
 
 Per run: train the model from scratch, then fine-tune the same weights
-with the same budget (epochs, Adam with cosine decay) five ways: as is
+with the same budget (epochs, Adam with cosine decay) several ways: as is
 (unpruned); after one-shot `prune_channels(fraction=0.5)` with the `l1`
-and the `bn_gamma` criterion (plain fine-tune, the literal rows); and
-bn_gamma 50% fine-tuned by distillation (RECIPE below), from the unpruned
-base (same budget) and, as an extra row, from the fine-tuned unpruned
-model. Measure MACs, params, int8 bytes, LiteRT latency (float32 and
-int8), accuracy and fine-tuning time of each. Medians over the runs;
-ratios pruned / unpruned.
+and the `bn_gamma` criterion (plain fine-tune, the literal rows); and the
+recommended recipe, gradual pruning: `ChannelPruning` raises the fraction
+from 0 to 0.5 during the first half of the same fine-tune, then `shrink`
+removes the zeroed channels. Optional rows (`--variants`): one-shot
+bn_gamma 50% fine-tuned by distillation from the unpruned base (`kd_base`)
+or from the fine-tuned unpruned model (`kd_unpruned`). Measure MACs,
+params, int8 bytes, LiteRT latency (float32 and int8), accuracy and
+fine-tuning time of each. Medians over the runs; ratios pruned / unpruned.
 
     python -m benchmarks.channel_pruning [--quick] [--repeats N]
+        [--variants l1,bn_gamma,gradual,kd_base,kd_unpruned]
 """
 
 import argparse
@@ -38,7 +41,10 @@ from keras_slim import litert  # noqa: E402
 from keras_slim import profile  # noqa: E402
 from keras_slim.distillation import Distiller  # noqa: E402
 from keras_slim.distillation import cache_teacher_outputs  # noqa: E402
+from keras_slim.pruning.channels import ChannelPruning  # noqa: E402
 from keras_slim.pruning.channels import prune_channels  # noqa: E402
+from keras_slim.pruning.channels import shrink  # noqa: E402
+from keras_slim.schedules import PolynomialDecay  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
@@ -84,50 +90,79 @@ def _measure(model, x_cal, x_test, y_test, folder, tag):
 
 
 # The recommended recipe (probes: benchmarks/probes/channel_pruning_recipes.py
-# and the notes in results/channel_pruning.md): uniform bn_gamma 50%,
-# fine-tuned by distillation. Teacher "base": the unpruned base the pruned
-# model came from (same budget as the unpruned row); teacher "unpruned": the
-# unpruned model after its own fine-tune (the pipeline then trains both).
-RECIPE_PRUNE = dict(fraction=0.5, criterion="bn_gamma")
+# and the notes in results/channel_pruning.md): gradual bn_gamma pruning
+# inside the fine-tune, then shrink. The distillation rows (one-shot
+# bn_gamma 50% as the student of the unpruned base, `kd_base`, or of the
+# unpruned model after its own fine-tune, `kd_unpruned`) are optional.
+ONE_SHOT = dict(fraction=0.5, criterion="bn_gamma")
 RECIPE_TEXT = (
-    '`prune_channels(model, fraction=0.5, criterion="bn_gamma")`, '
-    "fine-tuned with `keras_slim.distillation.Distiller(teacher, "
-    "student=pruned)` (temperature 4, alpha 0.1, teacher outputs cached "
-    "once), the teacher being either the unpruned base the pruned model "
-    "came from (`kd_base`, the same budget as the unpruned row) or the "
-    "unpruned model after its own fine-tune (`kd_unpruned`: the pipeline "
-    "then spends the unpruned row's fine-tune as well, an extra row for "
-    "users who have that model anyway)."
+    "`ChannelPruning(PolynomialDecay(0.0, 0.5, begin_step=0, "
+    "end_step=<half the fine-tuning steps>, frequency=<steps per epoch>), "
+    'criterion="bn_gamma")` in the `fit` of the fine-tune (the fraction rises '
+    "from 0 to 0.5 over the first half, one selection per epoch; zeroed "
+    "channels stay zero), then `shrink(model)` removes them (the shrunk "
+    "model predicts exactly as the zeroed one)."
+)
+KD_TEXT = (
+    " Distillation rows (`kd_*`: one-shot bn_gamma 50%, `gradual_kdu`: the "
+    "recipe) fine-tune through "
+    "`keras_slim.distillation.Distiller(teacher, student=pruned)` "
+    "(temperature 4, alpha 0.1, teacher outputs cached once), the teacher "
+    "being the unpruned base (`kd_base`) or the unpruned model after its "
+    "own fine-tune (`kd_unpruned`, `gradual_kdu`: the pruned model gets "
+    "the same epochs, but the pipeline also spends the unpruned row's "
+    "fine-tune to make its teacher); fine-tuning time includes the "
+    "teacher's one pass over the training images."
 )
 
-# tag -> (prune_channels arguments, teacher (None: plain fine-tune), label)
+# tag -> (prune_channels arguments (None: gradual ChannelPruning),
+#         teacher (None: plain fine-tune), label)
 VARIANTS = {
     "l1": (dict(fraction=0.5, criterion="l1"), None, "pruned 50% (l1)"),
-    "bn_gamma": (
-        dict(fraction=0.5, criterion="bn_gamma"),
+    "bn_gamma": (ONE_SHOT, None, "pruned 50% (bn_gamma)"),
+    "gradual": (None, None, "recipe: gradual bn_gamma 50% + shrink"),
+    "gradual_kdu": (
         None,
-        "pruned 50% (bn_gamma)",
-    ),
-    "kd_base": (RECIPE_PRUNE, "base", "recipe: bn_gamma 50% + KD from base"),
-    "kd_unpruned": (
-        RECIPE_PRUNE,
         "unpruned",
-        "extra: bn_gamma 50% + KD from fine-tuned unpruned",
+        "gradual bn_gamma 50% + KD from fine-tuned unpruned",
+    ),
+    "kd_base": (ONE_SHOT, "base", "bn_gamma 50% + KD from base"),
+    "kd_unpruned": (
+        ONE_SHOT,
+        "unpruned",
+        "bn_gamma 50% + KD from fine-tuned unpruned",
     ),
 }
-CRITERIA = tuple(VARIANTS)
+DEFAULT_VARIANTS = ("l1", "bn_gamma", "gradual", "gradual_kdu")
 
 
-def _finetune(model, x, y, epochs, lr, teacher_outputs=None, teacher=None):
+def _gradual(x, epochs):
+    per_epoch = int(np.ceil(len(x) / 64))
+    # The last update must fall inside the fit (`--quick`: one epoch).
+    end = max(1, min(per_epoch * max(1, epochs // 2), per_epoch * epochs - 1))
+    schedule = PolynomialDecay(
+        0.0, 0.5, begin_step=0, end_step=end, frequency=min(per_epoch, end)
+    )
+    return ChannelPruning(schedule, criterion="bn_gamma")
+
+
+def _finetune(
+    model, x, y, epochs, lr, teacher_outputs=None, teacher=None, callbacks=()
+):
     # Same optimizer for every row: Adam, cosine decay from `lr` to 0; the
-    # recipe trains through a Distiller (labels and the teacher's outputs).
+    # KD rows train through a Distiller (labels and the teacher's outputs).
     steps = epochs * int(np.ceil(len(x) / 64))
     schedule = keras.optimizers.schedules.CosineDecay(lr, steps)
     timer = EpochTimer()
     if teacher is None:
         compile_classifier(model, schedule)
         model.fit(
-            x, y, batch_size=64, epochs=epochs, verbose=0, callbacks=[timer]
+            x,
+            y,
+            batch_size=64,
+            epochs=epochs,
+            verbose=0,
+            callbacks=[timer, *callbacks],
         )
     else:
         distiller = compile_classifier(Distiller(teacher, model), schedule)
@@ -137,12 +172,12 @@ def _finetune(model, x, y, epochs, lr, teacher_outputs=None, teacher=None):
             batch_size=64,
             epochs=epochs,
             verbose=0,
-            callbacks=[timer],
+            callbacks=[timer, *callbacks],
         )
     return steady(timer.times)
 
 
-def run(repeats, epochs, finetune_epochs, size, latency_runs, lr):
+def run(repeats, epochs, finetune_epochs, size, latency_runs, lr, tags):
     (x, y), (x_test, y_test) = datasets.load_digits(
         image_size=size, channels=3, seed=0
     )
@@ -163,25 +198,41 @@ def run(repeats, epochs, finetune_epochs, size, latency_runs, lr):
             outputs = cache_teacher_outputs(model, x)
             teachers[name] = (model, outputs, time.time() - t1)
 
-        _teach("base", base)
+        teachers_needed = {VARIANTS[t][1] for t in tags}
+        if "base" in teachers_needed:
+            _teach("base", base)
         with tempfile.TemporaryDirectory() as folder:
             files = {}
-            for tag in ("unpruned", *CRITERIA):
+            for tag in ("unpruned", *tags):
                 keras.utils.set_random_seed(100 + repeat)
                 model = _bn_momentum(_model(size), 0.9)
                 model.set_weights(weights)
-                pruned_accuracy = None
+                pruned_accuracy, zeroed_accuracy = None, None
                 teacher, outputs, seconds = None, None, 0.0
+                callbacks = []
                 if tag != "unpruned":
                     arguments, name, _ = VARIANTS[tag]
-                    model = prune_channels(model, **arguments)
-                    pruned_accuracy = _acc(model, x_test, y_test)
+                    if arguments is None:
+                        callbacks = [_gradual(x, finetune_epochs)]
+                    else:
+                        model = prune_channels(model, **arguments)
+                        pruned_accuracy = _acc(model, x_test, y_test)
                     if name is not None:
                         teacher, outputs, seconds = teachers[name]
                 t1 = time.time()
                 epoch = _finetune(
-                    model, x, y, finetune_epochs, lr, outputs, teacher
+                    model,
+                    x,
+                    y,
+                    finetune_epochs,
+                    lr,
+                    outputs,
+                    teacher,
+                    callbacks,
                 )
+                if callbacks:
+                    zeroed_accuracy = _acc(model, x_test, y_test)
+                    model = shrink(model)
                 seconds += time.time() - t1
                 results[tag], f32, i8 = _measure(
                     model, x[:200], x_test, y_test, folder, tag
@@ -189,7 +240,10 @@ def run(repeats, epochs, finetune_epochs, size, latency_runs, lr):
                 results[tag]["finetune_seconds"] = seconds
                 results[tag]["epoch_seconds"] = epoch
                 results[tag]["accuracy_before_finetune"] = pruned_accuracy
-                if tag == "unpruned":
+                if zeroed_accuracy is not None:
+                    # Before shrink (channels zeroed, not removed).
+                    results[tag]["accuracy_zeroed"] = zeroed_accuracy
+                if tag == "unpruned" and "unpruned" in teachers_needed:
                     _teach("unpruned", model)
                 files[tag] = (f32, i8)
             # Latency interleaved, every model in turn.
@@ -229,6 +283,7 @@ def _delta(rows, tag):
 
 
 def write(rows, args, seconds):
+    tags = args.variants
     goal = lambda ok: "met" if ok else "**missed**"  # noqa: E731
     lines = [
         "## Channel pruning: MobileNetV2 (alpha 0.35) on digits",
@@ -245,15 +300,15 @@ def write(rows, args, seconds):
         f"{args.size} (1347 train / 450 test), trained {args.epochs} epochs "
         "from scratch (Adam 1e-3, batch 64). Then the same weights are "
         f"fine-tuned {args.finetune_epochs} epochs with the same optimizer "
-        f"(Adam, cosine decay from {args.lr:g} to 0, batch 64) four ways: "
-        "as is (unpruned); after one-shot "
+        f"(Adam, cosine decay from {args.lr:g} to 0, batch 64), "
+        "the same budget for every row: as is (unpruned); after one-shot "
         "`prune_channels(model, fraction=0.5, criterion=...)` with "
         "criterion `l1` and `bn_gamma` (min_channels 8), plain fine-tune "
-        "(the literal uniform 50% rows); and the recommended recipe: "
+        "(the literal uniform 50% rows); and the recommended recipe, "
+        "gradual pruning during the fine-tune: "
         + RECIPE_TEXT
-        + " Fine-tuning time includes the recipe's one pass of the teacher "
-        "over the training images; epoch time is the median epoch after "
-        "the first. "
+        + (KD_TEXT if any(VARIANTS[t][1] for t in tags) else "")
+        + " Epoch time is the median epoch after the first. "
         f"Medians over {len(rows)} runs (seeds 0..{len(rows) - 1}); "
         "ratios and accuracy differences are medians of per-run values. "
         "LiteRT latency: batch 1, 1 thread, XNNPACK, "
@@ -270,7 +325,7 @@ def write(rows, args, seconds):
         ]
     head = "| | unpruned |"
     rule = "|---|---:|"
-    for tag in CRITERIA:
+    for tag in tags:
         head += f" {VARIANTS[tag][2]} | ratio |"
         rule += "---:|---:|"
     lines += [head + " goal |", rule + "---|"]
@@ -278,7 +333,7 @@ def write(rows, args, seconds):
     def row(label, key, fmt, goal_text=None, limit=None):
         text = f"| {label} | {fmt(_median(rows, 'unpruned', key))} |"
         verdicts = []
-        for tag in CRITERIA:
+        for tag in tags:
             r = _ratio(rows, tag, key)
             text += f" {fmt(_median(rows, tag, key))} | {r:.2f}x |"
             if limit is not None:
@@ -296,7 +351,7 @@ def write(rows, args, seconds):
         + " |"
     )
     verdicts = []
-    for tag in CRITERIA:
+    for tag in tags:
         d = _delta(rows, tag)
         acc += f" {pct(_median(rows, tag, 'accuracy'))} | {d:+.1f} pt |"
         verdicts.append(f"{tag} {goal(d >= -1.0)}")
@@ -312,9 +367,12 @@ def write(rows, args, seconds):
         + str(all(r["unpruned"]["int8_only"] for r in rows))
         + " |"
     )
-    for tag in CRITERIA:
-        before += f" {pct(_median(rows, tag, 'accuracy_before_finetune'))}"
-        before += " | |"
+    for tag in tags:
+        if rows[0][tag]["accuracy_before_finetune"] is None:
+            before += " (gradual) | |"
+        else:
+            b = _median(rows, tag, "accuracy_before_finetune")
+            before += f" {pct(b)} | |"
         i8acc += f" {pct(_median(rows, tag, 'int8_accuracy'))} | |"
         only += f" {all(r[tag]['int8_only'] for r in rows)} | |"
     lines += [
@@ -331,11 +389,11 @@ def write(rows, args, seconds):
         row("fine-tuning epoch time (s)", "epoch_seconds", ms),
         "",
         "Per run (base after training; unpruned, "
-        + ", ".join(CRITERIA)
+        + ", ".join(tags)
         + " after fine-tuning): "
         + "; ".join(
             f"seed {i}: {pct(r['base_accuracy'])}; "
-            + ", ".join(pct(r[t]["accuracy"]) for t in ("unpruned", *CRITERIA))
+            + ", ".join(pct(r[t]["accuracy"]) for t in ("unpruned", *tags))
             for i, r in enumerate(rows)
         )
         + ".",
@@ -367,7 +425,20 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--latency-runs", type=int, default=50)
+    parser.add_argument(
+        "--variants",
+        default=",".join(DEFAULT_VARIANTS),
+        help="comma-separated rows besides unpruned, from "
+        + ", ".join(VARIANTS),
+    )
     args = parser.parse_args(argv)
+    args.variants = tuple(v for v in args.variants.split(",") if v)
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown or not args.variants:
+        parser.error(
+            f"--variants: expected names from {', '.join(VARIANTS)}; "
+            f"received {unknown or args.variants}"
+        )
     args.argv = sys.argv[1:] if argv is None else list(argv)
     if args.quick:
         args.repeats, args.epochs, args.finetune_epochs = 1, 1, 1
@@ -380,6 +451,7 @@ def main(argv=None):
         args.size,
         args.latency_runs,
         args.lr,
+        args.variants,
     )
     write(rows, args, time.time() - t0)
 

@@ -16,6 +16,11 @@ VARIANT is `name:epochs`, name one of
                     variant of this invocation, i.e. after its fine-tune)
   exp60 / exp60_kd  bn_gamma, 0.6 of `_expand$` and `^Conv_1$` only
   u40 / u40_kd      bn_gamma, uniform fraction 0.4
+  u35r8 / u40r8 / u45r8 / u50r8
+                    bn_gamma, uniform fraction 0.35-0.5, round_to=8
+  gbn / gl1         gradual: ChannelPruning(PolynomialDecay(0 -> 0.5 over
+                    the first half of the epochs, an update per epoch),
+                    bn_gamma / l1) during the fine-tune, then shrink
 and `recal` (no epochs): accuracy right after pruning, before and after
 re-estimating the BatchNorm statistics; `latency`: untrained float32
 LiteRT latency of each pruned shape against the unpruned one. The base is
@@ -41,7 +46,10 @@ from keras_slim import litert  # noqa: E402
 from keras_slim import profile  # noqa: E402
 from keras_slim.distillation import Distiller  # noqa: E402
 from keras_slim.distillation import cache_teacher_outputs  # noqa: E402
+from keras_slim.pruning.channels import ChannelPruning  # noqa: E402
 from keras_slim.pruning.channels import prune_channels  # noqa: E402
+from keras_slim.pruning.channels import shrink  # noqa: E402
+from keras_slim.schedules import PolynomialDecay  # noqa: E402
 
 SIZE = 96
 SHAPES = {
@@ -51,6 +59,10 @@ SHAPES = {
         fraction=0.6, criterion="bn_gamma", filters=["_expand$", "^Conv_1$"]
     ),
     "u40": dict(fraction=0.4, criterion="bn_gamma"),
+    "u40r8": dict(fraction=0.4, criterion="bn_gamma", round_to=8),
+    "u45r8": dict(fraction=0.45, criterion="bn_gamma", round_to=8),
+    "u35r8": dict(fraction=0.35, criterion="bn_gamma", round_to=8),
+    "u50r8": dict(fraction=0.5, criterion="bn_gamma", round_to=8),
 }
 
 args = sys.argv[1:]
@@ -100,7 +112,7 @@ class Log(keras.callbacks.Callback):
         )
 
 
-def finetune(m, epochs, kd, teacher=None):
+def finetune(m, epochs, kd, teacher=None, callbacks=()):
     teacher = base if teacher is None else teacher
     steps = epochs * int(np.ceil(len(x) / 64))
     lr = keras.optimizers.schedules.CosineDecay(1e-3, steps)
@@ -118,11 +130,18 @@ def finetune(m, epochs, kd, teacher=None):
             batch_size=64,
             epochs=epochs,
             verbose=0,
-            callbacks=[Log(m)],
+            callbacks=[Log(m), *callbacks],
         )
     else:
         compile_classifier(m, lr)
-        m.fit(x, y, batch_size=64, epochs=epochs, verbose=0, callbacks=[Log(m)])
+        m.fit(
+            x,
+            y,
+            batch_size=64,
+            epochs=epochs,
+            verbose=0,
+            callbacks=[Log(m), *callbacks],
+        )
     return m
 
 
@@ -166,12 +185,28 @@ for arg in args:
     shape = name.removesuffix("_kdu").removesuffix("_kd")
     shape = shape.removesuffix("_recal")
     m = fresh()
-    if shape != "unpruned":
+    callbacks = []
+    if shape in ("gbn", "gl1"):
+        per_epoch = int(np.ceil(len(x) / 64))
+        ramp = PolynomialDecay(
+            0.0,
+            0.5,
+            begin_step=0,
+            end_step=per_epoch * (epochs // 2),
+            frequency=per_epoch,
+        )
+        criterion = "bn_gamma" if shape == "gbn" else "l1"
+        callbacks = [ChannelPruning(ramp, criterion=criterion)]
+    elif shape != "unpruned":
         m = prune_channels(m, **SHAPES[shape])
     if "_recal" in name:
         recalibrate(m)
     t0 = time.time()
-    finetune(m, epochs, kd, teacher)
+    finetune(m, epochs, kd, teacher, callbacks)
+    if callbacks:
+        zeroed = _acc(m, xt, yt)
+        m = shrink(m)
+        print(f"  zeroed {zeroed:.4f} shrunk {_acc(m, xt, yt):.4f}")
     if shape == "unpruned":
         tuned = m
     print(
