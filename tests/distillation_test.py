@@ -552,6 +552,39 @@ def test_magnitude_pruning_on_the_distiller_prunes_the_student(
     assert accuracy(student.predict(x_test, verbose=0), y_test) > 0.7
 
 
+def test_channel_pruning_on_the_distiller_prunes_the_student(
+    digits_small, trained_dense
+):
+    from keras_slim.pruning.channels import ChannelPruning
+    from keras_slim.pruning.channels import shrink
+
+    (x, y), (x_test, y_test) = digits_small
+    student = _dense(hidden=32, name="student")
+    teacher_before = [w.copy() for w in trained_dense.get_weights()]
+    distiller = _compile(Distiller(trained_dense, student), 3e-3)
+    history = distiller.fit(
+        x,
+        y,
+        batch_size=64,
+        epochs=8,
+        verbose=0,
+        callbacks=[ChannelPruning(0.5)],
+    )
+    assert history.history["channel_sparsity"][-1] == 0.5
+    hidden = student.get_layer("hidden").kernel.numpy()
+    assert np.sum(np.all(hidden == 0, axis=0)) == 16  # whole units zeroed
+    small = shrink(student)
+    assert small.get_layer("hidden").units == 16
+    np.testing.assert_allclose(
+        small.predict(x_test, verbose=0),
+        student.predict(x_test, verbose=0),
+        atol=1e-5,
+    )
+    for a, b in zip(teacher_before, trained_dense.get_weights()):
+        np.testing.assert_array_equal(a, b)  # the teacher is untouched
+    assert accuracy(small.predict(x_test, verbose=0), y_test) > 0.7
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     QuantizationAwareTraining is None or not HAS_EXPORT,
