@@ -1029,7 +1029,8 @@ against the unpruned model fine-tuned for the same 12 epochs, gradual
 pruning ended 3.1 points below, one-shot `bn_gamma` 3.6 and one-shot
 `l1` 7.8 points below; gradual pruning distilled from the fine-tuned
 unpruned model (see *Going further*) ended 0.2 points below, within the
-1-point goal, with a seed-to-seed spread of 3 to 6 points. Every 50%
+1-point goal, but 1.1 points below over five seeds: the seed-to-seed
+spread (3 to 6 points) is larger than the goal. Every 50%
 model has 0.36x the MACs and 0.47x the float32 latency.
 
 ## 3. MACs, size and latency, before and after
