@@ -14,6 +14,7 @@ fine-tuning time of each. Medians over the runs; ratios pruned / unpruned.
 
     python -m benchmarks.channel_pruning [--quick] [--repeats N]
         [--variants l1,bn_gamma,gradual,kd_base,kd_unpruned]
+        [--kd-alpha A] [--kd-temperature T] [--out NAME]
 """
 
 import argparse
@@ -107,7 +108,8 @@ KD_TEXT = (
     " Distillation rows (`kd_*`: one-shot bn_gamma 50%, `gradual_kdu`: the "
     "recipe) fine-tune through "
     "`keras_slim.distillation.Distiller(teacher, student=pruned)` "
-    "(temperature 4, alpha 0.1, teacher outputs cached once), the teacher "
+    "(temperature {temperature:g}, alpha {alpha:g}, teacher outputs cached "
+    "once), the teacher "
     "being the unpruned base (`kd_base`) or the unpruned model after its "
     "own fine-tune (`kd_unpruned`, `gradual_kdu`: the pruned model gets "
     "the same epochs, but the pipeline also spends the unpruned row's "
@@ -147,7 +149,15 @@ def _gradual(x, epochs):
 
 
 def _finetune(
-    model, x, y, epochs, lr, teacher_outputs=None, teacher=None, callbacks=()
+    model,
+    x,
+    y,
+    epochs,
+    lr,
+    teacher_outputs=None,
+    teacher=None,
+    callbacks=(),
+    kd=(0.1, 4.0),
 ):
     # Same optimizer for every row: Adam, cosine decay from `lr` to 0; the
     # KD rows train through a Distiller (labels and the teacher's outputs).
@@ -165,7 +175,11 @@ def _finetune(
             callbacks=[timer, *callbacks],
         )
     else:
-        distiller = compile_classifier(Distiller(teacher, model), schedule)
+        alpha, temperature = kd
+        distiller = compile_classifier(
+            Distiller(teacher, model, temperature=temperature, alpha=alpha),
+            schedule,
+        )
         distiller.fit(
             x,
             {"labels": y, "teacher_outputs": teacher_outputs},
@@ -177,7 +191,9 @@ def _finetune(
     return steady(timer.times)
 
 
-def run(repeats, epochs, finetune_epochs, size, latency_runs, lr, tags):
+def run(
+    repeats, epochs, finetune_epochs, size, latency_runs, lr, tags, kd=(0.1, 4)
+):
     (x, y), (x_test, y_test) = datasets.load_digits(
         image_size=size, channels=3, seed=0
     )
@@ -229,6 +245,7 @@ def run(repeats, epochs, finetune_epochs, size, latency_runs, lr, tags):
                     outputs,
                     teacher,
                     callbacks,
+                    kd,
                 )
                 if callbacks:
                     zeroed_accuracy = _acc(model, x_test, y_test)
@@ -286,7 +303,8 @@ def write(rows, args, seconds):
     tags = args.variants
     goal = lambda ok: "met" if ok else "**missed**"  # noqa: E731
     lines = [
-        "## Channel pruning: MobileNetV2 (alpha 0.35) on digits",
+        "## Channel pruning: MobileNetV2 (alpha 0.35) on digits"
+        + ("" if args.out == "channel_pruning" else f", {len(rows)} runs"),
         "",
         "Command: `"
         + " ".join(["python -m benchmarks.channel_pruning", *args.argv])
@@ -307,7 +325,11 @@ def write(rows, args, seconds):
         "(the literal uniform 50% rows); and the recommended recipe, "
         "gradual pruning during the fine-tune: "
         + RECIPE_TEXT
-        + (KD_TEXT if any(VARIANTS[t][1] for t in tags) else "")
+        + (
+            KD_TEXT.format(alpha=args.kd_alpha, temperature=args.kd_temperature)
+            if any(VARIANTS[t][1] for t in tags)
+            else ""
+        )
         + " Epoch time is the median epoch after the first. "
         f"Medians over {len(rows)} runs (seeds 0..{len(rows) - 1}); "
         "ratios and accuracy differences are medians of per-run values. "
@@ -407,7 +429,7 @@ def write(rows, args, seconds):
     ]
     text = "\n".join(lines)
     os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "channel_pruning.md"), "w") as f:
+    with open(os.path.join(RESULTS, args.out + ".md"), "w") as f:
         f.write(text)
     print(text)
 
@@ -431,6 +453,18 @@ def main(argv=None):
         help="comma-separated rows besides unpruned, from "
         + ", ".join(VARIANTS),
     )
+    parser.add_argument(
+        "--kd-alpha",
+        type=float,
+        default=0.1,
+        help="the Distiller's alpha (weight of the label loss) in KD rows",
+    )
+    parser.add_argument("--kd-temperature", type=float, default=4.0)
+    parser.add_argument(
+        "--out",
+        default="channel_pruning",
+        help="results file name in benchmarks/results/, without .md",
+    )
     args = parser.parse_args(argv)
     args.variants = tuple(v for v in args.variants.split(",") if v)
     unknown = [v for v in args.variants if v not in VARIANTS]
@@ -452,6 +486,7 @@ def main(argv=None):
         args.latency_runs,
         args.lr,
         args.variants,
+        (args.kd_alpha, args.kd_temperature),
     )
     write(rows, args, time.time() - t0)
 

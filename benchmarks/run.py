@@ -20,7 +20,7 @@ ORDER = ["export", "pruning", "qat", "distillation", "transfer",
 # per part (`--part`), so a part can be re-run alone.
 SECTIONS = ["export", "pruning", "qat", "qat_mobilenet", "distillation",
             "distillation_timing", "transfer", "transfer_caching",
-            "channel_pruning"]
+            "channel_pruning", "channel_pruning_recipe"]
 
 
 def assemble():

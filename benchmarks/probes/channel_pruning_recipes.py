@@ -8,7 +8,9 @@ base, Adam cosine fine-tune). Variants, run in the order given:
 --seed N (default 0) trains the base with seed N and fine-tunes with seed
 100 + N, as run N of the benchmark does.
 
-VARIANT is `name:epochs`, name one of
+VARIANT is `name:epochs` (for the distillation variants optionally
+`name:epochs:alpha:temperature`, the `Distiller`'s, defaults 0.1 and 4),
+name one of
   unpruned          plain fine-tune of the base
   bn / l1           prune_channels(0.5, bn_gamma / l1), plain fine-tune
   bn_kd / l1_kd     the same, fine-tuned with Distiller(teacher=base)
@@ -112,13 +114,13 @@ class Log(keras.callbacks.Callback):
         )
 
 
-def finetune(m, epochs, kd, teacher=None, callbacks=()):
+def finetune(m, epochs, kd, teacher=None, callbacks=(), alpha=0.1, temp=4.0):
     teacher = base if teacher is None else teacher
     steps = epochs * int(np.ceil(len(x) / 64))
     lr = keras.optimizers.schedules.CosineDecay(1e-3, steps)
     if kd:
         t = cache_teacher_outputs(teacher, x)
-        d = Distiller(teacher, m)
+        d = Distiller(teacher, m, temperature=temp, alpha=alpha)
         d.compile(
             keras.optimizers.Adam(lr),
             keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -176,8 +178,9 @@ for arg in args:
                     flush=True,
                 )
         continue
-    name, epochs = arg.split(":")
+    name, epochs, *kd_args = arg.split(":")
     epochs = int(epochs)
+    alpha, temp = (float(v) for v in (kd_args or ["0.1", "4"]))
     kd = name.endswith(("_kd", "_kdu"))
     if name.endswith("_kdu") and tuned is None:
         sys.exit(f"{arg}: needs an `unpruned:E` variant before it")
@@ -202,7 +205,7 @@ for arg in args:
     if "_recal" in name:
         recalibrate(m)
     t0 = time.time()
-    finetune(m, epochs, kd, teacher, callbacks)
+    finetune(m, epochs, kd, teacher, callbacks, alpha, temp)
     if callbacks:
         zeroed = _acc(m, xt, yt)
         m = shrink(m)
