@@ -448,6 +448,16 @@ class ChannelPruning(keras.callbacks.Callback):
     The callback acts on the model being trained, in place; zeroed channels
     are found again from the weights, so training can resume.
 
+    What worked best in `benchmarks/RESULTS.md` (MobileNetV2-0.35, 50% of
+    the channels, 12 fine-tuning epochs): `criterion="bn_gamma"` with
+    `PolynomialDecay(0.0, 0.5, begin_step=0, end_step=<half the
+    fine-tuning steps>, frequency=<steps per epoch>)`, in the `fit` of a
+    `keras_slim.distillation.Distiller` whose teacher is the unpruned
+    model fine-tuned for the same epochs: 0.7 points below that model
+    (median of five seeds), against 3.3 below without the teacher and 3.6
+    below for one-shot `prune_channels`. On a very small CNN the ordering
+    changed from seed to seed: measure on your own model.
+
     Args:
         schedule: The fraction of channels to remove, a float in [0, 1)
             (applied from the first step) or a callable `step -> fraction`,
