@@ -1075,8 +1075,8 @@ larger resolutions.
 **Going further.** Distil the pruned model from the fine-tuned original
 (notebook 03: pass `ChannelPruning` to the `Distiller`'s `fit`, it prunes
 the student; the benchmark used `temperature=4`, `alpha=0.5`); train
-with an L1 penalty on BatchNorm scales before
-pruning (Network Slimming); combine with int8 export (notebook 06).
+with an L1 penalty on BatchNorm scales before pruning (Network
+Slimming); combine with int8 export (notebook 06).
 """),
     ],
 )
