@@ -198,6 +198,19 @@ def test_quantize_delay_trains_float_first(digits_small):
     history = _qat_fit(model, digits_small, epochs=2, quantize_delay=22)
     assert history.history["quantization_active"] == [0.0, 1.0]
     assert is_quantization_aware(model)
+    # Before the delay the forward pass is float: the same seed and batches
+    # give the very weights that plain `fit` gives.
+    (x, y), _ = digits_small
+    weights = []
+    for callbacks in ([], [QuantizationAwareTraining(quantize_delay=100)]):
+        plain = compile_classifier(_small_dense(seed=3))
+        keras.utils.set_random_seed(7)
+        plain.fit(
+            x, y, batch_size=64, epochs=1, verbose=0, callbacks=callbacks
+        )
+        weights.append([w.numpy() for w in plain.trainable_weights])
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 def test_freeze_bn_delay_stops_moving_statistics(digits_small):
@@ -211,17 +224,88 @@ def test_freeze_bn_delay_stops_moving_statistics(digits_small):
     assert np.abs(mean).max() > 0  # it did move before the delay
 
 
-def test_save_after_callback_refuses_and_points_to_quantize_model(
+def test_ranges_and_schedule_are_variables_the_model_owns(digits_small):
+    model = _small_dense()
+    before = len(model.non_trainable_variables)
+    _qat_fit(model, digits_small, quantize_delay=5)
+    names = [v.name for v in model.non_trainable_variables[before:]]
+    # Start step, phase, and (min, max, initialized) for the input and the
+    # two Dense outputs (Flatten passes its input's range on).
+    assert names[:2] == ["qat_start_step", "qat_phase"]
+    assert len(names) == 2 + 3 * 3
+    assert all(name.startswith("qat_") for name in names)
+    phase = keras.ops.convert_to_numpy(model.non_trainable_variables[before + 1])
+    np.testing.assert_array_equal(phase, [1.0, 0.0, 0.0])
+
+
+def test_checkpoints_store_learned_ranges_and_load_weights_restores_them(
     digits_small, tmp_path
 ):
-    model = _small_dense()
+    (x, y), (x_test, _) = digits_small
+    model = compile_classifier(_small_dense())
+    checkpoints = [
+        keras.callbacks.ModelCheckpoint(tmp_path / "m.keras"),
+        keras.callbacks.ModelCheckpoint(
+            tmp_path / "m.weights.h5", save_weights_only=True
+        ),
+        keras.callbacks.BackupAndRestore(tmp_path / "backup"),
+    ]
+    model.fit(
+        x,
+        y,
+        batch_size=64,
+        epochs=1,
+        verbose=0,
+        callbacks=[QuantizationAwareTraining(), *checkpoints],
+    )
+    ranges = _ranges(quantize_model(model))
+    expected = model.predict(x_test, verbose=0)
+    _qat_fit(model, digits_small)  # moves ranges and weights on
+    assert _ranges(quantize_model(model)) != ranges
+    model.load_weights(tmp_path / "m.weights.h5")
+    assert _ranges(quantize_model(model)) == ranges
+    np.testing.assert_allclose(
+        model.predict(x_test, verbose=0), expected, atol=1e-6
+    )
+    assert (tmp_path / "m.keras").stat().st_size > 0
+
+
+def test_subclassed_model_keeps_ranges_outside_and_refuses_saving(
+    digits_small, tmp_path
+):
+    model = compile_classifier(subclassed_model())
+    before = len(model.variables)
     _qat_fit(model, digits_small)
-    with pytest.raises(ValueError, match="quantize_model"):
-        model.save(tmp_path / "m.keras")
-    with pytest.raises(ValueError, match="quantize_model"):
-        keras.saving.save_model(model, tmp_path / "m2.keras")
-    with pytest.raises(ValueError, match="quantize_model"):
+    assert is_quantization_aware(model)
+    assert len(model.variables) == before  # Keras locked its state
+    with pytest.raises(ValueError, match="subclassed model.*Functional"):
         model.save_weights(tmp_path / "m.weights.h5")
+    with pytest.raises(ValueError, match="subclassed model"):
+        model.save(tmp_path / "m.keras")
+
+
+def test_delays_count_optimizer_steps_with_steps_per_execution(digits_small):
+    (x, y), _ = digits_small
+    model = _small_dense()
+    model.compile(
+        "adam",
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        steps_per_execution=4,
+    )
+    steps = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            steps.append(int(self.model.optimizer.iterations.numpy()))
+
+    qat = QuantizationAwareTraining(quantize_delay=8)
+    # 1347 samples / 64 = 22 steps: executions start at 0, 4, 8, ...
+    history = model.fit(
+        x, y, batch_size=64, epochs=1, verbose=0, callbacks=[qat, Record()]
+    )
+    assert steps[:3] == [0, 4, 8]
+    assert history.history["quantization_active"] == [1.0]
+    assert qat.step == steps[-1]
 
 
 @pytest.mark.slow

@@ -12,7 +12,9 @@ import keras
 
 from keras_slim import _layers
 from keras_slim import _validation
-from keras_slim.quantization import _fake_quant
+from keras_slim.quantization import _in_place
+from keras_slim.quantization import _rules
+from keras_slim.quantization import _twins
 from keras_slim.quantization.model import quantize_model
 from keras_slim.quantization.qat import QuantizationAwareTraining
 
@@ -47,11 +49,11 @@ def is_quantization_aware(model):
     """
     _validation.check_model(model, built=False)
     model = _layers.target_model(model)
-    patch = _fake_quant.PATCHES.get(model)
-    if patch is not None:
-        return bool(patch.active and patch.learned())
+    awareness = _in_place.awareness_of(model)
+    if awareness is not None:
+        return bool(awareness.read_phase()[0] and awareness.learned())
     for layer in _layers.leaf_layers(model):
-        if isinstance(layer, _fake_quant.FakeQuant) and layer.built:
+        if isinstance(layer, _twins.FakeQuant) and layer.built:
             if float(keras.ops.convert_to_numpy(layer.initialized)) > 0:
                 return True
     return False
@@ -107,4 +109,4 @@ def register_quantization_rule(layer_class, rule):
     _validation.check_choice(
         "rule", rule, ("output", "passthrough", "activation", "add", "skip")
     )
-    _fake_quant.register_rule(layer_class, rule)
+    _rules.register_rule(layer_class, rule)

@@ -3,7 +3,10 @@
 import keras
 
 from keras_slim import _validation
-from keras_slim.quantization import _fake_quant
+from keras_slim.quantization import _in_place
+from keras_slim.quantization import _placement
+from keras_slim.quantization import _rules
+from keras_slim.quantization import _twins
 
 
 def _is_graph_model(model):
@@ -18,12 +21,12 @@ def _is_graph_model(model):
 class _Builder:
     """Rebuilds a Sequential or Functional model with fake-quant layers."""
 
-    def __init__(self, model, rows, patch):
+    def __init__(self, model, rows, awareness):
         self.rules = {id(layer): rule for _, layer, rule in rows}
         self.paths = {id(layer): path for path, layer, _ in rows}
-        self.patch = patch
+        self.awareness = awareness
         self.new_to_old = {}
-        self.copies = []  # (FakeQuant, RangeQuantizer or None)
+        self.copies = []  # (FakeQuant, the in-place range or None)
         self.names = {layer.name for _, layer, _ in rows}
 
     def unique(self, name):
@@ -35,7 +38,7 @@ class _Builder:
         return candidate
 
     def fake_quant(self, tensor, name, source):
-        layer = _fake_quant.FakeQuant(name=self.unique(name))
+        layer = _twins.FakeQuant(name=self.unique(name))
         self.copies.append((layer, source))
         return layer(tensor)
 
@@ -45,22 +48,22 @@ class _Builder:
         else:
             rule = self.rules[id(layer)]
             cls = type(layer)
-            if rule != "skip" and cls in _fake_quant.QUANTIZED_CLASSES:
-                cls = _fake_quant.QUANTIZED_CLASSES[cls]
+            if rule != "skip" and cls in _twins.TWINS:
+                cls = _twins.TWINS[cls]
             new = cls.from_config(layer.get_config())
         self.new_to_old[id(new)] = layer
         return new
 
     def call_layer(self, new, *args, **kwargs):
-        sc = _fake_quant.current_scope()
+        sc = _placement.current_scope()
         old = self.new_to_old[id(new)]
         if isinstance(new, keras.Model):
             return new(*sc.materialize(args), **kwargs)
         rule = self.rules[id(old)]
         path = self.paths[id(old)]
         source = None
-        if self.patch is not None:
-            source = self.patch.quantizers.get(path)
+        if self.awareness is not None:
+            source = self.awareness.ranges.get(path)
 
         def run(new_args):
             return new(*new_args, **kwargs)
@@ -68,10 +71,10 @@ class _Builder:
         def quantize_output(t):
             return self.fake_quant(t, f"{old.name}_quant", source)
 
-        return _fake_quant.place(rule, new, args, run, quantize_output)
+        return _placement.place(rule, new, args, run, quantize_output)
 
     def build(self, model, top):
-        with _fake_quant.scope(training=False, new=True) as sc:
+        with _placement.scope(training=False, new=True) as sc:
             inputs = keras.tree.map_structure(
                 lambda t: keras.Input(
                     batch_shape=t.shape, dtype=t.dtype, name=t.name
@@ -83,7 +86,8 @@ class _Builder:
             if isinstance(model, keras.Sequential):
                 inputs = inputs[0]
             if top:
-                source = self.patch.input_quantizer if self.patch else None
+                aware = self.awareness
+                source = aware.input if aware else None
                 for t in keras.tree.flatten(inputs):
                     sc.defer(
                         t,
@@ -177,32 +181,28 @@ def quantize_model(model, filters=None):
             f"{type(model).__name__}"
         )
     predicate = _validation.compile_filters(filters)
-    rows = _fake_quant.plan(model, predicate)
-    if filters is not None and all(r[2] == "skip" for r in rows):
-        raise ValueError(
-            f"`filters` matched no layer of model {model.name!r}: nothing "
-            f"would be quantized. Received: filters={filters!r}"
-        )
+    rows = _rules.plan(model, predicate)
+    _rules.check_filters_matched(rows, filters, model)
     for _, layer, _ in rows:
-        if isinstance(layer, _fake_quant.FakeQuant):
+        if isinstance(layer, _twins.FakeQuant):
             raise ValueError(
                 f"Model {model.name!r} is already quantization-aware: it "
                 f"contains the FakeQuant layer {layer.name!r} from "
                 "`quantize_model`. Train or export it as it is."
             )
-    patch = _fake_quant.PATCHES.get(model)
-    builder = _Builder(model, rows, patch)
+    builder = _Builder(model, rows, _in_place.awareness_of(model))
     new = builder.build(model, top=True)
-    by_id = {id(layer): layer for _, layer, _ in _fake_quant.walk(new)}
+    by_id = {id(layer): layer for _, layer, _ in _rules.walk(new)}
     for new_id, old in builder.new_to_old.items():
         new_layer = by_id.get(new_id)
         if new_layer is not None and not isinstance(old, keras.Model):
             new_layer.set_weights(old.get_weights())
     for fq, source in builder.copies:
         if source is not None:
-            fq.min.assign(source.min)
-            fq.max.assign(source.max)
-            fq.initialized.assign(source.initialized)
+            # NumPy copies: sharing a buffer breaks JAX's donated state.
+            for name in ("min", "max", "initialized"):
+                value = keras.ops.convert_to_numpy(getattr(source, name))
+                getattr(fq, name).assign(value)
     if model.compiled:
         new.compile_from_config(model.get_compile_config())
     return new

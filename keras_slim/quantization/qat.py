@@ -1,12 +1,14 @@
 """Quantization-aware training as a `model.fit` callback."""
 
-import weakref
+import inspect
 
 import keras
 
 from keras_slim import _layers
 from keras_slim import _validation
-from keras_slim.quantization import _fake_quant
+from keras_slim.quantization import _in_place
+from keras_slim.quantization import _rules
+from keras_slim.quantization import _twins
 
 
 def _check_delay(name, value, allow_none):
@@ -34,15 +36,22 @@ class QuantizationAwareTraining(keras.callbacks.Callback):
     (and already-compiled) ones; the optimizer, layer names and structure
     are kept.
 
-    How it changes the model: at `on_train_begin` it overrides the
-    instance attribute `call` of the model and of its layers (their
-    classes and weights are untouched) and rebuilds the model's train,
-    test and predict functions. Ranges move only in calls with
-    `training=True` (the training steps of `fit`); `evaluate`, `predict`
-    and export read them. The change stays after `fit`, so the model keeps
-    predicting as its int8 file will. The ranges live outside the layers:
-    `model.save` and `save_weights` then refuse with a message (they
-    could not store them); to save and resume, start from
+    How it changes the model: at `on_train_begin` it adds the ranges and
+    its own state (the step at which it began, the phase) as variables of
+    the model (`model.add_weight`, so they are in
+    `model.non_trainable_variables`), overrides the instance attribute
+    `call` of the model and of its layers (their classes, configs and
+    weights are untouched; Keras 3 has no public hook that changes how a
+    built layer computes) and rebuilds the model's train, test and predict
+    functions. Ranges move only in calls with `training=True` (the
+    training steps of `fit`); `evaluate`, `predict` and export read them.
+    The change stays after `fit`, so the model keeps predicting as its
+    int8 file will. Since the ranges are the model's variables,
+    `save_weights`, `ModelCheckpoint` (both modes) and `BackupAndRestore`
+    store them, and `load_weights` restores them into a model this
+    callback has made quantization-aware. A `.keras` file of such a model
+    holds the variables but not the interception: to reload it in a new
+    process with `keras.models.load_model`, save
     `keras_slim.quantization.quantize_model(model)` instead, which has
     serializable fake-quant layers (this callback also drives its
     schedules). Zeros in kernels stay exact zeros under the symmetric
@@ -50,9 +59,11 @@ class QuantizationAwareTraining(keras.callbacks.Callback):
 
     The schedule counts optimizer steps (`model.optimizer.iterations`)
     from the step at which quantization-aware training began on this model
-    (when this callback first made it quantization-aware; 0 for a model
-    from `quantize_model`, which has a new optimizer), so a resumed `fit`
-    continues where it stopped. Each epoch writes
+    (when this callback first made it quantization-aware, a variable of
+    the model; 0 for a model from `quantize_model`, which has a new
+    optimizer), so a resumed `fit` continues where it stopped, and
+    `steps_per_execution` shifts a phase change by less than one
+    execution. Each epoch writes
     `logs["quantization_active"]`, `logs["quantization_ranges_frozen"]`
     and `logs["batchnorm_frozen"]` (1.0 or 0.0), the state of the epoch's
     last step.
@@ -151,24 +162,20 @@ class QuantizationAwareTraining(keras.callbacks.Callback):
         bn = self.freeze_bn_delay is not None and step >= self.freeze_bn_delay
         return active, frozen, bn
 
-    def apply_state(self, state):
+    def _apply_state(self, state):
         active, frozen, bn_frozen = state
-        patch = _fake_quant.PATCHES.get(self.target)
-        if patch is not None:
-            patch.set_state(active, frozen, bn_frozen)
+        awareness = _in_place.awareness_of(self.target)
+        if awareness is not None:
+            awareness.set_phase(state)
         else:
             for layer in _layers.leaf_layers(self.target):
-                if isinstance(layer, _fake_quant.FakeQuant):
+                if isinstance(layer, _twins.FakeQuant):
                     layer.quantize_active = active
                     layer.ranges_frozen = frozen
-                elif _fake_quant.layer_rule(layer) in (
-                    "conv",
-                    "depthwise",
-                    "dense",
-                ):
+                elif isinstance(layer, _twins.WEIGHT_TWINS):
                     layer.quantize_active = active
-                elif isinstance(layer, keras.layers.BatchNormalization):
-                    _freeze_batchnorm(layer, bn_frozen)
+                elif isinstance(layer, _twins.FreezableBatchNormalization):
+                    layer.frozen = bn_frozen
         if self.verbose and state != self.state:
             print(
                 f"QuantizationAwareTraining: step {self.step}: "
@@ -177,17 +184,33 @@ class QuantizationAwareTraining(keras.callbacks.Callback):
                 f"{'frozen' if bn_frozen else 'learning'}"
             )
         self.state = state
-        _APPLIED[self.target] = state
-
-    def optimizer_step(self):
-        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-
-    def rebuild(self):
-        # Functions trace lazily: the test and predict functions cost
-        # nothing until they are used.
+        # Rebuild the functions: they were traced with the old state (or,
+        # at the start, before the model changed). Tracing is lazy: the
+        # test and predict functions cost nothing until they are used.
         self.model.make_train_function(force=True)
         self.model.make_test_function(force=True)
         self.model.make_predict_function(force=True)
+
+    def _current_step(self):
+        step = keras.ops.convert_to_numpy(self.model.optimizer.iterations)
+        awareness = _in_place.awareness_of(self.target)
+        if awareness is not None:
+            step = step - keras.ops.convert_to_numpy(awareness.start_step)
+        return int(step)
+
+    def _current_state(self):
+        """The state the model's functions were built with."""
+        awareness = _in_place.awareness_of(self.target)
+        if awareness is not None:
+            return awareness.active, awareness.ranges_frozen, awareness.bn_frozen
+        for layer in _layers.leaf_layers(self.target):
+            if isinstance(layer, _twins.FakeQuant):
+                bn = any(
+                    getattr(other, "frozen", False)
+                    for other in _layers.leaf_layers(self.target)
+                )
+                return layer.quantize_active, layer.ranges_frozen, bn
+        return None
 
     # --------------------------------------------------------------- hooks
 
@@ -195,39 +218,34 @@ class QuantizationAwareTraining(keras.callbacks.Callback):
         self.target = _layers.target_model(self.model)
         _validation.check_model(self.target)
         changed = False
-        if not _already_quantized(self.target) and (
-            self.target not in _fake_quant.PATCHES
+        if (
+            not _already_quantized(self.target)
+            and _in_place.awareness_of(self.target) is None
         ):
-            rows = _fake_quant.plan(self.target, self.predicate)
-            if self.filters is not None and all(r[2] == "skip" for r in rows):
-                raise ValueError(
-                    "`filters` matched no layer of model "
-                    f"{self.target.name!r}: nothing would be quantized. "
-                    f"Received: filters={self.filters!r}"
-                )
+            rows = _rules.plan(self.target, self.predicate)
+            _rules.check_filters_matched(rows, self.filters, self.target)
             _check_training_argument(self.target)
-            patch = _fake_quant.patch_model(self.target, rows)
-            patch.start_step = self.optimizer_step()
+            start = self.model.optimizer.iterations
+            awareness = _in_place.make_aware(self.target, rows)
+            # A Python int: assigning the optimizer's own value would share
+            # its buffer (JAX then donates one buffer twice).
+            awareness.start_step.assign(
+                int(keras.ops.convert_to_numpy(start))
+            )
             changed = True
-        patch = _fake_quant.PATCHES.get(self.target)
-        start = patch.start_step if patch is not None else 0
-        self.step = self.optimizer_step() - start
-        self.state = _APPLIED.get(self.target)
-        state = self.state_at(self.step)
-        if changed or state != self.state:
-            # Also replaces functions traced before the model changed
-            # (an already-trained model's compiled train step).
-            self.apply_state(state)
-            self.rebuild()
-
-    def on_train_batch_begin(self, batch, logs=None):
+        elif self.freeze_bn_delay is not None:
+            _check_freezable_batchnorm(self.target)
+        self.step = self._current_step()
+        self.state = None if changed else self._current_state()
         state = self.state_at(self.step)
         if state != self.state:
-            self.apply_state(state)
-            self.rebuild()
+            self._apply_state(state)
 
-    def on_train_batch_end(self, batch, logs=None):
-        self.step += 1
+    def on_train_batch_begin(self, batch, logs=None):
+        self.step = self._current_step()
+        state = self.state_at(self.step)
+        if state != self.state:
+            self._apply_state(state)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and self.state is not None:
@@ -239,24 +257,26 @@ class QuantizationAwareTraining(keras.callbacks.Callback):
 
 
 def _already_quantized(model):
-    return any(
-        isinstance(
-            layer,
-            (
-                _fake_quant.FakeQuant,
-                _fake_quant.QuantizedDense,
-                _fake_quant.QuantizedConv2D,
-                _fake_quant.QuantizedConv1D,
-                _fake_quant.QuantizedDepthwiseConv2D,
-            ),
-        )
-        for layer in _layers.leaf_layers(model)
-    )
+    twins = (_twins.FakeQuant, *_twins.WEIGHT_TWINS)
+    return any(isinstance(x, twins) for x in _layers.leaf_layers(model))
+
+
+def _check_freezable_batchnorm(model):
+    if _in_place.awareness_of(model) is not None:
+        return
+    for path, layer in _layers.iter_layers(model):
+        if type(layer) is keras.layers.BatchNormalization:
+            raise ValueError(
+                f"`freeze_bn_delay` needs the BatchNormalization layers of a "
+                f"model from `quantize_model` to be its "
+                f"`FreezableBatchNormalization`, but {path!r} is a plain "
+                "`BatchNormalization` (a model saved by an older keras_slim). "
+                "Call `quantize_model` on the float model again, or pass "
+                "`freeze_bn_delay=None`."
+            )
 
 
 def _check_training_argument(model):
-    import inspect
-
     if isinstance(model, keras.Sequential) or type(model) is keras.Model:
         return
     try:
@@ -273,27 +293,3 @@ def _check_training_argument(model):
             "export (ranges are read). Add `training=None` to `call` and "
             "pass it on."
         )
-
-
-_BN_ORIGINAL_CALLS = weakref.WeakKeyDictionary()
-# Target model -> the (active, frozen, bn_frozen) state its functions use.
-_APPLIED = weakref.WeakKeyDictionary()
-
-
-def _freeze_batchnorm(layer, frozen):
-    """Run a BatchNormalization layer in inference mode while `frozen`.
-
-    Used on models from `quantize_model`; overrides the instance `call`
-    (the layer's class, config and weights are untouched).
-    """
-    if layer not in _BN_ORIGINAL_CALLS:
-        original = layer.call
-        _BN_ORIGINAL_CALLS[layer] = original
-
-        def call(*args, **kwargs):
-            if getattr(call, "frozen", False):
-                kwargs = {**kwargs, "training": False}
-            return original(*args, **kwargs)
-
-        layer.call = call
-    layer.call.frozen = frozen

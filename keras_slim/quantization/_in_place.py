@@ -1,0 +1,251 @@
+"""Quantization-aware training in place: the state the model owns, and how
+its forward pass is changed.
+
+State. Every range (min, max, initialized) and the schedule's own state
+(the optimizer step at which quantization-aware training began, and the
+phase: quantization on, ranges frozen, BatchNorm frozen) are variables of
+the model itself (`model.add_weight`). They are in
+`model.non_trainable_variables`, so a jitted JAX step threads their
+updates through, a `MirroredStrategy` mirrors them, and `save_weights`,
+`ModelCheckpoint` and `BackupAndRestore` store and restore them. The one
+exception is a subclassed model: Keras locks its state once it is built,
+so its variables stay outside it (TensorFlow backend only; saving it
+refuses with a message instead of writing a float model). The
+Python side (which layers are intercepted, and the variables by layer
+path) is a `QuantizationAwareness` object held by the model as its
+`keras_slim_quantization` attribute: no registry outside the model.
+
+Forward pass. Keras 3 has no public hook that changes how an already-built
+layer computes (its quantization modes are a fixed list: int8, float8,
+int4, gptq, awq, each with its own weights), and a subclassed model's
+graph exists only as Python code. So the model's `call` and its layers'
+`call` are overridden per instance (their classes, configs and weights are
+untouched), and the train, test and predict functions are rebuilt. A
+model that must be rebuilt into serializable layers instead comes from
+`quantize_model`.
+"""
+
+import inspect
+import re
+
+import keras
+
+from keras_slim.quantization import _placement
+from keras_slim.quantization import _quantizers
+from keras_slim.quantization import _rules
+
+ATTRIBUTE = "keras_slim_quantization"
+PHASES = ("active", "ranges_frozen", "bn_frozen")
+
+
+def _safe(path):
+    return re.sub(r"[^A-Za-z0-9_]", "_", path)
+
+
+class _Range:
+    """The range variables of one activation tensor, owned by the model."""
+
+    def __init__(self, new_variable, name):
+        init = _quantizers.INITIAL_RANGE
+        self.min = new_variable(f"qat_{name}_min", -init)
+        self.max = new_variable(f"qat_{name}_max", init)
+        self.initialized = new_variable(f"qat_{name}_initialized", 0.0)
+
+    def __call__(self, x, training, awareness):
+        if not awareness.active:
+            return x
+        return _quantizers.fake_quant_activation(
+            x,
+            self.min,
+            self.max,
+            self.initialized,
+            bool(training) and not awareness.ranges_frozen,
+            _quantizers.RANGE_MOMENTUM,
+        )
+
+
+class QuantizationAwareness:
+    """What `QuantizationAwareTraining` changed on one model, and the
+    model-owned variables behind it."""
+
+    def __init__(self, model, rows):
+        self.rows = rows
+        # Sequential and Functional models take new variables once built; a
+        # subclassed model is locked by Keras once built, and there is no
+        # public way to add state to it: its variables then stay outside
+        # the model (`owned` False; TensorFlow only, saving refused).
+        self.owned = True
+
+        def new_variable(name, value, shape=(), dtype=None):
+            initializer = keras.initializers.Constant(value)
+            if self.owned:
+                try:
+                    return model.add_weight(
+                        shape=shape,
+                        dtype=dtype,
+                        initializer=initializer,
+                        trainable=False,
+                        name=name,
+                    )
+                except ValueError:  # "cannot add new elements of state"
+                    self.owned = False
+            return keras.Variable(
+                initializer(shape, dtype=dtype or "float32"),
+                trainable=False,
+                name=name,
+            )
+
+        # The first variable tells whether the model takes new state.
+        self.start_step = new_variable("qat_start_step", 0, dtype="int32")
+        self.phase = new_variable("qat_phase", 0.0, shape=(len(PHASES),))
+        self.input = _Range(new_variable, "input")
+        self.ranges = {}  # layer path -> _Range
+        for path, layer, rule in rows:
+            if rule != "skip" and _rules.output_mode(layer, rule) != "none":
+                self.ranges[path] = _Range(new_variable, _safe(path))
+        # Python copies of `phase`: what the traced functions were built
+        # with (a change rebuilds them).
+        self.active, self.ranges_frozen, self.bn_frozen = True, False, False
+
+    def all_ranges(self):
+        return [self.input, *self.ranges.values()]
+
+    def read_phase(self):
+        values = keras.ops.convert_to_numpy(self.phase)
+        return tuple(bool(v > 0.5) for v in values)
+
+    def set_phase(self, phase):
+        self.active, self.ranges_frozen, self.bn_frozen = phase
+        self.phase.assign([float(v) for v in phase])
+
+    def learned(self):
+        return any(
+            float(keras.ops.convert_to_numpy(r.initialized)) > 0
+            for r in self.all_ranges()
+        )
+
+
+SAVE_REFUSAL = (
+    "Model {name!r} is a subclassed model made quantization-aware in place "
+    "by `keras_slim.callbacks.QuantizationAwareTraining`. Keras locks the "
+    "state of a built subclassed model, so its int8 ranges live outside "
+    "it, and `model.save` / `save_weights` would silently write a float "
+    "model. Export the int8 file directly with "
+    "`keras_slim.export_tflite(model, filepath)`, or write the model as a "
+    "Functional model (then it owns its ranges and saves them)."
+)
+
+
+def awareness_of(model):
+    """The `QuantizationAwareness` of a model made QAT in place, or None."""
+    found = getattr(model, ATTRIBUTE, None)
+    return found if isinstance(found, QuantizationAwareness) else None
+
+
+def _is_symbolic(args):
+    return any(
+        isinstance(t, keras.KerasTensor) for t in keras.tree.flatten(args)
+    )
+
+
+def _training_of(original_call, args, kwargs):
+    if "training" in kwargs:
+        return kwargs["training"]
+    try:
+        bound = inspect.signature(original_call).bind_partial(*args, **kwargs)
+    except TypeError:
+        return None
+    return bound.arguments.get("training")
+
+
+def make_aware(model, rows):
+    """Make `model` quantization-aware in place; return its awareness.
+
+    Creates the model-owned variables, then overrides the instance
+    attribute `call` of the model, of its nested models and of its leaf
+    layers (see the module docstring).
+    """
+    awareness = QuantizationAwareness(model, rows)
+    if not awareness.owned and keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "QuantizationAwareTraining cannot make the subclassed model "
+            f"{model.name!r} quantization-aware in place on the "
+            f"{keras.backend.backend()!r} backend: Keras locks the state of "
+            "a built subclassed model, so the ranges would live outside "
+            "it and a jitted step would drop their updates. Write the "
+            "model with the Functional API or Sequential, or train on the "
+            "TensorFlow backend."
+        )
+    for path, layer, rule in rows:
+        layer.call = _layer_call(
+            awareness, layer, rule, layer.call, awareness.ranges.get(path)
+        )
+    for _, sub, is_model in _rules.walk(model):
+        if is_model:
+            sub.call = _submodel_call(sub.call)
+    model.call = _model_call(awareness, model.call)
+    if not awareness.owned:
+
+        def refuse(*args, **kwargs):
+            raise ValueError(SAVE_REFUSAL.format(name=model.name))
+
+        model.save = refuse
+        model.save_weights = refuse
+        model.save_own_variables = refuse
+    setattr(model, ATTRIBUTE, awareness)
+    return awareness
+
+
+def _model_call(awareness, original):
+    def call(*args, **kwargs):
+        if _is_symbolic(args):
+            return original(*args, **kwargs)
+        training = _training_of(original, args, kwargs) is True
+        with _placement.scope(training, new=True) as sc:
+            if awareness.active and args:
+                first = keras.tree.map_structure(
+                    lambda t: awareness.input(t, training, awareness), args[0]
+                )
+                args = (first, *args[1:])
+            return sc.materialize(original(*args, **kwargs))
+
+    return call
+
+
+def _submodel_call(original):
+    def call(*args, **kwargs):
+        sc = _placement.current_scope()
+        if sc is None or _is_symbolic(args):
+            return original(*args, **kwargs)
+        args = sc.materialize(args)
+        return sc.materialize(original(*args, **kwargs))
+
+    return call
+
+
+def _layer_call(awareness, layer, rule, original, quantizer):
+    weighted = rule in _rules.WEIGHT_RULES
+    batchnorm = isinstance(layer, keras.layers.BatchNormalization)
+
+    def call(*args, **kwargs):
+        sc = _placement.current_scope()
+        if sc is None or _is_symbolic(args):
+            return original(*args, **kwargs)
+        if batchnorm and awareness.bn_frozen:
+            kwargs = {**kwargs, "training": False}
+        if not awareness.active:
+            return original(*args, **kwargs)
+
+        def run(new_args):
+            if weighted:
+                return _quantizers.weight_forward(
+                    layer, rule, new_args[0], True
+                )
+            return original(*new_args, **kwargs)
+
+        def quantize_output(t):
+            return quantizer(t, sc.training, awareness)
+
+        return _placement.place(rule, layer, args, run, quantize_output)
+
+    return call

@@ -1,0 +1,108 @@
+"""Where activation ranges go, decided while the forward pass runs.
+
+The converter keeps int8 tensors at the model inputs, after ReLU/ReLU6
+(fused into the convolution), after `Add` (or its fused ReLU), after
+averaging pools, concatenations and the logits; never between a
+convolution and its BatchNorm or ReLU. A layer whose output could still
+be fused (a convolution, BN, `Add`) leaves it "pending"; the next consumer
+either fuses it (BN after a convolution, ReLU after any of them) or
+quantizes it first. That works the same eagerly, traced or symbolic, for
+Sequential, Functional, subclassed and nested models.
+"""
+
+import contextlib
+import threading
+
+import keras
+
+from keras_slim.quantization import _rules
+
+
+class _Scope:
+    """Tensors whose quantization is pending during one forward pass."""
+
+    def __init__(self, training):
+        self.training = training
+        self.pending = {}  # id(tensor) -> (tensor, producer rule, quantize)
+        self.done = {}  # id(tensor) -> (tensor, quantized tensor)
+
+    def defer(self, tensor, rule, quantize):
+        self.pending[id(tensor)] = (tensor, rule, quantize)
+
+    def producer(self, tensor):
+        entry = self.pending.get(id(tensor))
+        return entry[1] if entry and entry[0] is tensor else None
+
+    def materialize(self, structure):
+        def one(t):
+            key = id(t)
+            done = self.done.get(key)
+            if done is not None and done[0] is t:
+                return done[1]
+            entry = self.pending.get(key)
+            if entry is None or entry[0] is not t:
+                return t
+            q = entry[2](t)
+            self.done[key] = (t, q)
+            return q
+
+        return keras.tree.map_structure(one, structure)
+
+
+_local = threading.local()
+
+
+def current_scope():
+    return getattr(_local, "scope", None)
+
+
+@contextlib.contextmanager
+def scope(training, new=False):
+    """Open a placement scope (reuse the enclosing one unless `new`)."""
+    outer = current_scope()
+    if outer is not None and not new:
+        yield outer
+        return
+    inner = _Scope(training)
+    _local.scope = inner
+    try:
+        yield inner
+    finally:
+        _local.scope = outer
+
+
+_FUSES_WITH = {
+    "batchnorm": _rules.WEIGHT_RULES,
+    "concat": _rules.CONCAT_PRODUCERS,
+    "activation": _rules.FUSING_PRODUCERS,
+}
+
+
+def place(rule, layer, args, run, quantize_output):
+    """Run one layer under its rule inside the current scope.
+
+    `run(args)` computes the layer's output; `quantize_output(t)` returns
+    `t` fake-quantized with this layer's output range.
+    """
+    sc = current_scope()
+    if sc is None or rule == "quantizer":
+        return run(args)
+    producers = _FUSES_WITH.get(rule)
+    fused = producers is not None and all(
+        sc.producer(t) in producers for t in keras.tree.flatten(args)
+    )
+    if not fused:
+        args = sc.materialize(args)
+    outputs = run(args)
+    if rule == "skip":
+        return outputs
+    if not keras.ops.is_tensor(outputs) and not isinstance(
+        outputs, keras.KerasTensor
+    ):
+        return outputs  # several outputs: left as they are
+    mode = _rules.output_mode(layer, rule)
+    if mode == "quantize":
+        return quantize_output(outputs)
+    if mode == "pending":
+        sc.defer(outputs, rule, quantize_output)
+    return outputs

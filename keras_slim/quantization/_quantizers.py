@@ -1,0 +1,114 @@
+"""The int8 simulation itself: kernels and activations, fake-quantized.
+
+- Weights: symmetric, narrow range ([-127, 127], zero point 0, so zeros
+  stay exact zeros), per output channel for `Conv1D`/`Conv2D` and
+  `DepthwiseConv2D` (the depthwise kernel `(kh, kw, in, multiplier)` is
+  quantized per `in * multiplier` output channel), per tensor for `Dense`.
+  The range is the current max |w| of each channel, so nothing is learned.
+- BatchNorm: the converter folds BN into the convolution before it
+  quantizes: `w' = w * gamma / sqrt(var + eps)` per output channel. A
+  symmetric per-channel quantizer commutes with a per-channel scale
+  (`q(s * w) = s * q(w)`), so fake-quantizing the unfolded kernel is
+  exactly what the folded int8 kernel computes.
+- Activations: per tensor, asymmetric, moving-average min/max ranges
+  initialised from the first batch.
+
+Everything here is `keras.ops` (and `keras.quantizers`), so it runs on
+every Keras backend.
+"""
+
+import keras
+from keras import ops
+
+NUM_BITS = 8
+RANGE_MOMENTUM = 0.99
+MIN_WEIGHT_RANGE = 1e-8
+MIN_ACTIVATION_RANGE = 1e-3
+INITIAL_RANGE = 6.0
+
+
+def quantize_kernel(kernel, rule):
+    """Symmetric narrow-range int8 fake quantization of a kernel."""
+    if rule == "dense":
+        m = ops.max(ops.abs(kernel))
+        m = ops.stop_gradient(ops.maximum(m, MIN_WEIGHT_RANGE))
+        return keras.quantizers.fake_quant_with_min_max_vars(
+            kernel, -m, m, num_bits=NUM_BITS, narrow_range=True
+        )
+    shape = ops.shape(kernel)
+    flat = kernel
+    if rule == "depthwise":
+        # (kh, kw, in, multiplier) -> one channel per output channel.
+        flat = ops.reshape(kernel, (shape[0], shape[1], -1))
+    axes = tuple(range(len(flat.shape) - 1))
+    m = ops.max(ops.abs(flat), axis=axes)
+    m = ops.stop_gradient(ops.maximum(m, MIN_WEIGHT_RANGE))
+    out = keras.quantizers.fake_quant_with_min_max_vars(
+        flat, -m, m, num_bits=NUM_BITS, narrow_range=True, axis=-1
+    )
+    return ops.reshape(out, shape) if rule == "depthwise" else out
+
+
+def weight_forward(layer, rule, inputs, quantize):
+    """The forward pass of a Conv/DepthwiseConv/Dense layer, through its
+    public attributes, with the kernel fake-quantized when `quantize`."""
+    kernel = layer.kernel
+    if quantize:
+        kernel = quantize_kernel(kernel, rule)
+    if rule == "dense":
+        outputs = ops.matmul(inputs, kernel)
+        if layer.use_bias:
+            outputs = ops.add(outputs, layer.bias)
+    else:
+        if rule == "depthwise":
+            outputs = ops.depthwise_conv(
+                inputs,
+                kernel,
+                strides=layer.strides,
+                padding=layer.padding,
+                dilation_rate=layer.dilation_rate,
+                data_format=layer.data_format,
+            )
+        else:
+            outputs = layer.convolution_op(inputs, kernel)
+        if layer.use_bias:
+            rank = len(outputs.shape) - 2
+            channels = layer.bias.shape[0]
+            if layer.data_format == "channels_last":
+                bias_shape = (1,) * (rank + 1) + (channels,)
+            else:
+                bias_shape = (1, channels) + (1,) * rank
+            outputs = ops.add(outputs, ops.reshape(layer.bias, bias_shape))
+    if layer.activation is not None:
+        outputs = layer.activation(outputs)
+    return outputs
+
+
+def fake_quant_activation(x, min_var, max_var, init_var, update, momentum):
+    """Per-tensor asymmetric fake quantization with moving-average ranges.
+
+    With `update`, the batch min/max move the ranges (the first batch sets
+    them); otherwise the stored ranges are read and nothing is written.
+    """
+    if update:
+        x32 = ops.cast(x, "float32")
+        batch_min = ops.minimum(ops.min(x32), 0.0)
+        batch_max = ops.maximum(ops.max(x32), 0.0)
+        seen = ops.greater(init_var, 0.0)
+        lo = ops.where(
+            seen, momentum * min_var + (1.0 - momentum) * batch_min, batch_min
+        )
+        hi = ops.where(
+            seen, momentum * max_var + (1.0 - momentum) * batch_max, batch_max
+        )
+        hi = ops.maximum(hi, lo + MIN_ACTIVATION_RANGE)
+        min_var.assign(lo)
+        max_var.assign(hi)
+        init_var.assign(1.0)
+        lo = ops.stop_gradient(lo)
+        hi = ops.stop_gradient(hi)
+    else:
+        lo, hi = min_var, max_var
+    return keras.quantizers.fake_quant_with_min_max_vars(
+        x, lo, hi, num_bits=NUM_BITS, narrow_range=False
+    )

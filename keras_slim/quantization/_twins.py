@@ -1,0 +1,154 @@
+"""The serializable quantization-aware layers that `quantize_model` puts in
+a model: `FakeQuant` for activations, quantized twins of the weight layers
+and a BatchNormalization that can run on its moving statistics.
+
+All are registered Keras serializables: `model.save` and
+`keras.models.load_model` round-trip them with no custom scope.
+"""
+
+import keras
+
+from keras_slim.quantization import _quantizers
+from keras_slim.quantization import _rules
+
+
+@keras.saving.register_keras_serializable(package="keras_slim")
+class FakeQuant(keras.layers.Layer):
+    """Int8 fake quantization of an activation with moving-average ranges.
+
+    Inserted by `keras_slim.quantization.quantize_model`. Its range
+    variables (`min`, `max`, `initialized`) are weights of the layer, so
+    `model.save` and `keras.models.load_model` keep them. Ranges move only
+    when the layer is called with `training=True`.
+
+    Args:
+        momentum: Momentum of the moving-average min/max, in [0, 1).
+        **kwargs: Base layer arguments (`name`, ...).
+
+    Example:
+
+    >>> layer = FakeQuant()
+    >>> y = layer(keras.ops.convert_to_tensor([[0.0, 1.0, 2.0]]),
+    ...           training=True)
+    >>> float(layer.max.numpy())
+    2.0
+    """
+
+    def __init__(self, momentum=_quantizers.RANGE_MOMENTUM, **kwargs):
+        super().__init__(**kwargs)
+        self.momentum = momentum
+        self.quantize_active = True
+        self.ranges_frozen = False
+
+    def build(self, input_shape):
+        const = keras.initializers.Constant
+        init = _quantizers.INITIAL_RANGE
+        self.min = self.add_weight(
+            shape=(), initializer=const(-init), trainable=False, name="min"
+        )
+        self.max = self.add_weight(
+            shape=(), initializer=const(init), trainable=False, name="max"
+        )
+        self.initialized = self.add_weight(
+            shape=(), initializer="zeros", trainable=False, name="initialized"
+        )
+
+    def call(self, inputs, training=None):
+        if not self.quantize_active:
+            return inputs
+        return _quantizers.fake_quant_activation(
+            inputs,
+            self.min,
+            self.max,
+            self.initialized,
+            training is True and not self.ranges_frozen,
+            self.momentum,
+        )
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum}
+
+
+class _WeightQuantMixin:
+    """Conv/Dense subclass whose forward pass fake-quantizes its kernel."""
+
+    weight_rule = None
+
+    def call(self, inputs):
+        return _quantizers.weight_forward(
+            self,
+            self.weight_rule,
+            inputs,
+            getattr(self, "quantize_active", True),
+        )
+
+
+@keras.saving.register_keras_serializable(package="keras_slim")
+class QuantizedConv2D(_WeightQuantMixin, keras.layers.Conv2D):
+    """`keras.layers.Conv2D` with int8 per-channel fake-quantized kernel.
+
+    Same arguments and config as `Conv2D` (see `quantize_model`).
+    """
+
+    weight_rule = "conv"
+
+
+@keras.saving.register_keras_serializable(package="keras_slim")
+class QuantizedConv1D(_WeightQuantMixin, keras.layers.Conv1D):
+    """`keras.layers.Conv1D` with int8 per-channel fake-quantized kernel."""
+
+    weight_rule = "conv"
+
+
+@keras.saving.register_keras_serializable(package="keras_slim")
+class QuantizedDepthwiseConv2D(_WeightQuantMixin, keras.layers.DepthwiseConv2D):
+    """`keras.layers.DepthwiseConv2D` with int8 per-channel fake-quantized
+    kernel."""
+
+    weight_rule = "depthwise"
+
+
+@keras.saving.register_keras_serializable(package="keras_slim")
+class QuantizedDense(_WeightQuantMixin, keras.layers.Dense):
+    """`keras.layers.Dense` with int8 per-tensor fake-quantized kernel."""
+
+    weight_rule = "dense"
+
+
+@keras.saving.register_keras_serializable(package="keras_slim")
+class FreezableBatchNormalization(keras.layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` that can run on its moving
+    statistics in training too (`frozen = True`), as the folded int8 file
+    does. `QuantizationAwareTraining(freeze_bn_delay=...)` sets `frozen`.
+
+    Same arguments and config as `BatchNormalization`.
+    """
+
+    frozen = False
+
+    def call(self, inputs, training=None, mask=None):
+        if self.frozen:
+            training = False
+        return super().call(inputs, training=training, mask=mask)
+
+
+TWINS = {
+    keras.layers.Conv1D: QuantizedConv1D,
+    keras.layers.Conv2D: QuantizedConv2D,
+    keras.layers.DepthwiseConv2D: QuantizedDepthwiseConv2D,
+    keras.layers.Dense: QuantizedDense,
+    keras.layers.BatchNormalization: FreezableBatchNormalization,
+}
+WEIGHT_TWINS = (
+    QuantizedConv1D,
+    QuantizedConv2D,
+    QuantizedDepthwiseConv2D,
+    QuantizedDense,
+)
+for _twin in WEIGHT_TWINS:
+    _rules.register_rule(_twin, _twin.weight_rule)
+_rules.register_rule(FreezableBatchNormalization, "batchnorm")
+_rules.register_rule(FakeQuant, "quantizer")
