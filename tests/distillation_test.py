@@ -14,21 +14,6 @@ from keras_slim.distillation import Distiller
 from keras_slim.distillation import cache_teacher_outputs
 from keras_slim.distillation import soft_target_loss
 
-try:
-    import keras_slim.export  # noqa: F401
-
-    HAS_EXPORT = True
-except ImportError:
-    HAS_EXPORT = False
-try:
-    from keras_slim.pruning import MagnitudePruning
-except ImportError:
-    MagnitudePruning = None
-try:
-    from keras_slim.quantization import QuantizationAwareTraining
-except ImportError:
-    QuantizationAwareTraining = None
-
 
 def _student(input_shape=(32, 32, 1), seed=0, hidden=32, name="student"):
     """A tiny Dense student: 4x4 average pooling, one hidden layer."""
@@ -45,13 +30,20 @@ def _student(input_shape=(32, 32, 1), seed=0, hidden=32, name="student"):
     )
 
 
-def _dense(input_shape=(8, 8, 1), hidden=16, outputs=10, name="dense"):
+def _dense(
+    input_shape=(8, 8, 1),
+    hidden=16,
+    outputs=10,
+    name="dense",
+    activation=None,
+):
+    head = "probabilities" if activation == "softmax" else "logits"
     return keras.Sequential(
         [
             keras.Input(input_shape),
             keras.layers.Flatten(name="flatten"),
             keras.layers.Dense(hidden, activation="relu", name="hidden"),
-            keras.layers.Dense(outputs, name="logits"),
+            keras.layers.Dense(outputs, activation=activation, name=head),
         ],
         name=name,
     )
@@ -307,9 +299,43 @@ def test_alpha_zero_learns_from_the_teacher_alone_without_labels(
         distiller = Distiller(teacher, student, alpha=0.0)
         distiller.compile(keras.optimizers.Adam(3e-3))
         history = distiller.fit(x, targets, batch_size=64, epochs=15, verbose=0)
-        assert "hard_loss" in history.history
+        # No labels, no hard loss: the whole loss is the distillation term.
+        assert history.history["hard_loss"] == [0.0] * 15
+        np.testing.assert_allclose(
+            history.history["loss"],
+            history.history["distillation_loss"],
+            rtol=1e-5,
+        )
         acc = accuracy(student.predict(x_test, verbose=0), y_test)
         assert acc > 0.85, acc
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_logged_losses_match_a_numpy_reference_for_each_alpha(
+    digits_small, trained_dense, alpha
+):
+    (x, y), _ = digits_small
+    x, y = x[:256], y[:256]
+    student = _dense(name="student")
+    distiller = _compile(Distiller(trained_dense, student, alpha=alpha))
+    logs = distiller.evaluate(x, y, batch_size=256, verbose=0, return_dict=True)
+
+    def log_softmax(z):
+        z = z - z.max(axis=-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+    t = trained_dense.predict(x, verbose=0).astype("float64")
+    s = student.predict(x, verbose=0).astype("float64")
+    hard = -np.mean(log_softmax(s)[np.arange(len(y)), y])
+    p_t, log_q = log_softmax(t / 4.0), log_softmax(s / 4.0)
+    soft = 16.0 * np.mean(np.sum(np.exp(p_t) * (p_t - log_q), axis=-1))
+    assert hard > 1.0 and soft > 1.0  # an untrained student: both large
+    assert logs["distillation_loss"] == pytest.approx(soft, rel=1e-4)
+    if alpha > 0:
+        assert logs["hard_loss"] == pytest.approx(hard, rel=1e-4)
+    assert logs["loss"] == pytest.approx(
+        alpha * hard + (1 - alpha) * soft, rel=1e-4
+    )
 
 
 @pytest.fixture(scope="module")
@@ -352,6 +378,142 @@ def test_probability_outputs_train_like_logit_outputs(digits_small):
         )
         results.append(history.history["distillation_loss"])
     np.testing.assert_allclose(results[0], results[1], rtol=1e-3)
+
+
+def _softmax_head(model, name):
+    """`model` (a `_dense`) with the same weights and a softmax head."""
+    hidden = model.get_layer("hidden").units
+    twin = _dense(hidden=hidden, name=name, activation="softmax")
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def test_softmax_headed_models_distill_exactly_as_their_logits(
+    digits_small, trained_dense
+):
+    """A teacher and student ending in `Dense(10, activation="softmax")`
+    learn what their logits twins learn; probabilities taken as logits
+    (what `from_logits=True` did to them) give near-uniform soft targets
+    and a student that learns less and stays unsure."""
+    (x, _), (x_test, y_test) = digits_small
+    teachers = {
+        "logits": trained_dense,
+        "softmax": _softmax_head(trained_dense, "teacher_probs"),
+    }
+    results = {}
+    for run in ("logits", "softmax", "probabilities_as_logits"):
+        keras.utils.set_random_seed(1)  # the same initial student each run
+        student = _dense(name="student")
+        if run == "softmax":
+            student = _softmax_head(student, "student_probs")
+        teacher = teachers["logits" if run != "softmax" else "softmax"]
+        distiller = Distiller(teacher, student, alpha=0.0)
+        assert distiller.student_from_logits == (run != "softmax")
+        assert distiller.teacher_from_logits == (run != "softmax")
+        source = teachers["softmax" if run != "logits" else "logits"]
+        distiller.compile(keras.optimizers.Adam(3e-3))
+        history = distiller.fit(
+            x,
+            {"teacher_outputs": cache_teacher_outputs(source, x)},
+            batch_size=64,
+            epochs=15,
+            verbose=0,
+            shuffle=False,
+        )
+        outputs = student.predict(x_test, verbose=0)
+        if run != "softmax":
+            outputs = keras.ops.convert_to_numpy(keras.ops.softmax(outputs))
+        results[run] = {
+            "accuracy": accuracy(outputs, y_test),
+            "confidence": float(np.mean(outputs.max(axis=-1))),
+            "loss": history.history["distillation_loss"][-1],
+        }
+    print(results)
+    logits, softmax = results["logits"], results["softmax"]
+    broken = results["probabilities_as_logits"]
+    assert logits["accuracy"] > 0.88, results
+    assert softmax["accuracy"] == pytest.approx(logits["accuracy"], abs=0.01)
+    assert softmax["loss"] == pytest.approx(logits["loss"], rel=1e-2)
+    assert softmax["confidence"] == pytest.approx(
+        logits["confidence"], abs=0.01
+    )
+    # The failure the head detection prevents, measured by the same test.
+    assert broken["accuracy"] < logits["accuracy"] - 0.03, results
+    assert broken["confidence"] < 0.5 < logits["confidence"], results
+
+
+def test_keras_applications_classifier_head_is_read_as_probabilities():
+    teacher = keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10
+    )
+    inputs = keras.Input((32, 32, 3))
+    hidden = keras.layers.GlobalAveragePooling2D()(inputs)
+    student = keras.Model(inputs, keras.layers.Dense(10)(hidden))
+    distiller = Distiller(teacher, student)
+    assert distiller.teacher_from_logits is False
+    assert distiller.student_from_logits is True
+    with pytest.raises(
+        ValueError,
+        match=r"teacher 'mobilenetv2_0.35_32' ends in layer 'predictions'"
+        r".*applies a softmax.*from_logits=None.*"
+        r"classifier_activation=None.*Received: from_logits=True",
+    ):
+        Distiller(teacher, student, from_logits=True)
+
+
+@pytest.mark.parametrize("head", ["softmax_layer", "activation", "nested"])
+def test_final_softmax_layers_are_read_as_probabilities(head):
+    logits = _dense(name="teacher")
+    if head == "softmax_layer":
+        probs = keras.Sequential([logits, keras.layers.Softmax(name="sm")])
+    elif head == "activation":
+        probs = keras.Sequential(
+            [logits, keras.layers.Activation("softmax", name="sm")]
+        )
+    else:
+        inner = keras.Sequential([logits, keras.layers.Softmax(name="sm")])
+        inputs = keras.Input((8, 8, 1))
+        probs = keras.Model(inputs, inner(inputs), name="outer")
+    distiller = Distiller(probs, _dense(name="student"))
+    assert distiller.teacher_from_logits is False
+    with pytest.raises(ValueError, match="ends in layer 'sm'"):
+        Distiller(probs, _dense(name="student"), from_logits=True)
+
+
+def test_a_sigmoid_head_is_refused_before_training(pair):
+    sigmoid = _dense(name="student", activation="sigmoid")
+    with pytest.raises(
+        ValueError,
+        match=r"student 'student' ends in layer 'logits' with a sigmoid.*"
+        r"activation=None",
+    ):
+        Distiller(pair[0], sigmoid)
+
+
+def test_from_logits_false_on_a_logits_head_is_refused(pair):
+    with pytest.raises(
+        ValueError,
+        match=r"Expected probabilities from `teacher`.*ends in layer "
+        r"'logits'.*Received: from_logits=False",
+    ):
+        Distiller(*pair, from_logits=False)
+
+
+def test_a_single_class_output_is_refused(pair):
+    one = _dense(outputs=1, name="teacher"), _dense(outputs=1, name="s")
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        Distiller(*one)
+
+
+def test_a_subclassed_model_is_taken_at_the_word_of_from_logits():
+    teacher = _dense(name="teacher")
+    assert Distiller(teacher, subclassed_model()).student_from_logits
+    probs = Distiller(
+        keras.Sequential([_dense(name="t"), keras.layers.Softmax()]),
+        subclassed_model(),
+        from_logits=False,
+    )
+    assert probs.student_from_logits is False
 
 
 # --------------------------------------------------- feature distillation
@@ -528,10 +690,10 @@ def test_mirrored_strategy_trains_the_student(mirrored_strategy, digits_small):
 # ------------------------------------------------------------ composition
 
 
-@pytest.mark.skipif(MagnitudePruning is None, reason="no keras_slim.pruning")
 def test_magnitude_pruning_on_the_distiller_prunes_the_student(
     digits_small, trained_dense
 ):
+    from keras_slim.pruning import MagnitudePruning
     from keras_slim.schedules import ConstantSparsity
 
     (x, y), (x_test, y_test) = digits_small
@@ -586,15 +748,12 @@ def test_channel_pruning_on_the_distiller_prunes_the_student(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    QuantizationAwareTraining is None or not HAS_EXPORT,
-    reason="needs keras_slim.quantization and keras_slim.export",
-)
 def test_quantization_aware_distilled_student_exports_int8_only(
     tmp_path, digits_small, trained_dense
 ):
     import keras_slim
     from keras_slim import litert
+    from keras_slim.quantization import QuantizationAwareTraining
 
     (x, y), (x_test, y_test) = digits_small
     student = _dense(hidden=32, name="student")

@@ -1,0 +1,239 @@
+"""What the Distiller checks before any work: the two models, the kind of
+their outputs (logits or probabilities), and the feature pairs."""
+
+import keras
+
+from keras_slim import _validation
+
+
+def symbolic_outputs(model):
+    """The symbolic outputs of a Functional/Sequential model, else None."""
+    try:
+        outputs = model.outputs
+    except (AttributeError, ValueError):
+        return None
+    return outputs or None
+
+
+def symbolic_inputs(model):
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return None
+    return inputs or None
+
+
+def shape(tensor):
+    return tuple(tensor.shape[1:])
+
+
+def check_models(teacher, student):
+    _validation.check_model(teacher, "teacher")
+    _validation.check_model(student, "student")
+    if teacher is student:
+        raise ValueError(
+            "Expected `teacher` and `student` to be different models. "
+            f"Received the same model twice: {student.name!r}"
+        )
+    t_in, s_in = symbolic_inputs(teacher), symbolic_inputs(student)
+    if t_in and s_in:
+        t_shapes = [shape(t) for t in t_in]
+        s_shapes = [shape(s) for s in s_in]
+        if t_shapes != s_shapes:
+            raise ValueError(
+                "Expected `teacher` and `student` to take the same inputs. "
+                f"Received: teacher inputs {t_shapes}, student inputs "
+                f"{s_shapes}. Put any resizing inside the teacher (a "
+                "Functional model that starts with `keras.layers.Resizing`)."
+            )
+    for name, model in (("teacher", teacher), ("student", student)):
+        outputs = symbolic_outputs(model)
+        if outputs is not None and len(outputs) != 1:
+            raise ValueError(
+                f"Expected `{name}` to have a single output (logits or "
+                f"probabilities). Received: {name} with {len(outputs)} "
+                "outputs"
+            )
+    t_out, s_out = symbolic_outputs(teacher), symbolic_outputs(student)
+    if t_out and s_out:
+        check_output_shapes(shape(t_out[0]), shape(s_out[0]))
+
+
+def check_output_shapes(teacher_shape, student_shape):
+    if tuple(teacher_shape) != tuple(student_shape):
+        raise ValueError(
+            "Expected `teacher` and `student` outputs of the same shape "
+            "(the same classes). Received: teacher output shape "
+            f"{tuple(teacher_shape)}, student output shape "
+            f"{tuple(student_shape)}"
+        )
+    if teacher_shape and teacher_shape[-1] == 1:
+        raise ValueError(
+            "Expected outputs with at least 2 classes: the soft targets "
+            "are a softmax over the last axis, which is always 1 for a "
+            "single unit, so nothing would be distilled. For a binary "
+            "task give both models a 2-unit logits head. Received: output "
+            f"shape {tuple(teacher_shape)}"
+        )
+
+
+# ------------------------------------------------ logits or probabilities
+
+
+def output_layer(model):
+    """The layer that produces `model`'s output, inside nested models, or
+    None when the model has no graph to read (subclassed).
+
+    In a single-output Functional or Sequential model the output layer is
+    the last of `model.layers` (they are in the order of the graph)."""
+    while symbolic_outputs(model) is not None and model.layers:
+        layer = model.layers[-1]
+        if not isinstance(layer, keras.Model):
+            return layer
+        model = layer
+    return None
+
+
+def _final_activation(layer):
+    """ "softmax", "sigmoid", "other" (an activation that is neither), or
+    None when `layer` has no activation to read (a custom layer)."""
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    activation = getattr(layer, "activation", None)
+    if activation is None:
+        return None
+    if activation is keras.activations.softmax:
+        return "softmax"
+    if activation is keras.activations.sigmoid:
+        return "sigmoid"
+    return "other"
+
+
+def outputs_are_logits(model, role, from_logits):
+    """Whether `model` outputs logits, read from its last layer.
+
+    `from_logits=None` decides from that layer (a softmax means
+    probabilities, anything else logits); `True`/`False` must not
+    contradict a layer whose activation can be read. A model whose last
+    layer cannot be read (subclassed, or a custom layer) is taken at the
+    word of `from_logits`, logits when it is None.
+    """
+    layer = output_layer(model)
+    activation = None if layer is None else _final_activation(layer)
+    where = (
+        f"{role} {model.name!r} ends in layer {getattr(layer, 'name', '')!r}"
+    )
+    if activation == "sigmoid":
+        raise ValueError(
+            f"Expected `{role}` to output class logits or softmax "
+            f"probabilities. Received: {where} with a sigmoid activation, "
+            "whose outputs are not a distribution over the classes. Build "
+            "the head without the activation (`activation=None`), with "
+            "one unit per class (2 for a binary task)"
+        )
+    if activation == "softmax":
+        if from_logits:
+            raise ValueError(
+                f"Expected logits from `{role}` (from_logits=True), but "
+                f"{where}, which applies a softmax: its outputs are "
+                "probabilities. Leave `from_logits=None` (the default) to "
+                "distill them through their logarithm, or remove the "
+                "softmax (`activation=None`, or "
+                "`classifier_activation=None` for `keras.applications`). "
+                f"Received: from_logits={from_logits}"
+            )
+        return False
+    if from_logits is False and activation == "other":
+        raise ValueError(
+            f"Expected probabilities from `{role}` (from_logits=False), "
+            f"but {where}, which applies no softmax: its outputs are "
+            "logits. Leave `from_logits=None` (the default) to read each "
+            "model's last layer. Received: from_logits=False"
+        )
+    return from_logits is not False
+
+
+# ------------------------------------------------------- feature pairs
+
+
+def check_feature_pairs(feature_pairs, teacher, student):
+    if feature_pairs is None:
+        return []
+    ok = isinstance(feature_pairs, (list, tuple)) and all(
+        isinstance(p, (list, tuple))
+        and len(p) == 2
+        and all(isinstance(n, str) for n in p)
+        for p in feature_pairs
+    )
+    if not ok:
+        raise TypeError(
+            "Expected `feature_pairs` to be a list of "
+            "`(teacher_layer_name, student_layer_name)` string pairs. "
+            f"Received: feature_pairs={feature_pairs!r}"
+        )
+    pairs = [tuple(p) for p in feature_pairs]
+    if not pairs:
+        return pairs
+    for role, model in (("teacher", teacher), ("student", student)):
+        if symbolic_inputs(model) is None:
+            raise ValueError(
+                "Feature distillation reads intermediate layers, which "
+                f"needs a Functional or Sequential `{role}`. Received: "
+                f"subclassed {role}={model.name!r} with "
+                f"feature_pairs={feature_pairs!r}"
+            )
+    for t_name, s_name in pairs:
+        for role, model, name in (
+            ("teacher", teacher, t_name),
+            ("student", student, s_name),
+        ):
+            names = [layer.name for layer in model.layers]
+            if name not in names:
+                raise ValueError(
+                    f"Expected `feature_pairs` to name layers of the {role}. "
+                    f"No layer {name!r} in {role} {model.name!r} (layers: "
+                    f"{', '.join(names)}). "
+                    f"Received: feature_pairs={feature_pairs!r}"
+                )
+    return pairs
+
+
+def projection(index, teacher_shape, student_shape):
+    """A learnable map from a student feature to the teacher's shape."""
+    name = f"feature_projection_{index}"
+    if len(teacher_shape) != len(student_shape) or len(teacher_shape) not in (
+        1,
+        3,
+    ):
+        raise ValueError(
+            "Expected each feature pair to be two vectors `(batch, width)` "
+            "or two image features `(batch, height, width, channels)`. "
+            f"Received: teacher feature shape {teacher_shape}, student "
+            f"feature shape {student_shape} (pair {index})"
+        )
+    if len(teacher_shape) == 1:
+        if teacher_shape == student_shape:
+            return keras.layers.Identity(name=name)
+        return keras.layers.Dense(teacher_shape[0], name=name)
+    if None in teacher_shape[:2] or None in student_shape[:2]:
+        raise ValueError(
+            "Expected feature pairs with static spatial sizes. Received: "
+            f"teacher feature shape {teacher_shape}, student feature shape "
+            f"{student_shape} (pair {index})"
+        )
+    layers = []
+    if teacher_shape[-1] != student_shape[-1]:
+        layers.append(
+            keras.layers.Conv2D(teacher_shape[-1], 1, name=f"{name}_conv")
+        )
+    if teacher_shape[:2] != student_shape[:2]:
+        layers.append(
+            keras.layers.Resizing(
+                *teacher_shape[:2],
+                interpolation="bilinear",
+                name=f"{name}_resize",
+            )
+        )
+    if not layers:
+        return keras.layers.Identity(name=name)
+    return keras.Sequential(layers, name=name)
