@@ -17,18 +17,9 @@ import keras  # noqa: F401 - the docstring examples use it
 import numpy as np
 
 from keras_slim import _validation
-
-
-def _interpreter(filepath, threads=None):
-    from ai_edge_litert.interpreter import Interpreter
-
-    filepath = _validation.check_input_file("filepath", filepath)
-    with open(filepath, "rb") as f:
-        head = f.read(8)
-    _validation.check_tflite_bytes(head, filepath)
-    interpreter = Interpreter(model_path=filepath, num_threads=threads)
-    interpreter.allocate_tensors()
-    return interpreter
+from keras_slim._litert_file import File as _File
+from keras_slim._litert_file import agreement as _top1
+from keras_slim._litert_file import flat_outputs as _flat_outputs
 
 
 def load_error(data):
@@ -58,39 +49,6 @@ def load_error(data):
     return ""
 
 
-def _quantize(x, detail):
-    dtype = detail["dtype"]
-    if not np.issubdtype(dtype, np.integer):
-        return x.astype(dtype)
-    scale, zero_point = detail["quantization"]
-    info = np.iinfo(dtype)
-    q = np.round(x / scale + zero_point)
-    return np.clip(q, info.min, info.max).astype(dtype)
-
-
-def _dequantize(y, detail):
-    if not np.issubdtype(detail["dtype"], np.integer):
-        return y.astype("float32")
-    scale, zero_point = detail["quantization"]
-    return ((y.astype("float32") - zero_point) * scale).astype("float32")
-
-
-def _check_x(x, interpreter, name="x"):
-    x = np.asarray(x)
-    detail = interpreter.get_input_details()[0]
-    expected = tuple(int(d) for d in detail["shape"][1:])
-    if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != expected:
-        raise ValueError(
-            f"Expected `{name}` of shape (n, "
-            f"{', '.join(str(d) for d in expected)}) to match the file's "
-            f"input. Received: {name} of shape {x.shape}"
-        )
-    if len(x) == 0:
-        raise ValueError(f"Expected `{name}` to hold at least one sample. "
-                         f"Received: {name} of shape {x.shape}")
-    return x.astype("float32") if np.issubdtype(x.dtype, np.floating) else x
-
-
 def predict(filepath, x, threads=None):
     """Run a `.tflite` file on every sample of `x`; return float outputs.
 
@@ -100,17 +58,24 @@ def predict(filepath, x, threads=None):
     batch size of 1 (what `export_tflite` writes by default) is run one
     sample at a time; a dynamic-batch file in chunks of 64.
 
+    A model with several inputs takes `x` as a list (in the model's order)
+    or a dict (by input name), as `model.predict` does; with several
+    outputs, the result is a list or a dict, as `model.predict` returns
+    for the Keras model the file was exported from.
+
     Args:
-        filepath: Path of a `.tflite` file with one input and one output.
-        x: NumPy array of inputs, `(n, *input_shape)`.
+        filepath: Path of a `.tflite` file.
+        x: NumPy array of inputs, `(n, *input_shape)`, or a list or dict of
+            such arrays for a model with several inputs.
         threads: Number of CPU threads for LiteRT (default: its own).
 
     Returns:
-        A float32 NumPy array, `(n, *output_shape)`.
+        A float32 NumPy array, `(n, *output_shape)`, or a list or dict of
+        them for a model with several outputs.
 
     Raises:
         ValueError: if the file is missing or not a `.tflite` file, or `x`
-            does not match its input shape.
+            does not match its inputs.
 
     Example:
 
@@ -121,32 +86,8 @@ def predict(filepath, x, threads=None):
     >>> predict("m.tflite", np.zeros((5, 4), "float32")).shape
     (5, 3)
     """
-    interpreter = _interpreter(filepath, threads)
-    x = _check_x(x, interpreter)
-    inp = interpreter.get_input_details()[0]
-    out = interpreter.get_output_details()[0]
-    batch = int(inp["shape_signature"][0])
-    chunk = 64 if batch == -1 else batch
-    results = []
-    for start in range(0, len(x), chunk):
-        part = x[start : start + chunk]
-        n = len(part)
-        if n != chunk:
-            if batch == -1:
-                interpreter.resize_tensor_input(inp["index"], part.shape)
-                interpreter.allocate_tensors()
-            else:  # pad the last fixed-size batch
-                pad = np.zeros((chunk - n, *part.shape[1:]), part.dtype)
-                part = np.concatenate([part, pad])
-        elif batch == -1 and tuple(inp["shape"]) != part.shape:
-            interpreter.resize_tensor_input(inp["index"], part.shape)
-            interpreter.allocate_tensors()
-            inp = interpreter.get_input_details()[0]
-        interpreter.set_tensor(inp["index"], _quantize(part, inp))
-        interpreter.invoke()
-        y = interpreter.get_tensor(out["index"])[:n]
-        results.append(_dequantize(y, out))
-    return np.concatenate(results)
+    file = _File(filepath, threads=threads)
+    return file.pack(file.run(file.arrays(x)))
 
 
 def evaluate(filepath, x, y, threads=None):
@@ -155,12 +96,15 @@ def evaluate(filepath, x, y, threads=None):
     Args:
         filepath: Path of a `.tflite` classifier (logits or probabilities
             out).
-        x: NumPy array of inputs, `(n, *input_shape)`.
-        y: Integer labels, `(n,)` (or one-hot, `(n, classes)`).
+        x: NumPy array of inputs, `(n, *input_shape)` (a list or dict of
+            arrays for several inputs).
+        y: Integer labels, `(n,)` (or one-hot, `(n, classes)`); a list or
+            dict of them, one per output, for several outputs.
         threads: Number of CPU threads for LiteRT.
 
     Returns:
-        Accuracy as a float in [0, 1].
+        Accuracy as a float in [0, 1]; a list or dict of them, one per
+        output, for several outputs.
 
     Raises:
         ValueError: if `x` and `y` differ in length, or `x` does not match
@@ -176,23 +120,37 @@ def evaluate(filepath, x, y, threads=None):
     >>> evaluate("m.tflite", np.array([[1., 0.], [0., 1.]]), np.array([0, 1]))
     1.0
     """
-    y = np.asarray(y)
-    if y.ndim == 2:
-        y = np.argmax(y, axis=-1)
-    if len(np.asarray(x)) != len(y):
+    file = _File(filepath, threads=threads)
+    arrays = file.arrays(x)
+    labels = _flat_outputs(y, file.output_names)
+    if len(labels) != len(file.outputs):
         raise ValueError(
-            "Expected `x` and `y` to hold the same number of samples. "
-            f"Received: len(x)={len(np.asarray(x))}, len(y)={len(y)}"
+            f"Expected `y` to hold one label array per output "
+            f"{file.output_names}. Received: {len(labels)} arrays"
         )
-    logits = predict(filepath, x, threads=threads)
-    return float(np.mean(np.argmax(logits, axis=-1) == y))
+    for label in labels:
+        if len(arrays[0]) != len(label):
+            raise ValueError(
+                "Expected `x` and `y` to hold the same number of samples. "
+                f"Received: len(x)={len(arrays[0])}, len(y)={len(label)}"
+            )
+    scores = []
+    for label, logits in zip(labels, file.run(arrays)):
+        if label.ndim == 2 and label.shape[1] > 1:
+            label = np.argmax(label, axis=-1)
+        label = label.reshape(len(label))
+        predicted = np.argmax(logits.reshape(len(logits), -1), axis=-1)
+        scores.append(float(np.mean(predicted == label)))
+    return file.pack(scores)
 
 
 class Comparison:
     """How closely a `.tflite` file follows its Keras model on some data.
 
     Attributes:
-        agreement: Fraction of samples whose top-1 class is the same.
+        agreement: Fraction of samples whose top-1 class is the same (for
+            single-value outputs: within 10% of the largest expected
+            magnitude).
         max_abs_error: Largest absolute difference of any output value.
         mean_abs_error: Mean absolute difference of the output values.
         samples: Number of samples compared.
@@ -219,12 +177,30 @@ class Comparison:
             f"samples={self.samples})"
         )
 
-    def __str__(self):
+    def summary(self):
+        """Return the comparison as one line of text."""
         return (
             f"agreement {100 * self.agreement:.2f}% on {self.samples} "
             f"samples, max |error| {self.max_abs_error:.4g}, mean |error| "
             f"{self.mean_abs_error:.4g}"
         )
+
+    def print_summary(self):
+        """Print `summary()`."""
+        print(self.summary())
+
+    def __str__(self):
+        return self.summary()
+
+
+def _comparison(expected, actual):
+    error = np.abs(expected.astype("float32") - actual.astype("float32"))
+    return Comparison(
+        agreement=_top1(expected, actual),
+        max_abs_error=float(error.max()),
+        mean_abs_error=float(error.mean()),
+        samples=len(expected),
+    )
 
 
 def compare(model, filepath, x, threads=None):
@@ -232,21 +208,25 @@ def compare(model, filepath, x, threads=None):
 
     The check a mobile developer runs before shipping: on the same inputs,
     how often does the file pick the same class as the Keras model, and
-    how far apart are the raw outputs.
+    how far apart are the raw outputs. Models with several inputs or
+    outputs take `x` as `model.predict` does and give one `Comparison` per
+    output, in a list or dict as `model.predict` returns.
 
     Args:
         model: The Keras model.
         filepath: Path of the `.tflite` file.
-        x: NumPy array of inputs, `(n, *input_shape)`.
+        x: NumPy array of inputs, `(n, *input_shape)` (a list or dict of
+            arrays for several inputs).
         threads: Number of CPU threads for LiteRT.
 
     Returns:
-        A `Comparison` (`agreement`, `max_abs_error`, `mean_abs_error`).
+        A `Comparison` (`agreement`, `max_abs_error`, `mean_abs_error`);
+        a list or dict of them for several outputs.
 
     Raises:
         TypeError: if `model` is not a Keras model.
         ValueError: if `x` does not match the file's input shape, or the
-            model's and file's outputs differ in shape.
+            model's and file's outputs differ in number or shape.
 
     Example:
 
@@ -258,28 +238,22 @@ def compare(model, filepath, x, threads=None):
     1.0
     """
     _validation.check_model(model)
-    interpreter = _interpreter(filepath, threads)
-    x = _check_x(x, interpreter)
-    del interpreter
-    expected = np.asarray(model.predict(x, verbose=0, batch_size=256))
-    actual = predict(filepath, x, threads=threads)
-    if expected.shape != actual.shape:
+    file = _File(filepath, threads=threads)
+    arrays = file.arrays(x)
+    keras_x = (
+        x if isinstance(x, dict) else (arrays if len(arrays) > 1 else arrays[0])
+    )
+    expected = _flat_outputs(
+        model.predict(keras_x, verbose=0, batch_size=256), file.output_names
+    )
+    actual = file.run(arrays)
+    shapes = [e.shape for e in expected], [a.shape for a in actual]
+    if shapes[0] != shapes[1]:
         raise ValueError(
             "The model's and the file's outputs differ in shape: "
-            f"{expected.shape} vs {actual.shape}. Received: "
-            f"filepath={filepath!r}"
+            f"{shapes[0]} vs {shapes[1]}. Received: filepath={filepath!r}"
         )
-    error = np.abs(expected.astype("float32") - actual)
-    agreement = np.mean(
-        np.argmax(expected.reshape(len(x), -1), -1)
-        == np.argmax(actual.reshape(len(x), -1), -1)
-    )
-    return Comparison(
-        agreement=float(agreement),
-        max_abs_error=float(error.max()),
-        mean_abs_error=float(error.mean()),
-        samples=len(x),
-    )
+    return file.pack([_comparison(e, a) for e, a in zip(expected, actual)])
 
 
 class Latency:
@@ -309,12 +283,20 @@ class Latency:
             f"{self.p90_ms:.4g}, runs={self.runs}, threads={self.threads})"
         )
 
-    def __str__(self):
+    def summary(self):
+        """Return the latency as one line of text."""
         s = "" if self.threads == 1 else "s"
         return (
             f"median {self.median_ms:.3f} ms, p90 {self.p90_ms:.3f} ms "
             f"({self.runs} runs, {self.threads} thread{s})"
         )
+
+    def print_summary(self):
+        """Print `summary()`."""
+        print(self.summary())
+
+    def __str__(self):
+        return self.summary()
 
 
 def latency(filepath, runs=50, threads=1, warmup=5):
@@ -348,17 +330,17 @@ def latency(filepath, runs=50, threads=1, warmup=5):
     _validation.check_int("runs", runs, minimum=1)
     _validation.check_int("threads", threads, minimum=1)
     _validation.check_int("warmup", warmup, minimum=0)
-    interpreter = _interpreter(filepath, threads)
-    inp = interpreter.get_input_details()[0]
-    shape = [1 if d == -1 else int(d) for d in inp["shape"]]
+    interpreter = _File(filepath, threads=threads).interpreter
     rng = np.random.default_rng(0)
-    dtype = inp["dtype"]
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        data = rng.integers(info.min, info.max, size=shape, dtype=dtype)
-    else:
-        data = rng.random(shape).astype(dtype)
-    interpreter.set_tensor(inp["index"], data)
+    for inp in interpreter.get_input_details():
+        shape = [1 if d == -1 else int(d) for d in inp["shape"]]
+        dtype = inp["dtype"]
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            data = rng.integers(info.min, info.max, size=shape, dtype=dtype)
+        else:
+            data = rng.random(shape).astype(dtype)
+        interpreter.set_tensor(inp["index"], data)
     for _ in range(warmup):
         interpreter.invoke()
     times = []
@@ -374,5 +356,12 @@ def latency(filepath, runs=50, threads=1, warmup=5):
     )
 
 
-__all__ = ["predict", "evaluate", "compare", "latency", "load_error",
-           "Comparison", "Latency"]
+__all__ = [
+    "predict",
+    "evaluate",
+    "compare",
+    "latency",
+    "load_error",
+    "Comparison",
+    "Latency",
+]

@@ -1,0 +1,152 @@
+"""The one call to the TFLite converter, for `keras_slim.export_tflite`.
+
+Converter facts this module handles (measured with TensorFlow 2.21):
+- Calibrated int8 through `TFLiteConverter.from_concrete_functions` fails
+  on Keras 3 models ("READ_VARIABLE failed to invoke"), as does a
+  SavedModel of a `tf.function`; `from_keras_model` on a Functional wrapper
+  with a fixed batch size converts cleanly. Every path goes through it.
+- Only TFLite builtin ops are allowed: `model.export(format="litert")`
+  turns on Flex (SELECT_TF_OPS) ops, which a plain phone runtime cannot
+  run.
+- The file's inputs and outputs come out in the converter's own order (a
+  two-output model came out reversed); the wrapper names them `input_i`
+  and `output_i` so that `_tflite_file.relabel` can restore Keras's order
+  and names from the signature.
+"""
+
+import contextlib
+import io
+import warnings
+
+import keras
+
+from keras_slim import _tflite_file
+
+
+def _key(kind, i):
+    return f"{kind}_{i:03d}"
+
+
+def wrapper(model, sig, batch_size):
+    """A Functional model around `model` with fixed-size inputs named
+    `input_000`, ... and a dict of outputs `output_000`, ...; records the
+    output names and structure in `sig`."""
+    inputs = [
+        keras.Input(
+            batch_shape=(batch_size, *shape), dtype=dtype, name=_key("input", i)
+        )
+        for i, (shape, dtype) in enumerate(zip(sig.shapes, sig.dtypes))
+    ]
+    if sig.input_structure is None:
+        call_inputs = inputs[0]
+    else:
+        call_inputs = keras.tree.pack_sequence_as(sig.input_structure, inputs)
+    outputs = model(call_inputs)
+    flat = keras.tree.flatten(outputs)
+    if isinstance(outputs, dict):
+        names = keras.tree.flatten({k: k for k in outputs})
+        structure = "dict"
+    else:
+        names = list(getattr(model, "output_names", None) or [])
+        if not names and isinstance(model, keras.Sequential) and model.layers:
+            names = [model.layers[-1].name]
+        structure = (
+            "single"
+            if len(flat) == 1 and not isinstance(outputs, (list, tuple))
+            else "list"
+        )
+    if len(names) != len(flat) or len(set(names)) != len(names):
+        names = [f"output_{i}" for i in range(len(flat))]
+    sig.output_names = names
+    sig.output_structure = structure
+    outs = {_key("output", i): t for i, t in enumerate(flat)}
+    return keras.Model(inputs, outs, name=f"{model.name}_export")
+
+
+def convert(model, sig, options, samples):
+    """Convert `model` with the `options` dict of `export_tflite`; return
+    the file's bytes, inputs and outputs in Keras's order and names."""
+    import tensorflow as tf
+
+    quantization = options["quantization"]
+    converter = tf.lite.TFLiteConverter.from_keras_model(
+        wrapper(model, sig, options["batch_size"])
+    )
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    optimizations = []
+    if quantization != "float32":
+        optimizations.append(tf.lite.Optimize.DEFAULT)
+    if options["sparse"]:
+        optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
+    converter.optimizations = optimizations
+    if quantization == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if quantization == "int8":
+        _int8_options(converter, options, samples)
+    try:
+        # `from_keras_model` exports a SavedModel and prints its signature.
+        # It also warns that the (float) input has no statistics, which is
+        # expected: the first QUANTIZE op takes the calibrated input range.
+        with (
+            contextlib.redirect_stdout(io.StringIO()),
+            warnings.catch_warnings(),
+        ):
+            warnings.simplefilter("ignore", UserWarning)
+            data = converter.convert()
+    except Exception as e:  # noqa: BLE001 - the converter raises many types
+        message = " ".join(str(e).strip().splitlines()[:6])
+        hint = ""
+        if quantization == "int8" and not options["allow_float_fallback"]:
+            hint = (
+                " Pass `allow_float_fallback=True` to keep unsupported ops "
+                "in float."
+            )
+        raise ValueError(
+            f"The TFLite converter refused `model` ({model.name!r}) for "
+            f"quantization={quantization!r}: {message}{hint}"
+        ) from None
+    return _tflite_file.relabel(
+        data,
+        [_key("input", i) for i in range(len(sig.input_names))],
+        [_key("output", i) for i in range(len(sig.output_names))],
+        sig.input_names,
+        sig.output_names,
+        {
+            "inputs": sig.input_names,
+            "outputs": sig.output_names,
+            "input_structure": _input_structure(sig),
+            "output_structure": sig.output_structure,
+        },
+    )
+
+
+def _input_structure(sig):
+    if isinstance(sig.input_structure, dict):
+        return "dict"
+    if isinstance(sig.input_structure, (list, tuple)):
+        return "list"
+    return "single"
+
+
+def _int8_options(converter, options, samples):
+    import tensorflow as tf
+
+    if samples is not None:
+        keys = [_key("input", i) for i in range(len(samples))]
+
+        def dataset():
+            for j in range(len(samples[0])):
+                yield {k: s[j : j + 1] for k, s in zip(keys, samples)}
+
+        converter.representative_dataset = dataset
+        if not options["allow_float_fallback"]:
+            converter.target_spec.supported_ops = [
+                tf.lite.OpsSet.TFLITE_BUILTINS_INT8
+            ]
+    io_dtype = options["io_dtype"]
+    if io_dtype != "float32":
+        converter.inference_input_type = getattr(tf, io_dtype)
+        converter.inference_output_type = getattr(tf, io_dtype)
+    if not options["per_channel_dense"]:
+        # The converter's only switch for this is a private attribute.
+        converter._experimental_disable_per_channel_quantization_for_dense_layers = True  # noqa: E501
