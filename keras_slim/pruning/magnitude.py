@@ -11,13 +11,15 @@ from keras_slim.pruning import _masks
 __all__ = ["MagnitudePruning"]
 
 
-class _MaskConstraint:
+class _MaskConstraint(keras.constraints.Constraint):
     """`w -> inner(w) * mask`: applied by the optimizer after each update.
 
     Keras 3 optimizers apply `variable.constraint` to every trainable
     variable right after its update, inside the compiled train step, so the
     masked weights stay exactly zero with any optimizer state, under
     `steps_per_execution > 1`, XLA, mixed precision and distribution.
+    A `keras.constraints.Constraint`: Keras 3.12-3.14 accept nothing else
+    as `variable.constraint`.
     """
 
     def __init__(self, mask, inner=None):
