@@ -1,5 +1,8 @@
 """GradualUnfreezing: unfreeze blocks from the top down within one fit."""
 
+import collections
+import contextlib
+
 import keras
 
 from keras_slim import _layers
@@ -53,11 +56,20 @@ class GradualUnfreezing(keras.callbacks.Callback):
     batch. With `steps_per_execution > 1` the scale applies to the update
     of each execution.
 
-    A Keras optimizer only updates the variables it was built with, so the
-    callback builds the model's optimizer, in `on_train_begin`, on every
-    variable the schedule will unfreeze. An optimizer that was already
-    built (by an earlier `fit`, or by a distribution strategy) is replaced
-    by a fresh one of the same configuration.
+    A Keras 3 optimizer only updates the variables it was built with, and
+    cannot take on more: `build` does nothing once it is built, and
+    `apply` refuses an unknown variable. So the callback builds the
+    model's optimizer, in `on_train_begin`, on every variable the schedule
+    will unfreeze. An optimizer that was already built (by an earlier
+    `fit`, a distribution strategy, or the JAX and torch trainers, which
+    build it before `on_train_begin`) is replaced by one of the same
+    configuration built on that larger set, and its state carries over:
+    `iterations` (learning-rate schedules and step-based callbacks go on
+    from where they were), the learning rate, and every slot of the
+    variables it already trained (momentum, Adam's moments, averages and
+    accumulators), matched by name. Newly trainable variables start with
+    zero slots. `model.optimizer` is then a new object: read it again
+    rather than keeping a reference to the old one.
 
     Reference: Howard and Ruder, "Universal Language Model Fine-tuning for
     Text Classification", ACL 2018.
@@ -179,13 +191,11 @@ class GradualUnfreezing(keras.callbacks.Callback):
         optimizer = self.model.optimizer
         if optimizer is None:
             return
-        with self.model.distribute_strategy.scope():
+        with _strategy_scope(self.model):
             if optimizer.built:
-                optimizer = optimizer.__class__.from_config(
-                    optimizer.get_config()
-                )
-                self.model.optimizer = optimizer
-            optimizer.build(variables)
+                self.model.optimizer = rebuild_optimizer(optimizer, variables)
+            else:
+                optimizer.build(variables)
         self.model.make_train_function(force=True)
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -243,3 +253,42 @@ def _trainable_when_unfrozen(layer):
     weights = list(layer.trainable_weights)
     layer.trainable = False
     return weights
+
+
+def _strategy_scope(model):
+    """The model's `tf.distribute` scope on TensorFlow, else nothing."""
+    strategy = getattr(model, "distribute_strategy", None)
+    return (
+        strategy.scope() if strategy is not None else contextlib.nullcontext()
+    )
+
+
+def rebuild_optimizer(optimizer, variables):
+    """A new optimizer like the built `optimizer`, built on `variables`,
+    holding `optimizer`'s state.
+
+    Keras names each slot after its model variable's path and the slot
+    kind (`"dense_kernel_momentum"`), the step `"iteration"`; the new
+    optimizer's variables take the values of the old ones of the same
+    name (in order, should two share a name), and those the old optimizer
+    did not have (slots of newly trainable variables) keep their initial
+    zeros. Raises `ValueError` if a name matches a variable of another
+    shape, before the model's optimizer is touched.
+    """
+    fresh = optimizer.__class__.from_config(optimizer.get_config())
+    fresh.build(variables)
+    old = collections.defaultdict(collections.deque)
+    for variable in optimizer.variables:
+        old[variable.name].append(variable)
+    for variable in fresh.variables:
+        if old[variable.name]:
+            source = old[variable.name].popleft()
+            if tuple(source.shape) != tuple(variable.shape):
+                raise ValueError(
+                    "Expected the optimizer's variables to keep their "
+                    "shapes when it is rebuilt on more variables. Received: "
+                    f"{variable.name!r} of shape {tuple(source.shape)} "
+                    f"before and {tuple(variable.shape)} after"
+                )
+            variable.assign(source)
+    return fresh
