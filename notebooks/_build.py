@@ -707,16 +707,18 @@ print(f"KL on raw logits: {float(raw[0]):.3f}   true KL of the softmaxes: "
       f"{float(true[0]):.3f}")
 """),
         md("""
-`keras_slim.distillation.Distiller` takes an explicit
-`from_logits=True` (the default) and always computes the KL between
-softmaxes of the temperature-scaled outputs, so this cannot happen. If you
-use `keras.distillation`, pass `loss=keras.losses.KLDivergence()`.
+`keras_slim.distillation.Distiller` reads from each model's last layer
+whether it outputs logits or softmax probabilities (`from_logits=None`,
+the default; probabilities, such as a `keras.applications` head's, go
+through their logarithm) and always computes the KL between softmaxes of
+the temperature-scaled outputs, so this cannot happen. If you use
+`keras.distillation`, pass `loss=keras.losses.KLDivergence()`.
 
 **Takeaways.** Train or reuse a teacher clearly better than the student
-alone, cache its outputs, distill with `T` around 4; a small `alpha` when
-the labels are noisy or few, a larger one (0.5) when they are clean; give
-the student more epochs than alone, and always check the student alone
-as a baseline.
+alone, cache its outputs, distill with `T` around 4 and `alpha` 0.5 (the
+default: it led 0.1 on clean labels over 3 seeds, and on 40% wrong labels
+in one); give the student more epochs than alone, and always check the
+student alone as a baseline.
 The student is a plain Keras model (`distiller.student`): prune,
 quantize and export it like any other (notebooks 01, 02, 06).
 """),
