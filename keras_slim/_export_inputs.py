@@ -195,7 +195,7 @@ def samples(data, sig, limit):
     if not counts.pop():
         _fail(sig, "no samples")
     for name, array in zip(sig.input_names, arrays):
-        check_finite_samples(array, name)
+        check_finite_samples(array, None if sig.single_input else name)
     return [a.astype(d) for a, d in zip(arrays, sig.dtypes)]
 
 
@@ -290,28 +290,34 @@ def _from_generator(data, sig, limit):
     return batches
 
 
-def check_finite_samples(array, name, argument="representative_data"):
+def check_finite_samples(array, name=None, argument="representative_data"):
     """Raise `ValueError` naming the first sample of `array` with a NaN,
-    an inf or a value beyond `MAX_ABS_INPUT`."""
+    an inf or a value beyond `MAX_ABS_INPUT` (`name`: the input's)."""
     if not np.issubdtype(array.dtype, np.floating):
         return
     flat = array.reshape(len(array), -1)
     bad = ~np.isfinite(flat)
-    kind = "NaN or inf values"
+    kind, fix = (
+        "NaN or inf values",
+        (
+            "Remove those samples (keep `x[np.isfinite(x).reshape(len(x), "
+            "-1).all(axis=1)]`) or fix the preprocessing"
+        ),
+    )
     if not bad.any():
         bad = np.abs(flat) > MAX_ABS_INPUT
         kind = f"values beyond +/-{MAX_ABS_INPUT:g}"
+        fix = "Scale the inputs as the model was trained"
     if not bad.any():
         return
     rows = np.flatnonzero(bad.any(axis=1))
-    first = flat[rows[0]][bad[rows[0]]][0]
+    first = float(flat[rows[0]][bad[rows[0]]][0])
+    where = f"of input {name!r}" if name else f"of `{argument}`"
     raise ValueError(
         f"Expected `{argument}` to hold finite values within "
-        f"+/-{MAX_ABS_INPUT:g}, scaled as the model was trained. Received: "
-        f"{kind} in {len(rows)} sample(s) of input {name!r}, the first at "
-        f"index {int(rows[0])} ({first!r}). Remove those samples "
-        "(`x[np.isfinite(x).all(axis=tuple(range(1, x.ndim)))]`) or fix "
-        "the preprocessing; the TFLite converter would crash on them."
+        f"+/-{MAX_ABS_INPUT:g}. Received: {kind} in {len(rows)} sample(s) "
+        f"{where}, the first at index {int(rows[0])} ({first!r}). {fix}: "
+        "the TFLite converter crashes or calibrates nothing on such values."
     )
 
 

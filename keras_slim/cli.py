@@ -2,71 +2,194 @@
 
     keras-slim demo [--quick] [--output-dir DIR]
     keras-slim convert MODEL.keras -o OUT.tflite [--quantization int8]
-        [--calibration N | --representative-data FILE.npy]
+        [--calibration N | --representative-data FILE.npy|FILE.npz]
+        [--input-shape 32,32,1] [--min-agreement 0.5]
     keras-slim inspect OUT.tflite
     keras-slim profile MODEL.keras
 
-A missing, corrupt or wrong-kind file is refused with a one-line message
-on stderr and exit code 1 (2 for bad arguments), never a traceback.
+Every failure is one line on stderr with exit code 1 (2 for bad
+arguments), never a traceback. This module imports nothing heavy at the
+top, so that `--help` answers at once; TensorFlow loads only to work.
 """
 
 import argparse
 import os
 import sys
 import time
+import zipfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 class CLIError(Exception):
     """A one-line error for the user; `main` prints it and exits 1."""
 
 
-def _load_model(path):
-    import keras
+def _one_line(text, limit=300):
+    lines = [line.strip() for line in str(text).strip().splitlines()]
+    first = next((line for line in lines if line), "")
+    return first[:limit]
 
-    if not os.path.isfile(path):
+
+def _check_model_file(path):
+    if not os.path.exists(path):
         raise CLIError(f"no such file: {path}")
+    if not os.path.isfile(path):
+        raise CLIError(f"not a file: {path}")
     if not path.endswith((".keras", ".h5")):
         raise CLIError(f"expected a Keras model file (.keras): {path}")
+    if path.endswith(".h5"):
+        with open(path, "rb") as f:
+            if f.read(8) != _HDF5_SIGNATURE:
+                raise CLIError(f"{path} is not a valid Keras .h5 file")
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            if "config.json" not in names:
+                raise CLIError(
+                    f"{path} is not a valid Keras file: the archive has no "
+                    "config.json"
+                )
+    except (zipfile.BadZipFile, OSError, EOFError):
+        bad = True
+    else:
+        bad = False
+    if bad:
+        raise CLIError(
+            f"{path} is not a valid Keras file (a .keras file is a zip "
+            "archive; this one is truncated or corrupt)"
+        )
+
+
+def _unregistered_classes(path):
+    """Names of the custom classes in a .keras config Keras cannot find."""
+    import json
+
+    import keras
+
+    with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read("config.json"))
+    missing = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            module = node.get("module")
+            name = node.get("class_name")
+            builtin = isinstance(module, str) and (
+                module == "builtins" or module.startswith("keras")
+            )
+            if isinstance(name, str) and "config" in node and not builtin:
+                key = node.get("registered_name") or name
+                if keras.saving.get_registered_object(key) is None:
+                    missing.append(key)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return sorted(set(missing))
+
+
+def _load_model(path):
+    _check_model_file(path)
+    import keras
+
     try:
         return keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as e:  # noqa: BLE001 - any load failure is one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        missing = []
+        if path.endswith(".keras"):
+            try:
+                missing = _unregistered_classes(path)
+            except Exception:  # noqa: BLE001 - fall back to Keras's words
+                missing = []
+        if missing:
+            raise CLIError(
+                f"{path} uses custom classes that are not registered: "
+                f"{', '.join(missing)}. Import the code that defines them "
+                "(decorated with @keras.saving.register_keras_serializable) "
+                "and convert from Python with keras_slim.export_tflite"
+            ) from None
         raise CLIError(
             f"could not load {path} as a Keras model: {type(e).__name__}: "
-            f"{first[:300]}"
+            f"{_one_line(e)}"
         ) from None
 
 
-def _convert(args):
+def _parse_shape(text):
+    parts = text.replace("x", ",").split(",")
+    try:
+        shape = tuple(int(p) for p in parts if p.strip())
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 1 for d in shape):
+        raise argparse.ArgumentTypeError(
+            f"expected positive integers like 32,32,1, got {text!r}"
+        )
+    return shape
+
+
+def _read_data(path):
     import numpy as np
 
+    if not os.path.isfile(path):
+        raise CLIError(f"no such file: {path}")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - any read failure is one line
+        raise CLIError(
+            f"could not read {path} as a .npy or .npz array: {_one_line(e)}"
+        ) from None
+    if isinstance(data, np.lib.npyio.NpzFile):
+        with data:
+            arrays = {k: data[k] for k in data.files}
+        if not arrays:
+            raise CLIError(f"{path} holds no arrays")
+        return next(iter(arrays.values())) if len(arrays) == 1 else arrays
+    return data
+
+
+def _data_for(model, args):
+    if args.representative_data:
+        return _read_data(args.representative_data)
+    shape = args.input_shape[0] if len(args.input_shape or []) == 1 else None
+    data = _digits_for(model, shape)
+    if data is None:
+        try:
+            shape = [tuple(t.shape[1:]) for t in model.inputs]
+        except (AttributeError, ValueError):
+            shape = "unknown"
+        raise CLIError(
+            f"the model's inputs {shape} do not fit the offline digits; "
+            "pass --representative-data FILE.npy with a few hundred inputs "
+            "(FILE.npz with one array per input name for several inputs)"
+        )
+    return data
+
+
+def _convert(args):
+    from keras_slim import _safe_write
+    from keras_slim import _validation
+
+    try:
+        _validation.check_output_path("-o", args.output, (".tflite",))
+        _safe_write.check_writable(args.output, "-o")
+    except (TypeError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    if args.representative_data and not os.path.isfile(
+        args.representative_data
+    ):
+        raise CLIError(f"no such file: {args.representative_data}")
+    model = _load_model(args.model)
+    data = _data_for(model, args) if args.quantization == "int8" else None
+    shapes = args.input_shape
     from keras_slim import export
 
-    model = _load_model(args.model)
-    data = None
-    if args.quantization == "int8":
-        if args.representative_data:
-            if not os.path.isfile(args.representative_data):
-                raise CLIError(f"no such file: {args.representative_data}")
-            try:
-                data = np.load(args.representative_data, allow_pickle=False)
-            except Exception as e:  # noqa: BLE001
-                raise CLIError(
-                    f"could not read {args.representative_data} as a .npy "
-                    f"array: {e}"
-                ) from None
-        else:
-            data = _digits_for(model)
-            if data is None:
-                shape = tuple(model.inputs[0].shape[1:])
-                raise CLIError(
-                    f"the model's input {shape} does not fit the offline "
-                    "digits; pass --representative-data FILE.npy with a few "
-                    f"hundred inputs of shape (n, {', '.join(map(str, shape))})"
-                )
-        data = data[: args.calibration]
     try:
         report = export.export_tflite(
             model,
@@ -76,20 +199,26 @@ def _convert(args):
             io_dtype=args.io_dtype,
             allow_float_fallback=args.allow_float_fallback,
             per_channel_dense=not args.per_tensor_dense,
+            calibration_steps=args.calibration,
+            input_shape=shapes[0] if shapes and len(shapes) == 1 else shapes,
+            min_agreement=args.min_agreement,
         )
     except (ValueError, TypeError) as e:
-        raise CLIError(str(e)) from None
-    print(report)
+        raise CLIError(" ".join(str(e).split())) from None
+    print(report.summary())
 
 
-def _digits_for(model):
+def _digits_for(model, shape=None):
     """Offline digits shaped for `model`'s input, or None if none fit."""
     from keras_slim import datasets
 
-    try:
-        shape = tuple(model.inputs[0].shape[1:])
-    except (AttributeError, ValueError, IndexError):
-        return None
+    if shape is None:
+        try:
+            if len(model.inputs) != 1:
+                return None
+            shape = tuple(model.inputs[0].shape[1:])
+        except (AttributeError, ValueError, IndexError):
+            return None
     if len(shape) != 3 or shape[0] != shape[1] or shape[2] not in (1, 3):
         return None
     if shape[0] is None or shape[0] < 8:
@@ -105,22 +234,95 @@ def _inspect(args):
         info = export.inspect_tflite(args.file)
     except ValueError as e:
         raise CLIError(str(e)) from None
-    print(info)
+    print(info.summary())
 
 
 def _profile(args):
     from keras_slim import profiling
 
     model = _load_model(args.model)
-    profiling.profile(model).summary()
+    text = profiling.profile(model).summary()
+    if isinstance(text, str):
+        print(text)
+
+
+def _check_output_dir(folder):
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise CLIError(f"--output-dir {folder} exists and is not a folder")
+    parent = os.path.dirname(os.path.abspath(folder))
+    if not os.path.isdir(folder) and not os.path.isdir(parent):
+        raise CLIError(
+            f"--output-dir {folder}: its parent folder {parent} does not exist"
+        )
+    target = folder if os.path.isdir(folder) else parent
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".keras_slim-", dir=target)
+    except OSError as e:
+        raise CLIError(
+            f"--output-dir {folder}: cannot write in {target} "
+            f"({e.strerror or e})"
+        ) from None
+    os.close(fd)
+    os.remove(probe)
 
 
 def _demo(args):
+    _check_output_dir(args.output_dir)
     from keras_slim import _demo
 
     ok = _demo.run(quick=args.quick, output_dir=args.output_dir)
     if not ok:
         raise CLIError("demo verification failed (see the table above)")
+
+
+def _add_convert(sub):
+    convert = sub.add_parser("convert", help="convert a .keras model")
+    convert.add_argument("model", help="a .keras model file")
+    convert.add_argument(
+        "-o", "--output", required=True, help="the .tflite file to write"
+    )
+    convert.add_argument(
+        "--quantization",
+        default="int8",
+        choices=["float32", "float16", "dynamic", "int8"],
+    )
+    convert.add_argument(
+        "--calibration",
+        type=int,
+        default=500,
+        help="number of calibration samples (int8)",
+    )
+    convert.add_argument(
+        "--representative-data",
+        help="inputs to calibrate int8: a .npy array, or a .npz with one "
+        "array per input name",
+    )
+    convert.add_argument(
+        "--input-shape",
+        type=_parse_shape,
+        action="append",
+        help="input shape without the batch size, e.g. 32,32,1, for "
+        "models with None dimensions (once per input)",
+    )
+    convert.add_argument(
+        "--min-agreement",
+        type=float,
+        default=0.5,
+        help="refuse the file if it agrees with Keras on fewer of the "
+        "verification samples (0-1, default 0.5)",
+    )
+    convert.add_argument(
+        "--io-dtype", default="float32", choices=["float32", "int8", "uint8"]
+    )
+    convert.add_argument("--allow-float-fallback", action="store_true")
+    convert.add_argument(
+        "--per-tensor-dense",
+        action="store_true",
+        help="per-tensor Dense weights (microcontrollers)",
+    )
+    convert.set_defaults(func=_convert)
 
 
 def build_parser():
@@ -136,28 +338,16 @@ def build_parser():
         help="train a CNN on the offline digits, compress it, export int8 "
         "TFLite and verify it",
     )
-    demo.add_argument("--quick", action="store_true",
-                      help="a fast run with fewer epochs")
-    demo.add_argument("--output-dir", default="keras_slim_demo",
-                      help="folder for the .keras and .tflite files")
+    demo.add_argument(
+        "--quick", action="store_true", help="a fast run with fewer epochs"
+    )
+    demo.add_argument(
+        "--output-dir",
+        default="keras_slim_demo",
+        help="folder for the .keras and .tflite files",
+    )
     demo.set_defaults(func=_demo)
-
-    convert = sub.add_parser("convert", help="convert a .keras model")
-    convert.add_argument("model", help="a .keras model file")
-    convert.add_argument("-o", "--output", required=True,
-                         help="the .tflite file to write")
-    convert.add_argument("--quantization", default="int8",
-                         choices=["float32", "float16", "dynamic", "int8"])
-    convert.add_argument("--calibration", type=int, default=500,
-                         help="number of calibration samples (int8)")
-    convert.add_argument("--representative-data",
-                         help=".npy array of inputs to calibrate int8")
-    convert.add_argument("--io-dtype", default="float32",
-                         choices=["float32", "int8", "uint8"])
-    convert.add_argument("--allow-float-fallback", action="store_true")
-    convert.add_argument("--per-tensor-dense", action="store_true",
-                         help="per-tensor Dense weights (microcontrollers)")
-    convert.set_defaults(func=_convert)
+    _add_convert(sub)
 
     inspect = sub.add_parser("inspect", help="show what a .tflite holds")
     inspect.add_argument("file")
@@ -167,6 +357,22 @@ def build_parser():
     profile.add_argument("model")
     profile.set_defaults(func=_profile)
     return parser
+
+
+def _check_usage(parser, args):
+    if args.command != "convert":
+        return
+    if args.calibration < 1:
+        parser.error(f"--calibration must be >= 1, got {args.calibration}")
+    if not 0 <= args.min_agreement <= 1:
+        parser.error(
+            f"--min-agreement must be in [0, 1], got {args.min_agreement}"
+        )
+    if args.representative_data and args.quantization != "int8":
+        parser.error(
+            "--representative-data is used only with --quantization int8, "
+            f"got --quantization {args.quantization}"
+        )
 
 
 def main(argv=None):
@@ -192,8 +398,7 @@ def main(argv=None):
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "calibration", 1) < 1:
-        parser.error(f"--calibration must be >= 1, got {args.calibration}")
+    _check_usage(parser, args)
     start = time.perf_counter()
     try:
         args.func(args)
@@ -203,6 +408,12 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("keras-slim: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - the one-line promise holds
+        print(
+            f"keras-slim: error: {type(e).__name__}: {_one_line(e)}",
+            file=sys.stderr,
+        )
+        return 1
     if args.command == "demo":
         print(f"done in {time.perf_counter() - start:.0f}s")
     return 0
