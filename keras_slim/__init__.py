@@ -6,11 +6,13 @@ The headline names are here (`export_tflite`, `inspect_tflite`,
 `keras_slim.callbacks`, `keras_slim.schedules`, `keras_slim.pruning`,
 `keras_slim.quantization`, `keras_slim.distillation`,
 `keras_slim.transfer`, `keras_slim.litert`, `keras_slim.datasets`,
-`keras_slim.models`.
+`keras_slim.models`; `keras_slim.catalogue` says which layer kinds each
+capability handles.
 """
 
 from keras_slim import _quiet  # noqa: F401 - first: before TensorFlow loads
 from keras_slim import callbacks
+from keras_slim import catalogue
 from keras_slim import datasets
 from keras_slim import distillation
 from keras_slim import export
@@ -32,6 +34,7 @@ from keras_slim.profiling import profile
 __all__ = [
     "__version__",
     "callbacks",
+    "catalogue",
     "datasets",
     "distillation",
     "export",
