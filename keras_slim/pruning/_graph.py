@@ -19,105 +19,30 @@ import math
 import keras
 import numpy as np
 
-PRODUCERS = {
-    "Conv1D",
-    "Conv2D",
-    "Conv3D",
-    "Dense",
-    "SeparableConv1D",
-    "SeparableConv2D",
-}
-DEPTHWISE = {"DepthwiseConv1D", "DepthwiseConv2D"}
-NORMS = {"BatchNormalization"}
-PASS = {
-    "Activation",
-    "ReLU",
-    "LeakyReLU",
-    "ELU",
-    "Dropout",
-    "SpatialDropout1D",
-    "SpatialDropout2D",
-    "SpatialDropout3D",
-    "GaussianNoise",
-    "GaussianDropout",
-    "AlphaDropout",
-    "ActivityRegularization",
-    "Identity",
-    "MaxPooling1D",
-    "MaxPooling2D",
-    "MaxPooling3D",
-    "AveragePooling1D",
-    "AveragePooling2D",
-    "AveragePooling3D",
-    "GlobalAveragePooling1D",
-    "GlobalAveragePooling2D",
-    "GlobalAveragePooling3D",
-    "GlobalMaxPooling1D",
-    "GlobalMaxPooling2D",
-    "GlobalMaxPooling3D",
-    "ZeroPadding1D",
-    "ZeroPadding2D",
-    "ZeroPadding3D",
-    "Cropping1D",
-    "Cropping2D",
-    "Cropping3D",
-    "UpSampling1D",
-    "UpSampling2D",
-    "UpSampling3D",
-    "Rescaling",
-    "Reshape",
-}
-MERGES = {"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"}
-# Element-wise `keras.ops` that appear in Functional graphs (`x + 3.0`).
-OPS = {
-    "Add",
-    "Subtract",
-    "Multiply",
-    "Divide",
-    "TrueDivide",
-    "Maximum",
-    "Minimum",
-    "Negative",
-    "Absolute",
-    "Square",
-    "Sqrt",
-    "Relu",
-    "Relu6",
-    "Silu",
-    "HardSilu",
-    "Sigmoid",
-    "HardSigmoid",
-    "Tanh",
-}
+from keras_slim import catalogue
+
+# Element-wise `keras.ops` that appear in Functional graphs (`x + 3.0`),
+# by class name; layer kinds are in `keras_slim.catalogue`.
+OPS = set(
+    "Add Subtract Multiply Divide TrueDivide Maximum Minimum Negative "
+    "Absolute Square Sqrt Relu Relu6 Silu HardSilu Sigmoid HardSigmoid "
+    "Tanh".split()
+)
 # Functions f with f(0) == 0: a zero channel stays zero through them.
 ZERO_PRESERVING = {
-    "relu",
-    "relu6",
-    "silu",
-    "swish",
-    "hard_silu",
-    "hard_swish",
-    "gelu",
-    "tanh",
-    "elu",
-    "selu",
-    "leaky_relu",
-    "linear",
-    "mish",
     None,
+    *"relu relu6 silu swish hard_silu hard_swish gelu tanh elu selu".split(),
+    *"leaky_relu linear mish".split(),
 }
-ZERO_PRESERVING_OPS = {
-    "Negative",
-    "Absolute",
-    "Square",
-    "Sqrt",
-    "Relu",
-    "Relu6",
-    "Silu",
-    "HardSilu",
-    "Tanh",
-}
-CONSUMERS = PRODUCERS
+ZERO_PRESERVING_OPS = set(
+    "Negative Absolute Square Sqrt Relu Relu6 Silu HardSilu Tanh".split()
+)
+
+
+def channel_role(class_name):
+    """The catalogue's channel role of a layer class name, or None."""
+    kind = catalogue.get_layer_kind_by_name(class_name)
+    return None if kind is None else kind.channel_role
 
 
 def is_model_layer(entry):
@@ -136,6 +61,8 @@ class Node:
         self.scalars = scalars  # non-tensor call arguments (numbers)
         self.layer = layer  # the live layer, None for keras ops
         self.key = (name, 0, 0)
+        # How channels go through it (`keras_slim.catalogue.CHANNEL_ROLES`).
+        self.role = None if self.is_op else channel_role(self.kind)
 
     @property
     def config(self):
@@ -343,8 +270,8 @@ class Analysis:
         return int(self.model.outputs[0].shape[-1])
 
     def _visit(self, node):
-        kind, cfg = node.kind, node.config
-        if kind == "InputLayer" and not node.inputs:
+        role, cfg = node.role, node.config
+        if role == "input" and not node.inputs:
             shape = cfg.get("batch_shape")
             if shape is None:
                 shape = self.model.inputs[0].shape
@@ -360,7 +287,7 @@ class Analysis:
         if node.is_op:
             self._visit_op(node, ins)
             return
-        if kind in PRODUCERS:
+        if role == "producer":
             if cfg.get("groups", 1) != 1:
                 self._unknown(node, "grouped convolutions are not supported")
                 return
@@ -370,10 +297,10 @@ class Analysis:
             n = int(cfg.get("filters") or cfg.get("units"))
             self.elems[node.key] = self._new(n, owner=node.name)
             self.producers[node.name] = self.elems[node.key]
-        elif kind in DEPTHWISE:
+        elif role == "depthwise":
             m = int(cfg.get("depth_multiplier", 1))
             self.elems[node.key] = np.repeat(ins[0], m)
-        elif kind in NORMS:
+        elif role == "norm":
             axis = cfg.get("axis", -1)
             axis = axis[0] if isinstance(axis, (list, tuple)) else axis
             rank = len(node.inputs[0][1])
@@ -381,37 +308,37 @@ class Analysis:
                 self._unknown(node, f"it normalizes axis {axis}, not the last")
                 return
             self.elems[node.key] = ins[0]
-        elif kind == "Flatten":
+        elif role == "flatten":
             shape = node.inputs[0][1]
             spatial = int(np.prod(shape[1:-1])) if len(shape) > 2 else 1
             self.elems[node.key] = np.tile(ins[0], spatial)
-        elif kind == "Reshape":
+        elif role == "reshape":
             target = list(cfg["target_shape"])
             if target[-1] != len(ins[0]):
                 self._unknown(node, "it changes the channel (last) axis")
                 return
             self.elems[node.key] = ins[0]
-        elif kind == "Rescaling":
+        elif role == "rescaling":
             if not all(
                 np.ndim(cfg.get(k, 0)) == 0 for k in ("scale", "offset")
             ):
                 self._unknown(node, "it has a per-channel scale or offset")
                 return
             self.elems[node.key] = ins[0]
-        elif kind == "Activation" and cfg.get("activation") in (
+        elif role == "activation" and cfg.get("activation") in (
             "softmax",
             "log_softmax",
         ):
             self._unknown(node, "softmax mixes the channels", True)
-        elif kind == "Concatenate":
+        elif role == "concatenate":
             rank = len(node.inputs[0][1])
             if cfg.get("axis", -1) in (-1, rank - 1):
                 self.elems[node.key] = np.concatenate(ins)
             else:
                 self._merge(node, ins)
-        elif kind in MERGES:
+        elif role == "merge":
             self._merge(node, ins)
-        elif kind in PASS:
+        elif role in ("pass", "activation"):
             if cfg.get("data_format", "channels_last") == "channels_first":
                 self._unknown(node, "channels_first is not supported")
                 return
@@ -495,36 +422,41 @@ def channel_variables(node):
     Roles: "kernel" (input axis -2, output axis -1), "dw" (depthwise
     kernel: input axis -2, multiplier axis -1), "pw" (pointwise kernel of
     a separable conv: expanded input axis -2, output axis -1) and "vec"
-    (one value per output channel).
+    (one value per output channel). The kernels are the catalogue's, in
+    order: one whose output channels span two axes (in, multiplier) is a
+    depthwise stage, and a kernel after it reads its expanded channels.
     """
-    layer, kind = node.layer, node.kind
-    if layer is None:
+    layer, role = node.layer, channel_role(node.kind)
+    if layer is None or role not in ("producer", "depthwise", "norm"):
         return []
     out = []
-    if kind in ("SeparableConv1D", "SeparableConv2D"):
-        out = [(layer.depthwise_kernel, "dw"), (layer.pointwise_kernel, "pw")]
-    elif kind in PRODUCERS:
-        out = [(layer.kernel, "kernel")]
-    elif kind in DEPTHWISE:
-        out = [(layer.kernel, "dw")]
-    elif kind in NORMS:
+    if role == "norm":
         for attr in ("gamma", "beta", "moving_mean", "moving_variance"):
             var = getattr(layer, attr, None)
             if var is not None:
                 out.append((var, "vec"))
         return out
-    else:
-        return []
+    depthwise = False
+    for kernel in catalogue.get_layer_kind_by_name(node.kind).kernels:
+        var = getattr(layer, kernel.name)
+        if isinstance(kernel.output_axis, tuple):
+            out.append((var, "dw"))
+            depthwise = True
+        else:
+            out.append((var, "pw" if depthwise else "kernel"))
     if getattr(layer, "use_bias", False) and layer.bias is not None:
         out.append((layer.bias, "vec"))
     return out
 
 
 def producer_kernel(node):
-    """The kernel whose last axis indexes the producer's output channels."""
-    if node.kind in ("SeparableConv1D", "SeparableConv2D"):
-        return np.asarray(node.layer.pointwise_kernel)
-    return np.asarray(node.layer.kernel)
+    """The kernel whose last axis indexes the producer's output channels.
+
+    The catalogue's last kernel of the layer kind (the pointwise kernel of
+    a separable conv; the multiplier axis of a depthwise kernel).
+    """
+    kind = catalogue.get_layer_kind_by_name(node.kind)
+    return np.asarray(getattr(node.layer, kind.kernels[-1].name))
 
 
 def _bias(layer):
@@ -540,51 +472,51 @@ def zero_flags(analysis):
         n = len(analysis.elems[node.key])
         ins = [flags.get(key) for key, _ in node.inputs]
         ins = [f for f in ins if f is not None]
-        kind, cfg, layer = node.kind, node.config, node.layer
+        role, cfg, layer = node.role, node.config, node.layer
         if not node.inputs or analysis.pinned_node(node):
             out = np.zeros(n, bool)
         elif node.is_op:
             out = _op_flags(node, ins, n)
-        elif kind in PRODUCERS:
+        elif role == "producer":
             kernel = producer_kernel(node)
             out = np.all(kernel.reshape(-1, n) == 0, axis=0)
             bias = _bias(layer)
             if bias is not None:
                 out &= bias == 0
-        elif kind in DEPTHWISE:
-            kernel = np.asarray(layer.kernel)
+        elif role == "depthwise":
+            kernel = producer_kernel(node)
             m = kernel.shape[-1]
             k = kernel.reshape(-1, kernel.shape[-2] * m)
             out = np.all(k == 0, axis=0) | np.repeat(ins[0], m)
             bias = _bias(layer)
             if bias is not None:
                 out &= bias == 0
-        elif kind in NORMS:
+        elif role == "norm":
             gamma = getattr(layer, "gamma", None)
             beta = getattr(layer, "beta", None)
             g = np.asarray(gamma) if gamma is not None else np.ones(n)
             b = np.asarray(beta) if beta is not None else np.zeros(n)
             out = (g == 0) & (b == 0)
-        elif kind == "Flatten":
+        elif role == "flatten":
             out = np.tile(ins[0], n // max(len(ins[0]), 1))
-        elif kind == "Rescaling":
+        elif role == "rescaling":
             out = ins[0] & (float(np.sum(np.abs(cfg.get("offset", 0)))) == 0)
-        elif kind in ("Activation",):
+        elif role == "activation":
             act = cfg.get("activation")
             out = ins[0] if act in ZERO_PRESERVING else np.zeros(n, bool)
-        elif kind == "Concatenate" and len(analysis.elems[node.key]) == sum(
+        elif role == "concatenate" and len(analysis.elems[node.key]) == sum(
             len(f) for f in ins
         ):
             out = np.concatenate(ins)
-        elif kind in ("Multiply",):
+        elif node.kind == "Multiply":
             out = np.zeros(n, bool)
             for f in ins:
                 out |= f if len(f) == n else np.full(n, bool(f.all()))
-        elif kind in MERGES or kind == "Concatenate":
+        elif role in ("merge", "concatenate"):
             out = np.ones(n, bool)
             for f in ins:
                 out &= f if len(f) == n else np.full(n, bool(f.all()))
-        elif kind in PASS:
+        elif role in ("pass", "reshape"):
             out = ins[0]
         else:
             out = np.zeros(n, bool)
@@ -618,7 +550,7 @@ def live_roots(analysis, flags):
     """Roots of classes that reach some consumer with a non-zero value."""
     live = set()
     for node in analysis.nodes:
-        if node.kind not in CONSUMERS or node.is_op:
+        if node.role != "producer" or node.is_op:
             continue
         for key, _ in node.inputs:
             elems, zero = analysis.elems[key], flags[key]

@@ -7,33 +7,17 @@ select exactly the same weights and give the same skip reasons.
 import dataclasses
 import re
 
-import keras
 import numpy as np
 
 from keras_slim import _layers
 from keras_slim import _validation
-
-_L = keras.layers
-
-# Layer classes whose kernels are pruned by default, with the names of the
-# pruned variables. Order matters: subclasses before their bases.
-_KERNELS = (
-    (
-        (_L.SeparableConv1D, _L.SeparableConv2D),
-        ("depthwise_kernel", "pointwise_kernel"),
-    ),
-    ((_L.DepthwiseConv1D, _L.DepthwiseConv2D), ("kernel",)),
-    ((_L.Conv1DTranspose, _L.Conv2DTranspose, _L.Conv3DTranspose), ("kernel",)),
-    ((_L.Conv1D, _L.Conv2D, _L.Conv3D), ("kernel",)),
-    ((_L.Dense, _L.EinsumDense), ("kernel",)),
-)
-# Pruned only when `filters` selects them explicitly.
-_ON_REQUEST = ((_L.Embedding,), ("embeddings",))
+from keras_slim import catalogue
 
 _NOT_PRUNED = (
-    "only kernels of Dense, EinsumDense, Conv, DepthwiseConv, SeparableConv "
-    "and ConvTranspose layers are pruned (never biases or BatchNormalization"
-    "; Embedding only when `filters` selects it)"
+    "its kind has no prunable kernels in keras_slim.catalogue (biases and "
+    "BatchNormalization are never pruned; Embedding only when `filters` "
+    "selects it; teach a custom layer with "
+    "keras_slim.catalogue.register_layer)"
 )
 
 
@@ -98,46 +82,12 @@ def describe(pattern):
 # --------------------------------------------------------------- selection
 
 
-def _einsum_input_axis(layer):
-    equation = getattr(layer, "equation", "")
-    try:
-        inputs, rest = equation.split(",")
-        kernel, output = rest.split("->")
-    except ValueError:
-        return None
-    if "..." in kernel:
-        return None
-    contracted = [
-        i for i, c in enumerate(kernel) if c in inputs and c not in output
-    ]
-    return contracted[-1] if contracted else None
-
-
-def _input_axis(layer, name):
-    """Axis of `layer.<name>` that the layer reduces its input over."""
-    if isinstance(layer, (_L.DepthwiseConv1D, _L.DepthwiseConv2D)):
-        return None
-    if name == "depthwise_kernel":
-        return None
-    if isinstance(layer, _L.EinsumDense):
-        return _einsum_input_axis(layer)
-    if isinstance(layer, _L.Embedding):
-        return None
-    if isinstance(
-        layer, (_L.Conv1DTranspose, _L.Conv2DTranspose, _L.Conv3DTranspose)
-    ):
-        return -1
-    return -2  # Dense (in, out) and Conv (..., in, out)
-
-
-def _kernel_names(layer, explicit):
-    for classes, names in _KERNELS:
-        if isinstance(layer, classes):
-            return names
-    classes, names = _ON_REQUEST
-    if explicit and isinstance(layer, classes):
-        return names
-    return None
+def _kernels(layer, explicit):
+    """The catalogue's `Kernel`s of `layer` that may be pruned, or None."""
+    kind = catalogue.get_layer_kind(layer)
+    kernels = () if kind is None else kind.kernels
+    kernels = [k for k in kernels if k.by_default or explicit]
+    return {k.name: k for k in kernels} or None
 
 
 def pattern_reason(target_shape, input_axis, pattern):
@@ -176,20 +126,20 @@ def select(model, filters, pattern, filters_name="filters"):
         if not predicate(path, layer):
             skipped.append((path, f"not selected by `{filters_name}`"))
             continue
-        names = _kernel_names(layer, explicit)
-        if names is None:
+        kernels = _kernels(layer, explicit)
+        if kernels is None:
             kind = type(layer).__name__
             skipped.append((path, f"{kind}: {_NOT_PRUNED}"))
             continue
         for variable in layer.weights:
-            if variable.name not in names:
+            if variable.name not in kernels:
                 continue
             if "float" not in str(variable.dtype):
                 skipped.append(
                     (path, f"{variable.name} is {variable.dtype}, not float")
                 )
                 continue
-            axis = _input_axis(layer, variable.name)
+            axis = kernels[variable.name].input_axis_of(layer)
             reason = pattern_reason(tuple(variable.shape), axis, pattern)
             if reason is None:
                 targets.append(Target(path, layer, variable, axis))

@@ -58,7 +58,7 @@ def _analyse(model, filters, criterion):
             skipped[name] = "not matched by `filters`"
     norms = {}
     for node in analysis.nodes:
-        if node.kind in _graph.NORMS and node.inputs:
+        if node.role == "norm" and node.inputs:
             norms.setdefault(node.inputs[0][0][0], node)
     scores = _scores(analysis, criterion, norms, skipped)
     for name in skipped:
@@ -144,9 +144,9 @@ def _rebuild(analysis, remove):
         if node.is_op or node.layer is None:
             continue
         cfg = entry["config"]
-        if node.kind in _graph.PRODUCERS:
+        if node.role == "producer":
             cfg["filters" if "filters" in cfg else "units"] = int(out.sum())
-        elif node.kind == "Reshape":
+        elif node.role == "reshape":
             target = list(cfg["target_shape"])
             target[-1] = int(out.sum())
             cfg["target_shape"] = tuple(target)
@@ -316,9 +316,11 @@ def shrink(model):
 def _channels(model):
     out = {}
     for _, layer in _layers.iter_layers(model):
+        if _graph.channel_role(type(layer).__name__) != "producer":
+            continue
         cfg = layer.get_config()
         for key in ("filters", "units"):
-            if key in cfg and type(layer).__name__ in _graph.PRODUCERS:
+            if key in cfg:
                 out[layer.name] = int(cfg[key])
     return out
 
@@ -589,18 +591,18 @@ class ChannelPruning(keras.callbacks.Callback):
             if not out.any():
                 continue
             for var, role in variables:
-                if node.kind in _graph.NORMS and not any(
+                if node.role == "norm" and not any(
                     var is getattr(node.layer, attr, None)
                     for attr in ("gamma", "beta")
                 ):
                     continue
                 mask = np.ones(var.shape, var.dtype)
-                if role == "dw" and node.kind in _graph.DEPTHWISE:
+                if role == "dw" and node.role == "depthwise":
                     m = var.shape[-1]
                     flat = mask.reshape(-1, var.shape[-2] * m)
                     flat[:, out] = 0
                     mask = flat.reshape(var.shape)
-                elif role == "dw" and node.kind not in _graph.DEPTHWISE:
+                elif role == "dw" and node.role != "depthwise":
                     continue  # a separable conv's depthwise: input axis
                 else:
                     mask[..., out] = 0
