@@ -6,88 +6,12 @@ pruning lowers `params` and `macs`, int8 export divides the bytes by about
 four.
 """
 
-import math
-
 import keras
 import numpy as np
 
 from keras_slim import _layers
 from keras_slim import _validation
-
-
-def _shape(tensor):
-    try:
-        return tuple(tensor.shape)
-    except (AttributeError, ValueError):
-        return None
-
-
-def _layer_output_shape(layer):
-    try:
-        return _shape(layer.output)
-    except (AttributeError, ValueError):
-        return None
-
-
-def _layer_input_shape(layer):
-    try:
-        return _shape(layer.input)
-    except (AttributeError, ValueError):
-        return None
-
-
-def _spatial(shape):
-    """Product of the dims between batch and channels."""
-    if shape is None or any(d is None for d in shape[1:-1]):
-        return None
-    return math.prod(shape[1:-1])
-
-
-def _macs(layer):
-    """Multiply-accumulates of one forward pass (batch 1), or None."""
-    layers = keras.layers
-    if not layer.built:
-        return None
-    out = _layer_output_shape(layer)
-    if isinstance(layer, layers.Dense):
-        inp = _layer_input_shape(layer)
-        rows = 1 if inp is None else math.prod(
-            d for d in inp[1:-1] if d is not None
-        )
-        return rows * int(np.prod(layer.kernel.shape))
-    if isinstance(layer, layers.EinsumDense):
-        out_size = None if out is None else math.prod(
-            d for d in out[1:] if d is not None
-        )
-        inp = _layer_input_shape(layer)
-        in_size = None if inp is None else inp[-1]
-        return None if out_size is None or in_size is None else (
-            out_size * in_size
-        )
-    if isinstance(layer, layers.SeparableConv2D):
-        spatial = _spatial(out)
-        if spatial is None:
-            return None
-        dw = int(np.prod(layer.depthwise_kernel.shape))
-        pw = int(np.prod(layer.pointwise_kernel.shape))
-        return spatial * (dw + pw)
-    if isinstance(layer, (layers.Conv1DTranspose, layers.Conv2DTranspose,
-                          layers.Conv3DTranspose)):
-        spatial = _spatial(_layer_input_shape(layer))
-        return None if spatial is None else spatial * int(
-            np.prod(layer.kernel.shape)
-        )
-    if isinstance(layer, (layers.DepthwiseConv1D, layers.DepthwiseConv2D)):
-        spatial = _spatial(out)
-        return None if spatial is None else spatial * int(
-            np.prod(layer.kernel.shape)
-        )
-    if isinstance(layer, (layers.Conv1D, layers.Conv2D, layers.Conv3D)):
-        spatial = _spatial(out)
-        return None if spatial is None else spatial * int(
-            np.prod(layer.kernel.shape)
-        )
-    return 0
+from keras_slim import catalogue
 
 
 class LayerProfile:
@@ -199,22 +123,34 @@ class ModelProfile:
         """
         rows = [("layer", "type", "params", "nonzero", "sparsity", "MACs")]
         for r in self.layers:
-            rows.append((
-                r.path, r.type, f"{r.params:,}", f"{r.nonzero_params:,}",
-                f"{100 * r.sparsity:.1f}%",
-                "?" if r.macs is None else f"{r.macs:,}",
-            ))
-        rows.append((
-            "total", "", f"{self.total_params:,}", f"{self.nonzero_params:,}",
-            f"{100 * self.sparsity:.1f}%",
-            f"{self.macs:,}" + ("" if self.macs_complete else "+?"),
-        ))
+            rows.append(
+                (
+                    r.path,
+                    r.type,
+                    f"{r.params:,}",
+                    f"{r.nonzero_params:,}",
+                    f"{100 * r.sparsity:.1f}%",
+                    "?" if r.macs is None else f"{r.macs:,}",
+                )
+            )
+        rows.append(
+            (
+                "total",
+                "",
+                f"{self.total_params:,}",
+                f"{self.nonzero_params:,}",
+                f"{100 * self.sparsity:.1f}%",
+                f"{self.macs:,}" + ("" if self.macs_complete else "+?"),
+            )
+        )
         widths = [max(len(row[i]) for row in rows) for i in range(6)]
         for row in rows:
-            print_fn("  ".join(
-                cell.ljust(w) if i < 2 else cell.rjust(w)
-                for i, (cell, w) in enumerate(zip(row, widths))
-            ).rstrip())
+            print_fn(
+                "  ".join(
+                    cell.ljust(w) if i < 2 else cell.rjust(w)
+                    for i, (cell, w) in enumerate(zip(row, widths))
+                ).rstrip()
+            )
         print_fn(
             f"float32 {_bytes(self.float32_bytes)}, "
             f"int8 ~{_bytes(self.int8_bytes)}"
@@ -259,14 +195,15 @@ def profile(model):
     int8_bytes = 0
     for path, layer in _layers.iter_layers(model):
         weights = layer.weights
-        macs = _macs(layer)
+        macs = catalogue.count_macs(layer)
         if not weights and not macs:
             continue
         values = [np.asarray(keras.ops.convert_to_numpy(w)) for w in weights]
         params = int(sum(v.size for v in values))
         nonzero = int(sum(np.count_nonzero(v) for v in values))
-        rows.append(LayerProfile(path, type(layer).__name__, params, nonzero,
-                                 macs))
+        rows.append(
+            LayerProfile(path, type(layer).__name__, params, nonzero, macs)
+        )
         float32_bytes += sum(v.size * v.dtype.itemsize for v in values)
         int8_bytes += _int8_bytes(layer, weights, values)
     return ModelProfile(model.name, rows, float32_bytes, int8_bytes)
@@ -280,28 +217,29 @@ _QUANT_PARAMS = 4 + 8
 def _int8_bytes(layer, weights, values):
     """Bytes of a layer's weights in an int8 file, quantization included.
 
-    Convolutions: int8 kernel with per-output-channel scales, and an int32
-    bias with per-channel scales (always present: the converter folds a
-    following BatchNormalization into it). Dense: per-tensor kernel and
-    bias. BatchNormalization: nothing (folded). Anything else: a byte a
-    weight.
+    As the catalogue's `int8_weights` says: "per_channel" (convolutions)
+    an int8 kernel with per-output-channel scales and an int32 bias with
+    per-channel scales (always present: the converter folds a following
+    BatchNormalization into it); "per_tensor" (Dense) the same with one
+    kernel scale; "folded" (BatchNormalization) nothing. Anything else: a
+    byte a weight.
     """
-    layers = keras.layers
-    if isinstance(layer, layers.BatchNormalization):
+    kind = catalogue.get_layer_kind(layer)
+    layout = None if kind is None else kind.int8_weights
+    if layout == "folded":
         return 0
     kernel = getattr(layer, "kernel", None)
-    if isinstance(layer, (layers.DepthwiseConv1D, layers.DepthwiseConv2D)):
-        channels = int(np.prod(kernel.shape[-2:]))
-    elif isinstance(layer, (layers.Conv1DTranspose, layers.Conv2DTranspose,
-                            layers.Conv3DTranspose)):
-        channels = int(kernel.shape[-2])
-    elif isinstance(layer, (layers.Conv1D, layers.Conv2D, layers.Conv3D,
-                            layers.Dense)) and kernel is not None:
-        channels = int(kernel.shape[-1])
-    else:
+    spec = None if kind is None else kind.kernel("kernel")
+    if layout is None or kernel is None or spec is None:
         return int(sum(v.size for v in values))
-    quantized = 1 if isinstance(layer, layers.Dense) else channels
-    return (int(np.prod(kernel.shape)) + 4 * channels
-            + 2 * quantized * _QUANT_PARAMS)
+    axes = spec.output_axes_of(layer)
+    channels = int(np.prod([kernel.shape[a] for a in axes]))
+    quantized = 1 if layout == "per_tensor" else channels
+    return (
+        int(np.prod(kernel.shape))
+        + 4 * channels
+        + 2 * quantized * _QUANT_PARAMS
+    )
+
 
 __all__ = ["profile", "ModelProfile", "LayerProfile"]
