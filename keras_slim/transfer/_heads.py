@@ -6,26 +6,21 @@ import keras
 import numpy as np
 
 from keras_slim import _validation
+from keras_slim import catalogue
 
 # model -> {(kind, index): the cut-off body}. Reusing the body reuses its
 # traced predict function: tracing a MobileNetV2 costs more than running
 # 500 images through it, and a user extracts train, then test features.
 _BODIES = weakref.WeakKeyDictionary()
 
-_POOLING = (
-    keras.layers.GlobalAveragePooling1D,
-    keras.layers.GlobalAveragePooling2D,
-    keras.layers.GlobalAveragePooling3D,
-    keras.layers.GlobalMaxPooling1D,
-    keras.layers.GlobalMaxPooling2D,
-    keras.layers.GlobalMaxPooling3D,
-    keras.layers.Flatten,
-)
-
 
 def _is_pooling(layer):
-    """A global pooling or Flatten layer, or a model that ends with one."""
-    if isinstance(layer, _POOLING):
+    """A global pooling or Flatten layer, or a model that ends with one.
+
+    Pooling points are the catalogue's (`LayerKind.pooling`).
+    """
+    kind = catalogue.get_layer_kind(layer)
+    if kind is not None and kind.pooling:
         return True
     if isinstance(layer, keras.Model) and not isinstance(
         layer, keras.Sequential
