@@ -14,6 +14,36 @@ import keras
 
 L = keras.layers
 
+# The values of the fields (documented in `keras_slim.catalogue.LayerKind`).
+QUANTIZATION_RULES = (
+    "conv",
+    "depthwise",
+    "dense",
+    "batchnorm",
+    "activation",
+    "add",
+    "concat",
+    "output",
+    "passthrough",
+    "skip",
+    "quantizer",
+)
+CHANNEL_ROLES = (
+    "producer",
+    "depthwise",
+    "norm",
+    "pass",
+    "merge",
+    "input",
+    "concatenate",
+    "flatten",
+    "reshape",
+    "rescaling",
+    "activation",
+)
+INT8_WEIGHTS = ("per_channel", "per_tensor", "folded")
+
+
 # ------------------------------------------------------------------ shapes
 
 

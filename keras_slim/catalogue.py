@@ -27,37 +27,13 @@ import keras
 from keras_slim import _catalogue_data
 from keras_slim import _validation
 
-QUANTIZATION_RULES = (
-    "conv",
-    "depthwise",
-    "dense",
-    "batchnorm",
-    "activation",
-    "add",
-    "concat",
-    "output",
-    "passthrough",
-    "skip",
-    "quantizer",
-)
-CHANNEL_ROLES = (
-    "producer",
-    "depthwise",
-    "norm",
-    "pass",
-    "merge",
-    "input",
-    "concatenate",
-    "flatten",
-    "reshape",
-    "rescaling",
-    "activation",
-)
+# The values each capability's field may take (see `LayerKind`).
+QUANTIZATION_RULES = _catalogue_data.QUANTIZATION_RULES
+CHANNEL_ROLES = _catalogue_data.CHANNEL_ROLES
 # Roles a custom layer may take; the others are judged from the config of
 # one Keras class each (`target_shape`, `scale`, `activation`, ...).
 REGISTRABLE_CHANNEL_ROLES = CHANNEL_ROLES[:5]
-INT8_WEIGHTS = ("per_channel", "per_tensor", "folded")
-
+INT8_WEIGHTS = _catalogue_data.INT8_WEIGHTS
 UNSUPPORTED = _catalogue_data.UNSUPPORTED
 
 
@@ -241,7 +217,12 @@ _BY_NAME = {}  # class name -> LayerKind (the last registered of a name)
 
 def _add(kind):
     _KINDS[kind.layer_class] = kind
-    _BY_NAME[kind.name] = kind
+    held = _BY_NAME.get(kind.name)
+    # A custom class never takes the name of a Keras class (`Dense`).
+    if held is None or not held.layer_class.__module__.startswith("keras."):
+        _BY_NAME[kind.name] = kind
+    elif held.layer_class is kind.layer_class:
+        _BY_NAME[kind.name] = kind
     return kind
 
 
@@ -300,7 +281,9 @@ def register_layer(
     quantization and channel pruning, its subclasses) as described. An
     argument left at `None` keeps what the catalogue already says about
     the class (nothing, for a new class), so calls can add one capability
-    at a time.
+    at a time. Channel pruning finds layers by class name (model configs
+    name them so): a custom class named like a Keras layer class (`Dense`)
+    is not found by name, and its channels are kept whole.
 
     Args:
         layer_class: A `keras.layers.Layer` subclass.

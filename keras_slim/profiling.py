@@ -22,8 +22,10 @@ class LayerProfile:
         type: Class name, e.g. `"Conv2D"`.
         params: Number of weights (trainable and not).
         nonzero_params: Weights that are not exactly zero.
-        macs: Multiply-accumulates of one sample, or `None` when the
-            layer's shapes are unknown (layers of subclassed models).
+        macs: Multiply-accumulates of one sample, or `None` when unknown:
+            the layer's shapes are unknown (layers of subclassed models) or
+            `keras_slim.catalogue` does not count its kind (recurrent and
+            attention layers).
 
     Example:
 
@@ -62,7 +64,7 @@ class ModelProfile:
         layers: List of `LayerProfile`, one per leaf layer with weights or
             MACs.
         total_params, nonzero_params: Sums over the layers.
-        macs: Multiply-accumulates of one sample (layers whose shapes are
+        macs: Multiply-accumulates of one sample (layers whose MACs are
             unknown count 0; `macs_complete` tells whether any were).
         macs_complete: False when some layer's MACs could not be known.
         float32_bytes: Size of all weights in float32.

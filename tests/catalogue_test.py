@@ -331,6 +331,15 @@ def test_registration_keeps_what_an_earlier_call_said():
     assert catalogue.supported_layers()[-1] is kind
 
 
+def test_a_custom_class_named_like_a_keras_class_keeps_the_name_to_keras():
+    class Dense(L.Layer):
+        pass
+
+    kind = register_layer(Dense, channel_role="pass")
+    assert catalogue.get_layer_kind(Dense) is kind
+    assert catalogue.get_layer_kind_by_name("Dense").layer_class is L.Dense
+
+
 # ------------------------------------------------------------------- errors
 
 

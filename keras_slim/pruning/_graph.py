@@ -12,6 +12,8 @@ the other element-wise joins *unite* the elements they align (a union-find),
 so that residual branches are pruned consistently. A *class* is a set of
 united elements: it is kept or removed as a whole. Channels of the model
 inputs and outputs, and of layers that `filters` leaves out, are *pinned*.
+How each layer kind creates, passes or joins channels is its channel role
+in `keras_slim.catalogue`; a layer without one pins its input channels.
 """
 
 import math
