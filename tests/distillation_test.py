@@ -499,6 +499,53 @@ def test_from_logits_false_on_a_logits_head_is_refused(pair):
         Distiller(*pair, from_logits=False)
 
 
+@pytest.mark.parametrize("head", ["softmax", "logits"])
+def test_a_hard_loss_that_misreads_the_student_is_refused_before_any_update(
+    pair, digits_small, head
+):
+    (x, y), _ = digits_small
+    if head == "softmax":
+        student = _dense(name="student", activation="softmax")
+        teacher = _softmax_head(pair[0], "teacher_probs")
+        wrong = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        match = (
+            r"student 'student' ends in layer 'probabilities', which applies "
+            r"a softmax, but the loss SparseCategoricalCrossentropy has "
+            r"from_logits=True. Compile it with `from_logits=False`"
+        )
+    else:
+        student, teacher = pair[1], pair[0]
+        wrong = "sparse_categorical_crossentropy"
+        match = (
+            r"ends in layer 'logits', which applies no softmax, but the loss "
+            r"sparse_categorical_crossentropy has from_logits=False"
+        )
+    before = [w.copy() for w in student.get_weights()]
+    distiller = Distiller(teacher, student)
+    distiller.compile(keras.optimizers.Adam(1e-2), wrong)
+    with pytest.raises(ValueError, match=match):
+        distiller.fit(x, y, epochs=1, verbose=0)
+    for a, b in zip(before, student.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # The right loss trains; with alpha=0 the hard loss is not used at all.
+    distiller.compile(
+        keras.optimizers.Adam(1e-2),
+        keras.losses.SparseCategoricalCrossentropy(
+            from_logits=head == "logits"
+        ),
+    )
+    distiller.fit(x, y, epochs=1, verbose=0)
+    unweighted = Distiller(
+        teacher,
+        _dense(
+            name="s2", activation=("softmax" if head == "softmax" else None)
+        ),
+        alpha=0.0,
+    )
+    unweighted.compile("adam", wrong)
+    unweighted.fit(x, y, epochs=1, verbose=0)
+
+
 def test_a_single_class_output_is_refused(pair):
     one = _dense(outputs=1, name="teacher"), _dense(outputs=1, name="s")
     with pytest.raises(ValueError, match="at least 2 classes"):

@@ -109,6 +109,17 @@ def _final_activation(layer):
     return "other"
 
 
+def read_head(model):
+    """`(layer, activation)`: the output layer (or None) and what
+    `_final_activation` reads from it."""
+    layer = output_layer(model)
+    return layer, None if layer is None else _final_activation(layer)
+
+
+def _where(model, role, layer):
+    return f"{role} {model.name!r} ends in layer {getattr(layer, 'name', '')!r}"
+
+
 def outputs_are_logits(model, role, from_logits):
     """Whether `model` outputs logits, read from its last layer.
 
@@ -118,11 +129,8 @@ def outputs_are_logits(model, role, from_logits):
     layer cannot be read (subclassed, or a custom layer) is taken at the
     word of `from_logits`, logits when it is None.
     """
-    layer = output_layer(model)
-    activation = None if layer is None else _final_activation(layer)
-    where = (
-        f"{role} {model.name!r} ends in layer {getattr(layer, 'name', '')!r}"
-    )
+    layer, activation = read_head(model)
+    where = _where(model, role, layer)
     if activation == "sigmoid":
         raise ValueError(
             f"Expected `{role}` to output class logits or softmax "
@@ -151,6 +159,46 @@ def outputs_are_logits(model, role, from_logits):
             "model's last layer. Received: from_logits=False"
         )
     return from_logits is not False
+
+
+_CROSSENTROPY_NAMES = (
+    "sparse_categorical_crossentropy",
+    "categorical_crossentropy",
+    "SparseCategoricalCrossentropy",
+    "CategoricalCrossentropy",
+)
+
+
+def _loss_from_logits(loss):
+    """The `from_logits` of a compiled loss, or None when it cannot be
+    read (a function, a structure of losses, a loss without it)."""
+    if isinstance(loss, str):
+        return False if loss in _CROSSENTROPY_NAMES else None
+    if isinstance(loss, keras.losses.Loss):
+        return loss.get_config().get("from_logits")
+    return None
+
+
+def check_hard_loss(loss, student):
+    """Refuse a compiled `loss` whose `from_logits` contradicts the
+    student's readable last layer (cross-entropy of logits read as
+    probabilities, or of probabilities read as logits, trains silently
+    wrong)."""
+    layer, activation = read_head(student)
+    from_logits = _loss_from_logits(loss)
+    if activation not in ("softmax", "other") or from_logits is None:
+        return
+    if from_logits == (activation == "other"):
+        return
+    kind = "a softmax" if activation == "softmax" else "no softmax"
+    name = loss if isinstance(loss, str) else type(loss).__name__
+    raise ValueError(
+        "Expected the hard loss given to `compile` to read the student's "
+        f"outputs as they are: {_where(student, 'student', layer)}, which "
+        f"applies {kind}, but the loss {name} has from_logits={from_logits}. "
+        f"Compile it with `from_logits={not from_logits}`. Received: "
+        f"loss={loss!r}"
+    )
 
 
 # ------------------------------------------------------- feature pairs

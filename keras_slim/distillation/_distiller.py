@@ -55,7 +55,9 @@ class Distiller(keras.Model):
     distills exactly as its logits would. Treating probabilities as
     logits instead would make the soft targets nearly uniform. Compile
     the hard loss to match the student (`from_logits=False` for a softmax
-    student). A head ending in a sigmoid is refused. A subclassed model,
+    student): a cross-entropy whose `from_logits` contradicts the
+    student's last layer is refused when `fit` or `evaluate` starts. A
+    head ending in a sigmoid is refused. A subclassed model,
     or one ending in a custom layer, has no last layer to read: its
     outputs are taken as logits unless `from_logits=False` is given.
 
@@ -126,7 +128,9 @@ class Distiller(keras.Model):
             class, a model ends in a sigmoid, `from_logits` contradicts a
             model's last layer, or a feature pair names a layer that does
             not exist. `fit` raises before the first update when
-            `alpha > 0` and no labels (or no compiled `loss`) are given.
+            `alpha > 0` and no labels (or no compiled `loss`) are given,
+            or the compiled cross-entropy's `from_logits` contradicts the
+            student's last layer.
 
     Example:
 
@@ -271,6 +275,8 @@ class Distiller(keras.Model):
                 f"loss, which has weight alpha={self.alpha}. Received: "
                 "loss=None"
             )
+        if self.alpha > 0:
+            _checks.check_hard_loss(self.loss, self.student)
 
     def _teacher_outputs(self, x, teacher_outputs):
         """The teacher's outputs (cached or run now) and its features."""
