@@ -259,6 +259,29 @@ def test_cached_teacher_outputs_give_the_same_loss_as_the_teacher(
         assert from_cache[key] == pytest.approx(live[key], rel=1e-5)
 
 
+def test_cache_teacher_outputs_reads_batched_inputs_in_order(digits_small):
+    import tensorflow as tf
+
+    (x, y), _ = digits_small
+    teacher = _dense(name="teacher")
+    expected = cache_teacher_outputs(teacher, x, batch_size=100)
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return -(-len(x) // 50)
+
+        def __getitem__(self, i):
+            return x[i * 50 : (i + 1) * 50]
+
+    for batched in (
+        tf.data.Dataset.from_tensor_slices(x).batch(64),
+        tf.data.Dataset.from_tensor_slices((x, y)).batch(64),
+        Batches(),
+    ):
+        got = cache_teacher_outputs(teacher, batched)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
 def test_training_from_the_cache_never_calls_the_teacher(digits_small):
     (x, y), _ = digits_small
     teacher = _dense(name="teacher")
