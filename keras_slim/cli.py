@@ -122,12 +122,14 @@ def _load_model(path):
 
 
 def _parse_shape(text):
-    parts = text.replace("x", ",").split(",")
-    try:
-        shape = tuple(int(p) for p in parts if p.strip())
-    except ValueError:
-        shape = ()
-    if not shape or any(d < 1 for d in shape):
+    import re
+
+    if not re.fullmatch(r"\s*\d+(\s*[,x]\s*\d+)*\s*", text):
+        raise argparse.ArgumentTypeError(
+            f"expected positive integers like 32,32,1, got {text!r}"
+        )
+    shape = tuple(int(p) for p in re.split(r"[,x]", text))
+    if any(d < 1 for d in shape):
         raise argparse.ArgumentTypeError(
             f"expected positive integers like 32,32,1, got {text!r}"
         )
@@ -161,13 +163,21 @@ def _data_for(model, args):
     data = _digits_for(model, shape)
     if data is None:
         try:
-            shape = [tuple(t.shape[1:]) for t in model.inputs]
+            shapes = [tuple(t.shape[1:]) for t in model.inputs]
         except (AttributeError, ValueError):
-            shape = "unknown"
+            shapes = []
+        if shape is None and any(None in s for s in shapes):
+            raise CLIError(
+                f"the model's input shape {shapes} has None dimensions: "
+                "pass --input-shape (e.g. --input-shape 32,32,1) to fix "
+                "them, and --representative-data unless the shape fits "
+                "the offline digits"
+            )
         raise CLIError(
-            f"the model's inputs {shape} do not fit the offline digits; "
-            "pass --representative-data FILE.npy with a few hundred inputs "
-            "(FILE.npz with one array per input name for several inputs)"
+            f"the model's inputs {shapes or 'unknown'} do not fit the "
+            "offline digits; pass --representative-data FILE.npy with a "
+            "few hundred inputs (FILE.npz with one array per input name "
+            "for several inputs)"
         )
     return data
 
