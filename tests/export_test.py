@@ -22,7 +22,9 @@ def exported(trained_cnn, digits, tmp_path):
     for q in ("float32", "int8"):
         path = str(tmp_path / f"{q}.tflite")
         export_tflite(
-            trained_cnn, path, quantization=q,
+            trained_cnn,
+            path,
+            quantization=q,
             representative_data=x[:300] if q == "int8" else None,
         )
         paths[q] = path
@@ -86,8 +88,9 @@ def test_full_integer_io_quantizes_inputs_and_outputs(
     assert abs(litert.evaluate(path, x_test, y_test) - keras_acc) <= 0.015
 
 
-@pytest.mark.parametrize("quantization,ratio", [("float16", 0.6),
-                                                ("dynamic", 0.4)])
+@pytest.mark.parametrize(
+    "quantization,ratio", [("float16", 0.6), ("dynamic", 0.4)]
+)
 def test_float16_and_dynamic_shrink_and_keep_predictions(
     trained_cnn, digits, tmp_path, exported, quantization, ratio
 ):
@@ -96,8 +99,9 @@ def test_float16_and_dynamic_shrink_and_keep_predictions(
     report = export_tflite(trained_cnn, path, quantization=quantization)
     assert not report.int8_only
     assert report.ranges is None
-    assert report.info.bytes <= ratio * inspect_tflite(
-        exported["float32"]).bytes
+    assert (
+        report.info.bytes <= ratio * inspect_tflite(exported["float32"]).bytes
+    )
     assert litert.compare(trained_cnn, path, x_test).agreement >= 0.99
 
 
@@ -108,10 +112,17 @@ def test_per_tensor_dense_gives_one_scale_for_fully_connected_weights(
 
     def dense_weight_scales(per_channel):
         path = str(tmp_path / f"pc{per_channel}.tflite")
-        info = export_tflite(trained_cnn, path, representative_data=x[:100],
-                             per_channel_dense=per_channel).info
-        [kernel] = [t for t in info.tensors
-                    if t["dtype"] == "int8" and t["shape"] == (10, 64)]
+        info = export_tflite(
+            trained_cnn,
+            path,
+            representative_data=x[:100],
+            per_channel_dense=per_channel,
+        ).info
+        [kernel] = [
+            t
+            for t in info.tensors
+            if t["dtype"] == "int8" and t["shape"] == (10, 64)
+        ]
         return kernel["scale"]
 
     assert isinstance(dense_weight_scales(True), list)
@@ -135,8 +146,9 @@ def test_every_kind_of_model_exports_int8_only(kind, digits_small, tmp_path):
     report = export_tflite(model, path, representative_data=x[:100])
     assert report.int8_only, report.info.float_ops
     float_path = str(tmp_path / "f.tflite")
-    export_tflite(model, float_path, quantization="float32",
-                  input_shape=(8, 8, 1))
+    export_tflite(
+        model, float_path, quantization="float32", input_shape=(8, 8, 1)
+    )
     assert litert.compare(model, float_path, x_test[:50]).max_abs_error < 1e-4
 
 
@@ -146,8 +158,9 @@ def test_keras_applications_backbone_exports_int8_only(tmp_path):
         input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10
     )
     data = np.random.default_rng(0).random((32, 32, 32, 3), "float32")
-    report = export_tflite(model, str(tmp_path / "mnv2.tflite"),
-                           representative_data=data)
+    report = export_tflite(
+        model, str(tmp_path / "mnv2.tflite"), representative_data=data
+    )
     assert report.int8_only, report.info.float_ops
     assert report.info.ops["DEPTHWISE_CONV_2D"] == 17
     estimate = profile(model).int8_bytes
@@ -165,8 +178,9 @@ def test_representative_data_as_dataset_generator_or_function(
             yield [x[i : i + 1]]
 
     for i, data in enumerate([dataset, generator(), generator]):
-        report = export_tflite(trained_cnn, str(tmp_path / f"{i}.tflite"),
-                               representative_data=data)
+        report = export_tflite(
+            trained_cnn, str(tmp_path / f"{i}.tflite"), representative_data=data
+        )
         assert report.int8_only
         assert report.calibration_samples in (64, 32)
 
@@ -189,24 +203,51 @@ def _assert_untouched(path):
 @pytest.mark.parametrize(
     "kwargs,error,match",
     [
-        (dict(quantization="int4"), ValueError,
-         r"`quantization`.*Received: quantization='int4'"),
-        (dict(quantization="int8"), ValueError,
-         r"needs `representative_data`.*Received: representative_data=None"),
-        (dict(representative_data=np.zeros((4, 28, 28, 1), "float32")),
-         ValueError, r"shape \(n, 32, 32, 1\).*shape \(4, 28, 28, 1\)"),
-        (dict(representative_data=np.array([["a"] * 32] * 2)),
-         ValueError, r"representative_data"),
-        (dict(representative_data=np.zeros((4, 32, 32, 1), "<U1")),
-         ValueError, r"dtype <U1"),
-        (dict(representative_data=[1, 2, 3]), TypeError,
-         r"representative_data` to be a NumPy array"),
-        (dict(quantization="float32", io_dtype="int8"), ValueError,
-         r"`io_dtype='int8'` needs `quantization='int8'`"),
+        (
+            dict(quantization="int4"),
+            ValueError,
+            r"`quantization`.*Received: quantization='int4'",
+        ),
+        (
+            dict(quantization="int8"),
+            ValueError,
+            r"needs `representative_data`.*Received: representative_data=None",
+        ),
+        (
+            dict(representative_data=np.zeros((4, 28, 28, 1), "float32")),
+            ValueError,
+            r"shape \(n, 32, 32, 1\).*shape \(4, 28, 28, 1\)",
+        ),
+        (
+            dict(representative_data=np.array([["a"] * 32] * 2)),
+            ValueError,
+            r"representative_data",
+        ),
+        (
+            dict(representative_data=np.zeros((4, 32, 32, 1), "<U1")),
+            ValueError,
+            r"dtype <U1",
+        ),
+        (
+            dict(representative_data=[1, 2, 3]),
+            TypeError,
+            r"representative_data` to be a NumPy array",
+        ),
+        (
+            dict(quantization="float32", io_dtype="int8"),
+            ValueError,
+            r"`io_dtype='int8'` needs `quantization='int8'`",
+        ),
         (dict(io_dtype="int4"), ValueError, r"Received: io_dtype='int4'"),
         (dict(batch_size=0), ValueError, r"Received: batch_size=0"),
-        (dict(quantization="float32", representative_data=np.zeros(
-            (1, 32, 32, 1))), ValueError, r"only with `quantization='int8'`"),
+        (
+            dict(
+                quantization="float32",
+                representative_data=np.zeros((1, 32, 32, 1)),
+            ),
+            ValueError,
+            r"only with `quantization='int8'`",
+        ),
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(
@@ -227,19 +268,25 @@ def test_non_keras_and_unbuilt_models_are_refused(tmp_path):
 
 def test_subclassed_model_without_input_shape_is_refused(tmp_path):
     model = ZOO["subclassed"]()
-    with pytest.raises(ValueError, match=r"pass `input_shape=.*"
-                       r"Received: input_shape=None"):
-        export_tflite(model, str(tmp_path / "m.tflite"),
-                      quantization="float32")
+    with pytest.raises(
+        ValueError,
+        match=r"pass `input_shape=.*"
+        r"Received: input_shape=None",
+    ):
+        export_tflite(model, str(tmp_path / "m.tflite"), quantization="float32")
 
 
 def test_missing_folder_and_wrong_suffix_are_refused(trained_cnn, tmp_path):
     with pytest.raises(ValueError, match=r"folder of `filepath` does not"):
-        export_tflite(trained_cnn, str(tmp_path / "no" / "m.tflite"),
-                      quantization="float32")
+        export_tflite(
+            trained_cnn,
+            str(tmp_path / "no" / "m.tflite"),
+            quantization="float32",
+        )
     with pytest.raises(ValueError, match=r"end with \.tflite"):
-        export_tflite(trained_cnn, str(tmp_path / "m.keras"),
-                      quantization="float32")
+        export_tflite(
+            trained_cnn, str(tmp_path / "m.keras"), quantization="float32"
+        )
 
 
 @keras.saving.register_keras_serializable(package="keras_slim_tests")
@@ -252,16 +299,21 @@ def test_int8_with_unquantizable_op_fails_and_keeps_existing_file(
     existing_file, tmp_path
 ):
     model = keras.Sequential(
-        [keras.Input((4,)), keras.layers.Dense(4), Sine(),
-         keras.layers.Dense(2)]
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(4),
+            Sine(),
+            keras.layers.Dense(2),
+        ]
     )
     data = np.random.default_rng(0).random((16, 4), "float32")
     with pytest.raises(ValueError, match=r"(?i)float|refused"):
         export_tflite(model, str(existing_file), representative_data=data)
     _assert_untouched(existing_file)
     mixed = str(tmp_path / "mixed.tflite")
-    report = export_tflite(model, mixed, representative_data=data,
-                           allow_float_fallback=True)
+    report = export_tflite(
+        model, mixed, representative_data=data, allow_float_fallback=True
+    )
     assert not report.int8_only
     assert any(op.startswith("SIN") for op in report.info.float_ops)
 
@@ -275,10 +327,25 @@ def test_inspect_refuses_missing_and_non_tflite_files(tmp_path):
         inspect_tflite(str(text))
 
 
-def test_failed_export_leaves_no_temporary_files(trained_cnn, tmp_path):
-    with pytest.raises(ValueError):
-        export_tflite(trained_cnn, str(tmp_path / "m.tflite"),
-                      representative_data=np.zeros((2, 8, 8, 1)))
+def test_failed_export_leaves_no_temporary_files(
+    trained_cnn, tmp_path, monkeypatch
+):
+    from keras_slim import _safe_write
+
+    seen = []
+
+    def failing_replace(src, dst):
+        # Fails once the temporary file is written, as a full disk or a
+        # killed rename would.
+        seen.extend(os.listdir(tmp_path))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_safe_write.os, "replace", failing_replace)
+    with pytest.raises(OSError, match=r"No space left"):
+        export_tflite(
+            trained_cnn, str(tmp_path / "m.tflite"), quantization="float32"
+        )
+    assert len(seen) == 1 and seen[0].startswith(".keras_slim-")
     assert os.listdir(tmp_path) == []
 
 
@@ -295,8 +362,9 @@ def test_sparse_int8_encoding_that_litert_cannot_run_is_refused(
     # Measured with TF 2.21: DENSIFY feeding FULLY_CONNECTED makes the
     # default XNNPACK delegate fail, so the file would not run on a phone.
     with pytest.raises(ValueError, match=r"default delegate.*sparse=True"):
-        export_tflite(trained_cnn, str(path), representative_data=x[:100],
-                      sparse=True)
+        export_tflite(
+            trained_cnn, str(path), representative_data=x[:100], sparse=True
+        )
     assert not path.exists()
     report = export_tflite(trained_cnn, str(path), representative_data=x[:100])
     assert report.int8_only

@@ -32,16 +32,26 @@ def test_predict_returns_one_row_per_sample(float_file, digits):
     assert out.shape == (7, 10) and out.dtype == np.float32
 
 
-def test_latency_reports_median_and_p90(float_file):
-    result = litert.latency(float_file, runs=20, warmup=2)
-    assert result.runs == 20
-    assert 0 < result.median_ms <= result.p90_ms
-    assert "median" in str(result)
+def test_latency_grows_with_the_work_a_file_does(float_file, tmp_path):
+    import keras
+
+    tiny = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    tiny_file = str(tmp_path / "tiny.tflite")
+    export_tflite(tiny, tiny_file, quantization="float32")
+    cnn = litert.latency(float_file, runs=20, warmup=2)
+    small = litert.latency(tiny_file, runs=20, warmup=2)
+    assert cnn.runs == 20 and cnn.threads == 1
+    # The CNN does ~10^5 times the MACs of a 4x3 Dense layer.
+    assert cnn.median_ms > 2 * small.median_ms
+    assert str(cnn).startswith(f"median {cnn.median_ms:.3f} ms")
 
 
 def test_compare_refuses_data_of_the_wrong_shape(trained_cnn, float_file):
-    with pytest.raises(ValueError, match=r"of shape \(n, 32, 32, 1\).*"
-                       r"Received: x of shape \(3, 8, 8, 1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"of shape \(n, 32, 32, 1\).*"
+        r"Received: x of shape \(3, 8, 8, 1\)",
+    ):
         litert.compare(trained_cnn, float_file, np.zeros((3, 8, 8, 1)))
 
 
