@@ -82,16 +82,24 @@ def check_output_shapes(teacher_shape, student_shape):
 
 def output_layer(model):
     """The layer that produces `model`'s output, inside nested models, or
-    None when the model has no graph to read (subclassed).
+    None when it cannot be read (a subclassed model, a shared layer).
 
     In a single-output Functional or Sequential model the output layer is
-    the last of `model.layers` (they are in the order of the graph)."""
-    while symbolic_outputs(model) is not None and model.layers:
+    the last of `model.layers` (they are in the order of the graph); its
+    `output` confirms it."""
+    while True:
+        outputs = symbolic_outputs(model)
+        if outputs is None or not model.layers:
+            return None
         layer = model.layers[-1]
-        if not isinstance(layer, keras.Model):
-            return layer
-        model = layer
-    return None
+        if isinstance(layer, keras.Model):
+            model = layer
+            continue
+        try:
+            produced = layer.output
+        except (AttributeError, ValueError):  # called more than once
+            return None
+        return layer if produced is outputs[0] else None
 
 
 def _final_activation(layer):
