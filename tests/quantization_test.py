@@ -11,6 +11,7 @@ from conftest import subclassed_model
 import keras_slim
 from keras_slim import litert
 from keras_slim import models
+from keras_slim.catalogue import register_layer
 from keras_slim.quantization import QuantizationAwareTraining
 from keras_slim.quantization import is_quantization_aware
 from keras_slim.quantization import quantize_model
@@ -205,9 +206,7 @@ def test_quantize_delay_trains_float_first(digits_small):
     for callbacks in ([], [QuantizationAwareTraining(quantize_delay=100)]):
         plain = compile_classifier(_small_dense(seed=3))
         keras.utils.set_random_seed(7)
-        plain.fit(
-            x, y, batch_size=64, epochs=1, verbose=0, callbacks=callbacks
-        )
+        plain.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=callbacks)
         weights.append([w.numpy() for w in plain.trainable_weights])
     for a, b in zip(*weights):
         np.testing.assert_allclose(a, b, atol=1e-6)
@@ -234,7 +233,9 @@ def test_ranges_and_schedule_are_variables_the_model_owns(digits_small):
     assert names[:2] == ["qat_start_step", "qat_phase"]
     assert len(names) == 2 + 3 * 3
     assert all(name.startswith("qat_") for name in names)
-    phase = keras.ops.convert_to_numpy(model.non_trainable_variables[before + 1])
+    phase = keras.ops.convert_to_numpy(
+        model.non_trainable_variables[before + 1]
+    )
     np.testing.assert_array_equal(phase, [1.0, 0.0, 0.0])
 
 
@@ -406,9 +407,24 @@ def test_custom_layer_rule_can_be_registered():
     )
     with pytest.raises(ValueError, match="`Halve` has no int8 quantization"):
         quantize_model(model)
-    register_quantization_rule(Halve, "output")
+    register_layer(Halve, quantization="output")
     qmodel = quantize_model(model)
     assert "halve_quant" in [layer.name for layer in qmodel.layers]
+
+
+def test_deprecated_register_quantization_rule_forwards_to_catalogue():
+    class Third(keras.layers.Layer):
+        def call(self, x):
+            return x / 3.0
+
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3), Third(name="third")]
+    )
+    with pytest.deprecated_call(match="register_layer"):
+        register_quantization_rule(Third, "output")
+    assert "third_quant" in [
+        layer.name for layer in quantize_model(model).layers
+    ]
 
 
 # ------------------------------------------------------------ bad input
@@ -468,8 +484,7 @@ def test_layer_without_rule_is_named_before_training(digits_small):
     compile_classifier(model)
     with pytest.raises(
         ValueError,
-        match="'norm' of type `LayerNormalization`"
-        ".*filters.*register_quantization_rule",
+        match="'norm' of type `LayerNormalization`.*filters.*register_layer",
     ):
         _qat_fit(model, digits_small)
     assert model.optimizer.iterations.numpy() == 0

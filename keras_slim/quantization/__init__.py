@@ -5,15 +5,18 @@ all-int8 TFLite file that agrees with the Keras model.
 - `quantize_model`: a new model with serializable fake-quant layers, for
   saving, reloading and resuming quantization-aware training.
 - `is_quantization_aware`: whether a model carries learned int8 ranges.
-- `register_quantization_rule`: give a custom layer class a rule.
+- `register_quantization_rule`: deprecated, use
+  `keras_slim.catalogue.register_layer`.
 """
+
+import warnings
 
 import keras
 
 from keras_slim import _layers
 from keras_slim import _validation
+from keras_slim import catalogue
 from keras_slim.quantization import _in_place
-from keras_slim.quantization import _rules
 from keras_slim.quantization import _twins
 from keras_slim.quantization.model import quantize_model
 from keras_slim.quantization.qat import QuantizationAwareTraining
@@ -60,26 +63,16 @@ def is_quantization_aware(model):
 
 
 def register_quantization_rule(layer_class, rule):
-    """Tell quantization-aware training how to treat a custom layer class.
+    """Deprecated: use `keras_slim.catalogue.register_layer(layer_class,
+    quantization=rule)`, which teaches a layer class to every capability.
 
-    Every layer that `QuantizationAwareTraining` or `quantize_model`
-    meets needs a rule; a layer class without one is refused with an
-    error naming it. Rules apply to the exact class (not subclasses, whose
-    `call` may differ). A custom layer with its own weights cannot become
-    int8 through a rule: build it from Keras `Conv2D`/`Dense` layers, or
-    skip it with `filters` (it then stays float).
+    Kept so that existing scripts keep working; it warns with a
+    `DeprecationWarning` and forwards to `register_layer`.
 
     Args:
         layer_class: A `keras.layers.Layer` subclass.
-        rule: One of
-            `"output"`: an op without weights whose output is a new value
-            (its inputs and its output get int8 ranges);
-            `"passthrough"`: reshapes or selects values (its output keeps
-            the input's range);
-            `"activation"`: a ReLU-like op the converter fuses into the
-            convolution before it;
-            `"add"`: like `"output"`, but a ReLU after it may fuse;
-            `"skip"`: leave it float.
+        rule: One of `"output"`, `"passthrough"`, `"activation"`, `"add"`,
+            `"skip"` (see `keras_slim.catalogue.register_layer`).
 
     Raises:
         TypeError: if `layer_class` is not a Keras layer class.
@@ -87,16 +80,18 @@ def register_quantization_rule(layer_class, rule):
 
     Example:
 
-    >>> class Double(keras.layers.Layer):
+    >>> import warnings
+    >>> class Triple(keras.layers.Layer):
     ...     def call(self, x):
-    ...         return x * 2.0
-    >>> register_quantization_rule(Double, "output")
-    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3),
-    ...                           Double()])
-    >>> qmodel = quantize_model(model)
-    >>> [type(layer).__name__ for layer in qmodel.layers]
-    ['InputLayer', 'FakeQuant', 'QuantizedDense', 'FakeQuant', 'Double', \
-'FakeQuant']
+    ...         return x * 3.0
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     register_quantization_rule(Triple, "output")
+    >>> caught[0].category.__name__
+    'DeprecationWarning'
+    >>> from keras_slim.catalogue import quantization_rule_of
+    >>> quantization_rule_of(Triple)
+    'output'
     """
     if not (
         isinstance(layer_class, type)
@@ -109,4 +104,11 @@ def register_quantization_rule(layer_class, rule):
     _validation.check_choice(
         "rule", rule, ("output", "passthrough", "activation", "add", "skip")
     )
-    _rules.register_rule(layer_class, rule)
+    warnings.warn(
+        "`keras_slim.quantization.register_quantization_rule` is deprecated: "
+        "use `keras_slim.catalogue.register_layer(layer_class, "
+        "quantization=rule)`.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    catalogue.register_layer(layer_class, quantization=rule)

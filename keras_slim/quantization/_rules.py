@@ -19,6 +19,7 @@ A rule says how a layer takes part in int8 simulation:
 
 import keras
 
+from keras_slim import catalogue
 from keras_slim._layers import iter_layers
 
 RULES = (
@@ -42,48 +43,14 @@ CONCAT_PRODUCERS = (*FUSING_PRODUCERS, "activation")
 _FUSED_ACTIVATIONS = ("relu", "relu6")
 
 _L = keras.layers
-_RULES = {
-    _L.Conv1D: "conv",
-    _L.Conv2D: "conv",
-    _L.DepthwiseConv2D: "depthwise",
-    _L.Dense: "dense",
-    _L.BatchNormalization: "batchnorm",
-    _L.ReLU: "activation",
-    _L.Add: "add",
-    _L.Subtract: "add",
-    _L.Concatenate: "concat",
-    _L.Multiply: "output",
-    _L.Average: "output",
-    _L.Maximum: "output",
-    _L.Minimum: "output",
-    _L.GlobalAveragePooling1D: "output",
-    _L.GlobalAveragePooling2D: "output",
-    _L.AveragePooling1D: "output",
-    _L.AveragePooling2D: "output",
-    _L.Softmax: "output",
-    _L.Rescaling: "output",
-    _L.MaxPooling1D: "passthrough",
-    _L.MaxPooling2D: "passthrough",
-    _L.GlobalMaxPooling1D: "passthrough",
-    _L.GlobalMaxPooling2D: "passthrough",
-    _L.Flatten: "passthrough",
-    _L.Reshape: "passthrough",
-    _L.Dropout: "passthrough",
-    _L.SpatialDropout1D: "passthrough",
-    _L.SpatialDropout2D: "passthrough",
-    _L.GaussianNoise: "passthrough",
-    _L.ZeroPadding1D: "passthrough",
-    _L.ZeroPadding2D: "passthrough",
-    _L.Cropping1D: "passthrough",
-    _L.Cropping2D: "passthrough",
-    _L.Identity: "passthrough",
-    _L.InputLayer: "passthrough",
-}
+# keras_slim's own quantization-aware layers (`_twins`); every other class
+# takes its rule from `keras_slim.catalogue`.
+_OWN_RULES = {}
 
 
-def register_rule(layer_class, rule):
-    """Give `layer_class` (exact type, not subclasses) a rule name."""
-    _RULES[layer_class] = rule
+def register_own_rule(layer_class, rule):
+    """Give one of keras_slim's own layer classes its rule."""
+    _OWN_RULES[layer_class] = rule
 
 
 def activation_name(activation):
@@ -114,12 +81,10 @@ def layer_rule(layer):
             and layer.max_value in (None, 6.0, 6)
         )
         return "activation" if plain else "output"
-    rule = _RULES.get(cls)
-    if rule is None:
-        for known, value in _RULES.items():
-            if value == "quantizer" and isinstance(layer, known):
-                return value
-    return rule
+    for known, rule in _OWN_RULES.items():
+        if cls is known or (rule == "quantizer" and isinstance(layer, known)):
+            return rule
+    return catalogue.quantization_rule_of(cls)
 
 
 def output_mode(layer, rule):
@@ -160,8 +125,9 @@ def plan(model, predicate):
                 f"`filters=lambda layer: not isinstance(layer, {cls})`; it "
                 "then stays float and exports only with "
                 "`allow_float_fallback=True`), or give its class a rule "
-                "with `keras_slim.quantization.register_quantization_rule("
-                f"{cls}, rule)`, rule being one of {list(RULES)}."
+                "with `keras_slim.catalogue.register_layer("
+                f"{cls}, quantization=rule)`, rule being one of "
+                f"{list(RULES)}."
             )
         rows.append((path, layer, rule if selected else "skip"))
     return rows

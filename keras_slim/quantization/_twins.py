@@ -149,6 +149,6 @@ WEIGHT_TWINS = (
     QuantizedDense,
 )
 for _twin in WEIGHT_TWINS:
-    _rules.register_rule(_twin, _twin.weight_rule)
-_rules.register_rule(FreezableBatchNormalization, "batchnorm")
-_rules.register_rule(FakeQuant, "quantizer")
+    _rules.register_own_rule(_twin, _twin.weight_rule)
+_rules.register_own_rule(FreezableBatchNormalization, "batchnorm")
+_rules.register_own_rule(FakeQuant, "quantizer")

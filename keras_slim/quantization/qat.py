@@ -202,7 +202,11 @@ class QuantizationAwareTraining(keras.callbacks.Callback):
         """The state the model's functions were built with."""
         awareness = _in_place.awareness_of(self.target)
         if awareness is not None:
-            return awareness.active, awareness.ranges_frozen, awareness.bn_frozen
+            return (
+                awareness.active,
+                awareness.ranges_frozen,
+                awareness.bn_frozen,
+            )
         for layer in _layers.leaf_layers(self.target):
             if isinstance(layer, _twins.FakeQuant):
                 bn = any(
@@ -229,9 +233,7 @@ class QuantizationAwareTraining(keras.callbacks.Callback):
             awareness = _in_place.make_aware(self.target, rows)
             # A Python int: assigning the optimizer's own value would share
             # its buffer (JAX then donates one buffer twice).
-            awareness.start_step.assign(
-                int(keras.ops.convert_to_numpy(start))
-            )
+            awareness.start_step.assign(int(keras.ops.convert_to_numpy(start)))
             changed = True
         elif self.freeze_bn_delay is not None:
             _check_freezable_batchnorm(self.target)
