@@ -140,7 +140,7 @@ def test_mismatched_subclassed_outputs_are_refused_before_any_update(
     teacher = _dense(outputs=7, name="teacher")
     student = subclassed_model()
     before = [w.copy() for w in student.get_weights()]
-    distiller = _compile(Distiller(teacher, student))
+    distiller = _compile(Distiller(teacher, student, from_logits=True))
     with pytest.raises(ValueError, match=r"outputs of the same shape"):
         distiller.fit(x, y, epochs=1, verbose=0)
     for a, b in zip(before, student.get_weights()):
@@ -159,7 +159,12 @@ def test_feature_pair_naming_a_missing_layer_is_refused(pair):
 def test_feature_pairs_on_a_subclassed_model_are_refused():
     teacher = _dense(name="teacher")
     with pytest.raises(ValueError, match="Functional or Sequential"):
-        Distiller(teacher, subclassed_model(), feature_pairs=[("hidden", "x")])
+        Distiller(
+            teacher,
+            subclassed_model(),
+            from_logits=True,
+            feature_pairs=[("hidden", "x")],
+        )
 
 
 def test_unknown_distillation_loss_is_refused(pair):
@@ -575,15 +580,43 @@ def test_a_single_class_output_is_refused(pair):
         Distiller(*one)
 
 
-def test_a_subclassed_model_is_taken_at_the_word_of_from_logits():
+def test_an_unreadable_head_is_refused_until_from_logits_says_it(
+    digits_small,
+):
+    (x, y), _ = digits_small
     teacher = _dense(name="teacher")
-    assert Distiller(teacher, subclassed_model()).student_from_logits
-    probs = Distiller(
-        keras.Sequential([_dense(name="t"), keras.layers.Softmax()]),
-        subclassed_model(),
-        from_logits=False,
+    with pytest.raises(
+        ValueError,
+        match=r"Cannot tell whether `student` 'subclassed_zoo' outputs "
+        r"logits or probabilities: it is a subclassed model.*"
+        r"from_logits=\(teacher, student\).*Received: from_logits=None",
+    ):
+        Distiller(teacher, subclassed_model())
+    inputs = keras.Input((8, 8, 1))
+    pooled = keras.layers.GlobalAveragePooling2D(name="gap")(
+        keras.layers.Conv2D(10, 1)(inputs)
     )
-    assert probs.student_from_logits is False
+    with pytest.raises(
+        ValueError,
+        match=r"last layer 'gap' \(GlobalAveragePooling2D\) has no "
+        r"activation to read",
+    ):
+        Distiller(keras.Model(inputs, pooled), _dense(name="student"))
+
+    # Said for both models, or per model with None where it can be read.
+    assert Distiller(teacher, subclassed_model(), from_logits=True)
+    probs = keras.Sequential([_dense(name="t"), keras.layers.Softmax()])
+    distiller = Distiller(probs, subclassed_model(), from_logits=(None, True))
+    assert distiller.teacher_from_logits is False
+    assert distiller.student_from_logits is True
+    assert distiller.get_config()["from_logits"] == [None, True]
+    _compile(distiller).fit(x[:128], y[:128], epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"from_logits=\(False, True\)"):
+        Distiller(teacher, subclassed_model(), from_logits=(False, True))
+    with pytest.raises(TypeError, match="a pair `\\(teacher, student\\)`"):
+        Distiller(teacher, subclassed_model(), from_logits=(True,))
+    with pytest.raises(TypeError, match="from_logits='yes'"):
+        Distiller(teacher, subclassed_model(), from_logits="yes")
 
 
 # --------------------------------------------------- feature distillation

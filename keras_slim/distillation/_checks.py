@@ -128,17 +128,36 @@ def _where(model, role, layer):
     return f"{role} {model.name!r} ends in layer {getattr(layer, 'name', '')!r}"
 
 
-def outputs_are_logits(model, role, from_logits):
+def split_from_logits(from_logits):
+    """`(teacher, student)` flags, each None or a bool, of the Distiller's
+    `from_logits`: None, a bool, or such a pair."""
+    flags = (
+        tuple(from_logits)
+        if isinstance(from_logits, (list, tuple))
+        else (from_logits, from_logits)
+    )
+    if len(flags) != 2 or not all(
+        f is None or isinstance(f, bool) for f in flags
+    ):
+        raise TypeError(
+            "Expected `from_logits` to be None, a bool, or a pair "
+            "`(teacher, student)` of None or bools. Received: "
+            f"from_logits={from_logits!r}"
+        )
+    return flags
+
+
+def outputs_are_logits(model, role, flag, from_logits):
     """Whether `model` outputs logits, read from its last layer.
 
-    `from_logits=None` decides from that layer (a softmax means
-    probabilities, anything else logits); `True`/`False` must not
-    contradict a layer whose activation can be read. A model whose last
-    layer cannot be read (subclassed, or a custom layer) is taken at the
-    word of `from_logits`, logits when it is None.
+    `flag=None` decides from that layer (a softmax means probabilities,
+    any other activation logits) and refuses a model whose last layer
+    cannot be read; `True`/`False` must not contradict a readable layer.
+    `from_logits` is the Distiller's argument, quoted in the errors.
     """
     layer, activation = read_head(model)
     where = _where(model, role, layer)
+    received = f"Received: from_logits={from_logits!r}"
     if activation == "sigmoid":
         raise ValueError(
             f"Expected `{role}` to output class logits or softmax "
@@ -148,7 +167,7 @@ def outputs_are_logits(model, role, from_logits):
             "one unit per class (2 for a binary task)"
         )
     if activation == "softmax":
-        if from_logits:
+        if flag:
             raise ValueError(
                 f"Expected logits from `{role}` (from_logits=True), but "
                 f"{where}, which applies a softmax: its outputs are "
@@ -156,17 +175,34 @@ def outputs_are_logits(model, role, from_logits):
                 "distill them through their logarithm, or remove the "
                 "softmax (`activation=None`, or "
                 "`classifier_activation=None` for `keras.applications`). "
-                f"Received: from_logits={from_logits}"
+                f"{received}"
             )
         return False
-    if from_logits is False and activation == "other":
+    if flag is False and activation == "other":
         raise ValueError(
             f"Expected probabilities from `{role}` (from_logits=False), "
             f"but {where}, which applies no softmax: its outputs are "
             "logits. Leave `from_logits=None` (the default) to read each "
-            "model's last layer. Received: from_logits=False"
+            f"model's last layer. {received}"
         )
-    return from_logits is not False
+    if flag is None and activation is None:
+        if layer is not None:
+            why = (
+                f"its last layer {layer.name!r} ({type(layer).__name__}) "
+                "has no activation to read"
+            )
+        elif symbolic_outputs(model) is None:
+            why = "it is a subclassed model, with no graph to read"
+        else:
+            why = "its last layer is called more than once"
+        raise ValueError(
+            f"Cannot tell whether `{role}` {model.name!r} outputs logits or "
+            f"probabilities: {why}. Say it with `from_logits`: True "
+            "(logits) or False (softmax probabilities), or per model, "
+            f"`from_logits=(teacher, student)` with None for a model "
+            f"whose last layer can be read. {received}"
+        )
+    return flag is not False
 
 
 _CROSSENTROPY_NAMES = (

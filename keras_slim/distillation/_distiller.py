@@ -57,9 +57,10 @@ class Distiller(keras.Model):
     the hard loss to match the student (`from_logits=False` for a softmax
     student): a cross-entropy whose `from_logits` contradicts the
     student's last layer is refused when `fit` or `evaluate` starts. A
-    head ending in a sigmoid is refused. A subclassed model,
-    or one ending in a custom layer, has no last layer to read: its
-    outputs are taken as logits unless `from_logits=False` is given.
+    head ending in a sigmoid is refused. A model whose last layer cannot
+    be read (a subclassed model, or one that ends in a custom, pooling or
+    shared layer) must be described by `from_logits`: it is refused
+    rather than guessed.
 
     Why `alpha` defaults to 0.5: on the clean digits
     (`benchmarks/results/distillation.md`, run of 2026-11-23; 1347
@@ -102,9 +103,11 @@ class Distiller(keras.Model):
             above).
         from_logits: `None` (default) to read from each model's last
             layer whether it outputs probabilities (a softmax) or logits
-            (anything else); `True` or `False` to state it for both
-            models, which is refused when a readable last layer says
-            otherwise.
+            (any other activation); `True` or `False` to state it for
+            both models; or a pair `(teacher, student)` of those to say
+            it per model, e.g. `(None, True)` for a `keras.applications`
+            teacher and a subclassed student that outputs logits. A
+            statement that a readable last layer contradicts is refused.
         distillation_loss: `"kl_divergence"` (the `T^2`-scaled KL above)
             or `"mse"` (mean squared error of the logits).
         feature_pairs: `None` or a list of
@@ -185,10 +188,7 @@ class Distiller(keras.Model):
             "temperature", temperature, low=0, low_inclusive=False
         )
         _validation.check_range("alpha", alpha, 0, 1)
-        if from_logits is not None:
-            _validation.check_type(
-                "from_logits", from_logits, bool, "None or a bool"
-            )
+        teacher_flag, student_flag = _checks.split_from_logits(from_logits)
         _validation.check_choice(
             "distillation_loss", distillation_loss, _losses.LOSSES
         )
@@ -196,10 +196,10 @@ class Distiller(keras.Model):
             "feature_loss_weight", feature_loss_weight, low=0
         )
         teacher_logits = _checks.outputs_are_logits(
-            teacher, "teacher", from_logits
+            teacher, "teacher", teacher_flag, from_logits
         )
         student_logits = _checks.outputs_are_logits(
-            student, "student", from_logits
+            student, "student", student_flag, from_logits
         )
         pairs = _checks.check_feature_pairs(feature_pairs, teacher, student)
         super().__init__(name=name, **kwargs)
@@ -207,7 +207,11 @@ class Distiller(keras.Model):
         self.student = student
         self.temperature = float(temperature)
         self.alpha = float(alpha)
-        self.from_logits = from_logits
+        self.from_logits = (
+            tuple(from_logits)
+            if isinstance(from_logits, (list, tuple))
+            else from_logits
+        )
         self.teacher_from_logits = teacher_logits
         self.student_from_logits = student_logits
         self.distillation_loss = distillation_loss
@@ -373,7 +377,11 @@ class Distiller(keras.Model):
             "student": keras.saving.serialize_keras_object(self.student),
             "temperature": self.temperature,
             "alpha": self.alpha,
-            "from_logits": self.from_logits,
+            "from_logits": (
+                list(self.from_logits)
+                if isinstance(self.from_logits, (list, tuple))
+                else self.from_logits
+            ),
             "distillation_loss": self.distillation_loss,
             "feature_pairs": [list(p) for p in self.feature_pairs] or None,
             "feature_loss_weight": self.feature_loss_weight,
