@@ -285,6 +285,71 @@ def test_subclassed_model_keeps_ranges_outside_and_refuses_saving(
         model.save(tmp_path / "m.keras")
 
 
+def _qat_state(model):
+    """The QAT variables of a model in creation order: (name, value)."""
+    return [
+        (v.name, keras.ops.convert_to_numpy(v).tolist())
+        for v in model.non_trainable_variables
+        if v.name.startswith("qat_")
+    ]
+
+
+def test_interrupted_fit_resumes_from_backup_with_its_ranges(
+    digits_small, tmp_path
+):
+    (x, y), _ = digits_small
+    x, y = x[:640], y[:640]  # 10 steps an epoch
+    seen = {}
+
+    class Watch(keras.callbacks.Callback):
+        def __init__(self, interrupt):
+            super().__init__()
+            self.interrupt = interrupt
+
+        def on_train_batch_begin(self, batch, logs=None):
+            step = int(self.model.optimizer.iterations.numpy())
+            seen.setdefault(step, []).append(_qat_state(self.model))
+
+        def on_train_batch_end(self, batch, logs=None):
+            step = int(self.model.optimizer.iterations.numpy())
+            if self.interrupt and step == 14:
+                raise RuntimeError("interrupted")
+
+    def run(interrupt):
+        model = compile_classifier(_small_dense())  # same seed, new object
+        callbacks = [
+            # Before the QAT callback on purpose: the backup holds the
+            # ranges, so they must exist when it restores them.
+            keras.callbacks.BackupAndRestore(tmp_path / "b", save_freq=4),
+            QuantizationAwareTraining(freeze_ranges_after=17),
+            Watch(interrupt),
+        ]
+        return model.fit(
+            x,
+            y,
+            batch_size=64,
+            epochs=2,
+            verbose=0,
+            shuffle=False,
+            callbacks=callbacks,
+        )
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run(interrupt=True)
+    history = run(interrupt=False)
+    # The backup was written after step 12; the resumed fit starts there
+    # with the ranges and the start step the interrupted one had then.
+    before, after = seen[12]
+    # Same values in the same order (layer names differ: a new model).
+    assert [v for _, v in after] == [v for _, v in before]
+    values = dict(after)
+    assert values["qat_start_step"] == 0
+    assert values["qat_input_initialized"] == 1.0
+    assert len(after) == 2 + 3 * 3
+    # Its schedule goes on from the restored optimizer step.
+    assert history.history["quantization_ranges_frozen"] == [1.0]
+
+
 def test_delays_count_optimizer_steps_with_steps_per_execution(digits_small):
     (x, y), _ = digits_small
     model = _small_dense()

@@ -149,6 +149,7 @@ class QuantizationAwareTraining(keras.callbacks.Callback):
         self.step = 0
         self.state = None
         self.target = None
+        self._fresh = False
 
     # ------------------------------------------------------------ schedule
 
@@ -218,27 +219,40 @@ class QuantizationAwareTraining(keras.callbacks.Callback):
 
     # --------------------------------------------------------------- hooks
 
+    def set_model(self, model):
+        super().set_model(model)
+        # `fit` sets the model on every callback before any of them starts:
+        # the ranges exist as model variables before `BackupAndRestore`
+        # loads a backup in its `on_train_begin`, whatever the order of the
+        # callbacks.
+        target = _layers.target_model(model)
+        if target.built:
+            self._attach(target)
+
+    def _attach(self, target):
+        """Make `target` quantization-aware in place, once."""
+        self.target = target
+        _validation.check_model(target)
+        if _already_quantized(target) or _in_place.awareness_of(target):
+            if self.freeze_bn_delay is not None:
+                _check_freezable_batchnorm(target)
+            return
+        rows = _rules.plan(target, self.predicate)
+        _rules.check_filters_matched(rows, self.filters, target)
+        _check_training_argument(target)
+        start = self.model.optimizer.iterations
+        awareness = _in_place.make_aware(target, rows)
+        # A Python int: assigning the optimizer's own value would share its
+        # buffer (JAX then donates one buffer twice).
+        awareness.start_step.assign(int(keras.ops.convert_to_numpy(start)))
+        self._fresh = True
+
     def on_train_begin(self, logs=None):
-        self.target = _layers.target_model(self.model)
-        _validation.check_model(self.target)
-        changed = False
-        if (
-            not _already_quantized(self.target)
-            and _in_place.awareness_of(self.target) is None
-        ):
-            rows = _rules.plan(self.target, self.predicate)
-            _rules.check_filters_matched(rows, self.filters, self.target)
-            _check_training_argument(self.target)
-            start = self.model.optimizer.iterations
-            awareness = _in_place.make_aware(self.target, rows)
-            # A Python int: assigning the optimizer's own value would share
-            # its buffer (JAX then donates one buffer twice).
-            awareness.start_step.assign(int(keras.ops.convert_to_numpy(start)))
-            changed = True
-        elif self.freeze_bn_delay is not None:
-            _check_freezable_batchnorm(self.target)
+        self._attach(_layers.target_model(self.model))
         self.step = self._current_step()
-        self.state = None if changed else self._current_state()
+        # A model changed just now runs functions traced before the change.
+        self.state = None if self._fresh else self._current_state()
+        self._fresh = False
         state = self.state_at(self.step)
         if state != self.state:
             self._apply_state(state)
