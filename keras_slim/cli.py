@@ -95,8 +95,23 @@ def _unregistered_classes(path):
     return sorted(set(missing))
 
 
+def _import_package():
+    """Import every public module of keras_slim, which registers its
+    serializable classes: the console script may not have (see
+    `keras_slim/__init__.py`), and a saved model may hold them."""
+    import importlib
+    import pkgutil
+
+    import keras_slim
+
+    for info in pkgutil.iter_modules(keras_slim.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"keras_slim.{info.name}")
+
+
 def _load_model(path):
     _check_model_file(path)
+    _import_package()
     import keras
 
     try:
