@@ -41,6 +41,17 @@ def iter_layers(model, prefix="", models=False):
         yield from walk(child, f"{prefix}{child.name}")
 
 
+def is_graph_model(model):
+    """Whether `model` is a Sequential or Functional model (a graph of
+    layers Keras can describe in its config), not a subclassed one."""
+    if isinstance(model, keras.Sequential):
+        return True
+    try:
+        return "input_layers" in model.get_config()
+    except Exception:  # noqa: BLE001 - a subclassed model's get_config
+        return False
+
+
 def leaf_layers(model):
     """Return a list of the leaf layers of `model` (see `iter_layers`)."""
     return [layer for _, layer in iter_layers(model)]

@@ -2,20 +2,12 @@
 
 import keras
 
+from keras_slim import _layers
 from keras_slim import _validation
 from keras_slim.quantization import _in_place
 from keras_slim.quantization import _placement
 from keras_slim.quantization import _rules
 from keras_slim.quantization import _twins
-
-
-def _is_graph_model(model):
-    if isinstance(model, keras.Sequential):
-        return True
-    try:
-        return "input_layers" in model.get_config()
-    except Exception:  # noqa: BLE001 - subclassed get_config
-        return False
 
 
 class _Builder:
@@ -170,7 +162,7 @@ def quantize_model(model, filters=None):
     'QuantizedConv2D'
     """
     _validation.check_model(model)
-    if not _is_graph_model(model):
+    if not _layers.is_graph_model(model):
         raise ValueError(
             "`quantize_model` rebuilds the model's graph, which needs a "
             "Sequential or Functional model (nested ones included). For a "

@@ -293,7 +293,7 @@ def _check_freezable_batchnorm(model):
 
 
 def _check_training_argument(model):
-    if isinstance(model, keras.Sequential) or type(model) is keras.Model:
+    if _layers.is_graph_model(model):
         return
     try:
         params = inspect.signature(model.call).parameters
