@@ -50,11 +50,9 @@ def wrapper(model, sig, batch_size):
         names = list(getattr(model, "output_names", None) or [])
         if not names and isinstance(model, keras.Sequential) and model.layers:
             names = [model.layers[-1].name]
-        structure = (
-            "single"
-            if len(flat) == 1 and not isinstance(outputs, (list, tuple))
-            else "list"
-        )
+        # `model.predict` returns a lone output as an array, even when the
+        # model declares it as a list of one.
+        structure = "single" if len(flat) == 1 else "list"
     if len(names) != len(flat) or len(set(names)) != len(names):
         names = [f"output_{i}" for i in range(len(flat))]
     sig.output_names = names

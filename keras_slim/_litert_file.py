@@ -87,6 +87,12 @@ class File:
                 f"per input {self.input_names}. Received: {name} of type "
                 f"{type(x).__name__}"
             )
+        elif (
+            isinstance(x, (list, tuple))
+            and len(x) == 1
+            and isinstance(x[0], np.ndarray)
+        ):
+            parts = list(x)  # a list of one array, as Keras accepts
         else:
             parts = [x]
         arrays = []

@@ -279,6 +279,18 @@ def test_two_inputs_two_outputs_keep_keras_order_names_and_structure(
         assert c.agreement >= floor and c.samples == len(image)
 
 
+def test_a_list_of_one_is_what_keras_makes_of_it(tmp_path):
+    inputs = keras.Input((4,))
+    model = keras.Model([inputs], [keras.layers.Dense(2)(inputs)])
+    x = _data(5, (4,))
+    path = str(tmp_path / "one.tflite")
+    export_tflite(model, path, quantization="float32")
+    assert isinstance(model.predict([x], verbose=0), np.ndarray)
+    for given in (x, [x]):
+        out = litert.predict(path, given)
+        assert isinstance(out, np.ndarray) and out.shape == (5, 2)
+
+
 def test_evaluate_takes_one_label_array_per_output(tmp_path):
     model = _two_in_two_out(as_dict=True)
     image, meta = _two_inputs()
