@@ -425,8 +425,9 @@ def channel_variables(node):
     kernel: input axis -2, multiplier axis -1), "pw" (pointwise kernel of
     a separable conv: expanded input axis -2, output axis -1) and "vec"
     (one value per output channel). The kernels are the catalogue's, in
-    order: one whose output channels span two axes (in, multiplier) is a
-    depthwise stage, and a kernel after it reads its expanded channels.
+    order: the kernel of a depthwise layer, or one whose output channels
+    span two axes (in, multiplier), is a depthwise stage, and a kernel
+    after it reads its expanded channels.
     """
     layer, role = node.layer, channel_role(node.kind)
     if layer is None or role not in ("producer", "depthwise", "norm"):
@@ -441,7 +442,7 @@ def channel_variables(node):
     depthwise = False
     for kernel in catalogue.get_layer_kind_by_name(node.kind).kernels:
         var = getattr(layer, kernel.name)
-        if isinstance(kernel.output_axis, tuple):
+        if role == "depthwise" or isinstance(kernel.output_axis, tuple):
             out.append((var, "dw"))
             depthwise = True
         else:
