@@ -265,6 +265,20 @@ def _kernels(prunable):
     return tuple(kernels)
 
 
+def _inherited(layer_class):
+    """A new class's entry: what its nearest catalogued base gives it.
+
+    Pruned kernels, MACs, int8 layout and pooling apply to subclasses;
+    quantization rules and channel roles do not (see `get_layer_kind`).
+    """
+    base = get_layer_kind(layer_class)
+    if base is None:
+        return LayerKind(layer_class)
+    return dataclasses.replace(
+        base, layer_class=layer_class, quantization=None, channel_role=None
+    )
+
+
 def register_layer(
     layer_class,
     *,
@@ -280,10 +294,12 @@ def register_layer(
     `keras_slim.transfer` then treat `layer_class` (and, except for
     quantization and channel pruning, its subclasses) as described. An
     argument left at `None` keeps what the catalogue already says about
-    the class (nothing, for a new class), so calls can add one capability
-    at a time. Channel pruning finds layers by class name (model configs
-    name them so): a custom class named like a Keras layer class (`Dense`)
-    is not found by name, and its channels are kept whole.
+    the class, so calls can add one capability at a time; a class new to
+    the catalogue starts with what its nearest catalogued base class gives
+    its subclasses (pruned kernels, MACs, pooling), with no quantization
+    rule and no channel role. Channel pruning finds layers by class name
+    (model configs name them so): a custom class named like a Keras layer
+    class (`Dense`) is not found by name, and its channels are kept whole.
 
     Args:
         layer_class: A `keras.layers.Layer` subclass.
@@ -340,7 +356,7 @@ def register_layer(
         "macs": macs,
         "pooling": pooling,
     }
-    kind = _KINDS.get(layer_class) or LayerKind(layer_class)
+    kind = _KINDS.get(layer_class) or _inherited(layer_class)
     changes = {k: v for k, v in fields.items() if v is not None}
     kind = dataclasses.replace(kind, **changes)
     if kind.channel_role in ("producer", "depthwise") and not kind.kernels:

@@ -321,6 +321,32 @@ def test_registered_pooling_layer_lets_swap_head_find_the_head():
     assert new.output_shape == (None, 5)
 
 
+@keras.saving.register_keras_serializable(package="catalogue_test")
+class _NamedConv(L.Conv2D):
+    """A Conv2D under another class name, as a custom layer often is."""
+
+
+def test_registered_subclass_keeps_its_base_kernels_and_becomes_a_producer():
+    def model():
+        return keras.Sequential(
+            [
+                keras.Input((8, 8, 1)),
+                _NamedConv(16, 3, name="conv"),
+                L.GlobalAveragePooling2D(),
+                L.Dense(2, name="out"),
+            ]
+        )
+
+    with pytest.raises(ValueError, match=r"Conv or Dense layer .* \(out\)"):
+        prune_channels(model(), 0.5, filters="conv")
+    kind = register_layer(_NamedConv, channel_role="producer")
+    assert kind.prunable == ("kernel",) and kind.quantization is None
+    small = prune_channels(model(), 0.5)
+    assert small.get_layer("conv").filters == 8
+    assert small.get_layer("out").kernel.shape == (8, 2)
+    assert [r.path for r in sparsity_report(small).layers] == ["conv", "out"]
+
+
 def test_registration_keeps_what_an_earlier_call_said():
     class Probe(L.Layer):
         pass
