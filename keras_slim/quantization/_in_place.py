@@ -82,9 +82,10 @@ class QuantizationAwareness:
                 try:
                     return model.add_weight(
                         shape=shape,
-                        dtype=dtype,
+                        dtype=dtype or "float32",
                         initializer=initializer,
                         trainable=False,
+                        autocast=False,
                         name=name,
                     )
                 except ValueError:  # "cannot add new elements of state"
@@ -92,6 +93,7 @@ class QuantizationAwareness:
             return keras.Variable(
                 initializer(shape, dtype=dtype or "float32"),
                 trainable=False,
+                autocast=False,
                 name=name,
             )
 

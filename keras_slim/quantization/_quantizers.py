@@ -90,16 +90,21 @@ def fake_quant_activation(x, min_var, max_var, init_var, update, momentum):
     With `update`, the batch min/max move the ranges (the first batch sets
     them); otherwise the stored ranges are read and nothing is written.
     """
+    # Ranges are float32 state (never autocast); under mixed precision the
+    # activation is quantized in float32 and cast back.
+    dtype = x.dtype
+    x32 = ops.cast(x, "float32")
     if update:
-        x32 = ops.cast(x, "float32")
         batch_min = ops.minimum(ops.min(x32), 0.0)
         batch_max = ops.maximum(ops.max(x32), 0.0)
         seen = ops.greater(init_var, 0.0)
+        old_min = ops.cast(min_var, "float32")
+        old_max = ops.cast(max_var, "float32")
         lo = ops.where(
-            seen, momentum * min_var + (1.0 - momentum) * batch_min, batch_min
+            seen, momentum * old_min + (1.0 - momentum) * batch_min, batch_min
         )
         hi = ops.where(
-            seen, momentum * max_var + (1.0 - momentum) * batch_max, batch_max
+            seen, momentum * old_max + (1.0 - momentum) * batch_max, batch_max
         )
         hi = ops.maximum(hi, lo + MIN_ACTIVATION_RANGE)
         min_var.assign(lo)
@@ -108,7 +113,8 @@ def fake_quant_activation(x, min_var, max_var, init_var, update, momentum):
         lo = ops.stop_gradient(lo)
         hi = ops.stop_gradient(hi)
     else:
-        lo, hi = min_var, max_var
-    return keras.quantizers.fake_quant_with_min_max_vars(
-        x, lo, hi, num_bits=NUM_BITS, narrow_range=False
+        lo, hi = ops.cast(min_var, "float32"), ops.cast(max_var, "float32")
+    out = keras.quantizers.fake_quant_with_min_max_vars(
+        x32, lo, hi, num_bits=NUM_BITS, narrow_range=False
     )
+    return ops.cast(out, dtype)

@@ -44,13 +44,28 @@ class FakeQuant(keras.layers.Layer):
         const = keras.initializers.Constant
         init = _quantizers.INITIAL_RANGE
         self.min = self.add_weight(
-            shape=(), initializer=const(-init), trainable=False, name="min"
+            shape=(),
+            initializer=const(-init),
+            dtype="float32",
+            trainable=False,
+            autocast=False,
+            name="min",
         )
         self.max = self.add_weight(
-            shape=(), initializer=const(init), trainable=False, name="max"
+            shape=(),
+            initializer=const(init),
+            dtype="float32",
+            trainable=False,
+            autocast=False,
+            name="max",
         )
         self.initialized = self.add_weight(
-            shape=(), initializer="zeros", trainable=False, name="initialized"
+            shape=(),
+            initializer="zeros",
+            dtype="float32",
+            trainable=False,
+            autocast=False,
+            name="initialized",
         )
 
     def call(self, inputs, training=None):
