@@ -219,9 +219,10 @@ def _add(kind):
     _KINDS[kind.layer_class] = kind
     held = _BY_NAME.get(kind.name)
     # A custom class never takes the name of a Keras class (`Dense`).
-    if held is None or not held.layer_class.__module__.startswith("keras."):
-        _BY_NAME[kind.name] = kind
-    elif held.layer_class is kind.layer_class:
+    keras_name = held is not None and held.layer_class.__module__.startswith(
+        "keras."
+    )
+    if not keras_name or held.layer_class is kind.layer_class:
         _BY_NAME[kind.name] = kind
     return kind
 
@@ -513,11 +514,11 @@ _MACS_TEXT = {_catalogue_data.no_macs: "0", _catalogue_data.unknown_macs: "-"}
 
 
 def _markdown_cells(kind):
-    weights = list(kind.prunable)
-    weights += [f"{name} (on request)" for name in kind.prunable_on_request]
+    weights = [f"`{name}`" for name in kind.prunable]
+    weights += [f"`{name}` (on request)" for name in kind.prunable_on_request]
     macs = "-" if kind.macs is None else _MACS_TEXT.get(kind.macs, "counted")
     return (
-        ", ".join(f"`{w}`" for w in weights) or "-",
+        ", ".join(weights) or "-",
         macs,
         kind.channel_role or "-",
         kind.quantization or "-",
