@@ -58,8 +58,10 @@ class MagnitudePruning(keras.callbacks.Callback):
     `Conv*DTranspose`, `DepthwiseConv1D/2D` and both kernels of
     `SeparableConv1D/2D`, in Sequential, Functional, subclassed and nested
     models. Never biases or BatchNormalization; `Embedding` tables only
-    when `filters` selects them. `keras_slim.pruning.sparsity_report` lists
-    what was pruned and what was skipped and why.
+    when `filters` selects them (the list is `keras_slim.catalogue`'s; a
+    custom layer is taught with `keras_slim.catalogue.register_layer`).
+    `keras_slim.pruning.sparsity_report` lists what was pruned and what was
+    skipped and why.
 
     The schedule's step is `model.optimizer.iterations`, so stopping and
     resuming `fit` continues the schedule. When training starts, the mask
