@@ -99,6 +99,10 @@ class TFLiteInfo:
         int8_only: True when every compute op of every subgraph is
             integer and float conversions happen only at the inputs and
             outputs.
+        io_structure: For files `export_tflite` wrote, a dict with the
+            Keras `inputs` and `outputs` names and whether the model takes
+            and returns a single array, a list or a dict (what
+            `keras_slim.litert` follows); `None` for other files.
 
     Example:
 
