@@ -279,6 +279,30 @@ def test_a_refusal_for_low_agreement_names_the_rescaling_sliver(
     _assert_untouched(existing)
 
 
+@pytest.mark.slow
+def test_mobilenet_v3_backbone_fed_unit_images_is_refused_with_the_cause(
+    existing,
+):
+    # The issue's case: MobileNetV3's built-in Rescaling expects 0-255
+    # pixels; [0, 1] images span 0.4% of that. Measured (weights=None,
+    # 32x32, seed 0): agreement 0%, refused, the layer named.
+    keras.utils.set_random_seed(0)
+    backbone = keras.applications.MobileNetV3Small(
+        input_shape=(32, 32, 3), weights=None, include_top=False
+    )
+    inputs = keras.Input((32, 32, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(backbone(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(pooled))
+    with pytest.raises(
+        ValueError,
+        match=r"'head' \d+\.\d%.*'MobileNetV3Small/rescaling'.*\[0, 255\]",
+    ):
+        export_tflite(
+            model, str(existing), representative_data=_data(16, (32, 32, 3))
+        )
+    _assert_untouched(existing)
+
+
 # ------------------------------------------------ several inputs and outputs
 
 
