@@ -330,7 +330,8 @@ def register_layer(
             or `pooling` not a bool.
         ValueError: if `quantization` or `channel_role` is not an allowed
             value, `prunable` names a variable twice, or `channel_role`
-            is `"producer"` or `"depthwise"` with nothing in `prunable`.
+            is `"producer"` or `"depthwise"` for a class with no kernel
+            (given in `prunable` or from a catalogued base class).
 
     Example:
 
