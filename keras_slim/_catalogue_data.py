@@ -12,6 +12,9 @@ import math
 
 import keras
 
+# Classes are named as strings where some Keras versions we support lack
+# them (Keras 3.12 has no ContrastLimitedAdaptiveHistogramEqualization, for
+# one): a class missing from the installed Keras is left out.
 L = keras.layers
 
 # The values of the fields (documented in `keras_slim.catalogue.LayerKind`).
@@ -241,7 +244,7 @@ KINDS = (
     ),
     *(
         _row(
-            [getattr(L, name) for name in names.split()],
+            [getattr(L, name) for name in names.split() if hasattr(L, name)],
             macs=no_macs,
             channel_role=role,
             quantization=rule,
@@ -314,6 +317,7 @@ UNSUPPORTED = (
             "RandomTranslation RandomZoom Resizing Solarization "
             "STFTSpectrogram StringLookup TextVectorization"
         ).split()
+        if hasattr(L, name)
     ),
     *(
         (getattr(L, name), _RECURRENT)
@@ -321,22 +325,26 @@ UNSUPPORTED = (
             "RNN SimpleRNN SimpleRNNCell GRU GRUCell LSTM LSTMCell "
             "StackedRNNCells ConvLSTM1D ConvLSTM2D ConvLSTM3D"
         ).split()
+        if hasattr(L, name)
     ),
     *(
         (getattr(L, name), _ATTENTION)
         for name in (
             "Attention AdditiveAttention MultiHeadAttention GroupQueryAttention"
         ).split()
+        if hasattr(L, name)
     ),
     *(
         (getattr(L, name), "wraps another layer, which it calls its own way")
         for name in (
             "Wrapper Bidirectional TimeDistributed SpectralNormalization"
         ).split()
+        if hasattr(L, name)
     ),
     *(
         (getattr(L, name), "runs code of another framework, not Keras layers")
         for name in "JaxLayer FlaxLayer TorchModuleWrapper TFSMLayer".split()
+        if hasattr(L, name)
     ),
     (L.Layer, "the base class: teach a custom layer with register_layer"),
     (L.Lambda, "an arbitrary function: nothing about it can be known"),
@@ -351,5 +359,6 @@ UNSUPPORTED = (
             "AdaptiveAveragePooling3D AdaptiveMaxPooling1D "
             "AdaptiveMaxPooling2D AdaptiveMaxPooling3D"
         ).split()
+        if hasattr(L, name)
     ),
 )
