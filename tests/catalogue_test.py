@@ -476,3 +476,14 @@ def test_lookups_refuse_what_is_not_a_layer():
         catalogue.quantization_rule_of(L.Conv2D(2, 3))
     with pytest.raises(TypeError, match=r"Expected `layer` to be a Keras"):
         catalogue.count_macs(L.Conv2D)
+
+
+def test_readme_lists_the_catalogue_as_it_is():
+    import pathlib
+
+    readme = pathlib.Path(__file__).parent.parent / "README.md"
+    table = catalogue.markdown_table().strip()
+    assert table in readme.read_text(), (
+        "README's 'Supported layer kinds' table differs from "
+        "keras_slim.catalogue.markdown_table(): paste the new one."
+    )
