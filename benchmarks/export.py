@@ -28,7 +28,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def _mobilenet():
     model = keras.applications.MobileNetV2(
-        input_shape=(96, 96, 3), alpha=0.35, weights=None, classes=10,
+        input_shape=(96, 96, 3),
+        alpha=0.35,
+        weights=None,
+        classes=10,
         classifier_activation=None,
     )
     for layer in model.layers:  # few steps an epoch: see FINDINGS.md
@@ -51,7 +54,9 @@ def bench(name, build, image_size, channels, epochs, repeats, folder):
     for q in ("float32", "float16", "dynamic", "int8"):
         path = os.path.join(folder, f"{name}_{q}.tflite")
         report = keras_slim.export_tflite(
-            model, path, quantization=q,
+            model,
+            path,
+            quantization=q,
             representative_data=x[:500] if q == "int8" else None,
         )
         info = report.info
@@ -61,13 +66,25 @@ def bench(name, build, image_size, channels, epochs, repeats, folder):
         lat = statistics.median(
             litert.latency(path, runs=50).median_ms for _ in range(repeats)
         )
-        rows.append(dict(
-            quantization=q, acc=acc, agreement=cmp.agreement,
-            bytes=info.bytes, ratio=info.bytes / base_bytes,
-            gzip=info.gzip_bytes, int8_only=info.int8_only, latency=lat,
-        ))
-    return dict(name=name, keras_acc=keras_acc, epochs=epochs,
-                train_s=train_s, rows=rows)
+        rows.append(
+            dict(
+                quantization=q,
+                acc=acc,
+                agreement=cmp.agreement,
+                bytes=info.bytes,
+                ratio=info.bytes / base_bytes,
+                gzip=info.gzip_bytes,
+                int8_only=info.int8_only,
+                latency=lat,
+            )
+        )
+    return dict(
+        name=name,
+        keras_acc=keras_acc,
+        epochs=epochs,
+        train_s=train_s,
+        rows=rows,
+    )
 
 
 def to_markdown(results, command, repeats):
@@ -113,17 +130,31 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-    command = "python -m benchmarks.export" + (" --quick" if args.quick
-                                               else "")
+    command = "python -m benchmarks.export" + (" --quick" if args.quick else "")
     with tempfile.TemporaryDirectory() as folder:
         results = [
-            bench("demo CNN (small_cnn, 32x32x1)", models.small_cnn, 32, 1,
-                  3 if args.quick else 30, args.repeats, folder),
+            bench(
+                "demo CNN (small_cnn, 32x32x1)",
+                models.small_cnn,
+                32,
+                1,
+                3 if args.quick else 30,
+                args.repeats,
+                folder,
+            ),
         ]
         if not args.quick:
-            results.append(bench(
-                "MobileNetV2 alpha=0.35 (96x96x3, weights=None)", _mobilenet,
-                96, 3, 8, args.repeats, folder))
+            results.append(
+                bench(
+                    "MobileNetV2 alpha=0.35 (96x96x3, weights=None)",
+                    _mobilenet,
+                    96,
+                    3,
+                    8,
+                    args.repeats,
+                    folder,
+                )
+            )
     text = to_markdown(results, command, args.repeats)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     with open(os.path.join(HERE, "results", "export.md"), "w") as f:

@@ -14,13 +14,28 @@ import importlib
 import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ORDER = ["export", "pruning", "qat", "distillation", "transfer",
-         "channel_pruning"]
+ORDER = [
+    "export",
+    "pruning",
+    "qat",
+    "distillation",
+    "transfer",
+    "channel_pruning",
+]
 # Result files in RESULTS.md order: a benchmark with parts writes one file
 # per part (`--part`), so a part can be re-run alone.
-SECTIONS = ["export", "pruning", "qat", "qat_mobilenet", "distillation",
-            "distillation_timing", "transfer", "transfer_caching",
-            "channel_pruning", "channel_pruning_recipe"]
+SECTIONS = [
+    "export",
+    "pruning",
+    "qat",
+    "qat_mobilenet",
+    "distillation",
+    "distillation_timing",
+    "transfer",
+    "transfer_caching",
+    "channel_pruning",
+    "channel_pruning_recipe",
+]
 
 
 def assemble():

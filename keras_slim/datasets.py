@@ -48,7 +48,11 @@ def load_digits(image_size=32, test_size=0.25, seed=0, channels=1):
     """
     _validation.check_int("image_size", image_size, minimum=8)
     _validation.check_range(
-        "test_size", test_size, 0, 1, low_inclusive=False,
+        "test_size",
+        test_size,
+        0,
+        1,
+        low_inclusive=False,
         high_inclusive=False,
     )
     _validation.check_int("seed", seed)
@@ -68,12 +72,14 @@ def load_digits(image_size=32, test_size=0.25, seed=0, channels=1):
     images = np.clip(images, 0.0, 1.0).astype("float32")
     if channels == 3:
         images = np.repeat(images, 3, axis=-1)
-    x_train, x_test, y_train, y_test = (
-        sklearn.model_selection.train_test_split(
-            images, labels, test_size=test_size, random_state=seed,
-            stratify=labels,
-        )
+    x_train, x_test, y_train, y_test = sklearn.model_selection.train_test_split(
+        images,
+        labels,
+        test_size=test_size,
+        random_state=seed,
+        stratify=labels,
     )
     return (x_train, y_train), (x_test, y_test)
+
 
 __all__ = ["load_digits"]

@@ -59,12 +59,12 @@ def small_cnn(
     _check(input_shape, num_classes, bn_momentum)
     layers = keras.layers
     inputs = keras.Input(input_shape, name="image")
-    x = layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False,
-                      name="conv1")(inputs)
+    x = layers.Conv2D(
+        16, 3, strides=2, padding="same", use_bias=False, name="conv1"
+    )(inputs)
     x = layers.BatchNormalization(momentum=bn_momentum, name="bn1")(x)
     x = layers.ReLU(name="relu1")(x)
-    x = layers.DepthwiseConv2D(3, padding="same", use_bias=False,
-                               name="dw2")(x)
+    x = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw2")(x)
     x = layers.BatchNormalization(momentum=bn_momentum, name="bn2")(x)
     x = layers.ReLU(name="relu2")(x)
     x = layers.Conv2D(32, 1, use_bias=False, name="pw2")(x)
@@ -116,18 +116,26 @@ def residual_cnn(
     layers = keras.layers
 
     def conv_bn(x, filters, kernel, strides, name, act=True):
-        x = layers.Conv2D(filters, kernel, strides=strides, padding="same",
-                          use_bias=False, name=f"{name}_conv")(x)
-        x = layers.BatchNormalization(momentum=bn_momentum,
-                                      name=f"{name}_bn")(x)
+        x = layers.Conv2D(
+            filters,
+            kernel,
+            strides=strides,
+            padding="same",
+            use_bias=False,
+            name=f"{name}_conv",
+        )(x)
+        x = layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn")(
+            x
+        )
         return layers.ReLU(6.0, name=f"{name}_relu")(x) if act else x
 
     inputs = keras.Input(input_shape, name="image")
     x = conv_bn(inputs, 16, 3, 2, "stem")
     # Inverted residual block with an identity shortcut.
     y = conv_bn(x, 32, 1, 1, "expand")
-    y = layers.DepthwiseConv2D(3, padding="same", use_bias=False,
-                               name="block_dw")(y)
+    y = layers.DepthwiseConv2D(
+        3, padding="same", use_bias=False, name="block_dw"
+    )(y)
     y = layers.BatchNormalization(momentum=bn_momentum, name="block_dw_bn")(y)
     y = layers.ReLU(6.0, name="block_dw_relu")(y)
     y = conv_bn(y, 16, 1, 1, "project", act=False)
@@ -140,5 +148,6 @@ def residual_cnn(
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     outputs = layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, outputs, name=name)
+
 
 __all__ = ["small_cnn", "residual_cnn"]

@@ -29,9 +29,11 @@ def test_digits_are_offline_stratified_and_fixed_by_seed():
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [(dict(image_size=4), r"image_size.*Received: image_size=4"),
-     (dict(test_size=1.0), r"test_size.*Received: test_size=1.0"),
-     (dict(channels=2), r"channels.*Received: channels=2")],
+    [
+        (dict(image_size=4), r"image_size.*Received: image_size=4"),
+        (dict(test_size=1.0), r"test_size.*Received: test_size=1.0"),
+        (dict(channels=2), r"channels.*Received: channels=2"),
+    ],
 )
 def test_load_digits_refuses_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -81,7 +83,8 @@ def test_profile_refuses_non_models():
 
 def _public_names():
     for module_name in ["keras_slim"] + [
-        f"keras_slim.{m}" for m in keras_slim.__all__
+        f"keras_slim.{m}"
+        for m in keras_slim.__all__
         if inspect.ismodule(getattr(keras_slim, m, None))
     ]:
         module = importlib.import_module(module_name)

@@ -448,7 +448,8 @@ def test_logs_sparsity_per_layer_when_asked_and_prints_when_verbose(
     )
     assert history.history["sparsity/dense/kernel"] == [pytest.approx(0.5)]
     assert history.history["sparsity/conv2d/kernel"] == [pytest.approx(0.5)]
-    assert "sparsity" in open(csv).readline()
+    with open(csv) as f:
+        assert "sparsity" in f.readline()
     assert capsys.readouterr().out == ""
     model.fit(
         x,
@@ -599,13 +600,17 @@ def test_schedule_that_ended_before_fit_is_refused_not_silently_skipped(
     model.fit(x, y, batch_size=64, epochs=1, verbose=0)  # 22 steps taken
     weights = [w.copy() for w in model.get_weights()]
     late = MagnitudePruning(PolynomialDecay(0.0, 0.8, 0, 10, frequency=5))
-    with pytest.raises(ValueError, match=r"ended at step 10.*already taken "
-                       r"22 steps.*begin_step=22, end_step=32"):
+    with pytest.raises(
+        ValueError,
+        match=r"ended at step 10.*already taken "
+        r"22 steps.*begin_step=22, end_step=32",
+    ):
         model.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=[late])
     for before, after in zip(weights, model.get_weights()):
         np.testing.assert_array_equal(before, after)
     start = int(model.optimizer.iterations)
     on_time = MagnitudePruning(
-        PolynomialDecay(0.0, 0.8, start, start + 10, frequency=5))
+        PolynomialDecay(0.0, 0.8, start, start + 10, frequency=5)
+    )
     model.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=[on_time])
     assert sparsity_report(model).sparsity == pytest.approx(0.8, abs=0.01)

@@ -25,7 +25,7 @@ def test_polynomial_decay_follows_zhu_gupta_formula():
 
 def test_polynomial_decay_rises_monotonically():
     schedule = PolynomialDecay(0.0, 0.8, begin_step=0, end_step=100)
-    values = [schedule(t) for t in range(0, 101)]
+    values = [schedule(t) for t in range(101)]
     assert values == sorted(values)
     assert values[0] == 0.0 and values[-1] == pytest.approx(0.8)
 
@@ -34,7 +34,7 @@ def test_update_steps_every_frequency_and_at_end():
     schedule = PolynomialDecay(
         0.0, 0.5, begin_step=5, end_step=27, frequency=10
     )
-    updates = [t for t in range(0, 60) if schedule.updates_between(t - 1, t)]
+    updates = [t for t in range(60) if schedule.updates_between(t - 1, t)]
     # 5, 15, 25 on the frequency grid, and the end step itself.
     assert updates == [5, 15, 25, 27]
 

@@ -46,11 +46,23 @@ for seed in map(int, sys.argv[1:] or ["0"]):
         model.set_weights(base.get_weights())
         compile_classifier(model)
         schedule = PolynomialDecay(
-            0.0, 0.5, begin_step=0,
+            0.0,
+            0.5,
+            begin_step=0,
             end_step=EPOCHS // 2 * steps_per_epoch,
-            frequency=steps_per_epoch)
-        model.fit(x, y, batch_size=64, epochs=EPOCHS, verbose=0,
-                  callbacks=[ChannelPruning(schedule, criterion=criterion)])
+            frequency=steps_per_epoch,
+        )
+        model.fit(
+            x,
+            y,
+            batch_size=64,
+            epochs=EPOCHS,
+            verbose=0,
+            callbacks=[ChannelPruning(schedule, criterion=criterion)],
+        )
         row[f"gradual {criterion}"] = accuracy(shrink(model))
-    print(f"seed {seed}: " + ", ".join(
-        f"{k} {100 * v:.1f}%" for k, v in row.items()), flush=True)
+    print(
+        f"seed {seed}: "
+        + ", ".join(f"{k} {100 * v:.1f}%" for k, v in row.items()),
+        flush=True,
+    )

@@ -55,11 +55,12 @@ def is_quantization_aware(model):
     awareness = _in_place.awareness_of(model)
     if awareness is not None:
         return bool(awareness.read_phase()[0] and awareness.learned())
-    for layer in _layers.leaf_layers(model):
-        if isinstance(layer, _twins.FakeQuant) and layer.built:
-            if float(keras.ops.convert_to_numpy(layer.initialized)) > 0:
-                return True
-    return False
+    return any(
+        isinstance(layer, _twins.FakeQuant)
+        and layer.built
+        and float(keras.ops.convert_to_numpy(layer.initialized)) > 0
+        for layer in _layers.leaf_layers(model)
+    )
 
 
 def register_quantization_rule(layer_class, rule):
