@@ -116,7 +116,7 @@ def rescaling_notes(model, sig, samples):
     data spans a sliver of the range the layer expects."""
     notes = []
     inputs = {}
-    for path, layer in [("", model), *_layers.iter_layers(model, models=True)]:
+    for _, layer in [("", model), *_layers.iter_layers(model, models=True)]:
         if isinstance(layer, keras.Model):
             try:
                 for t in layer.inputs:

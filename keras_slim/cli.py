@@ -13,8 +13,11 @@ top, so that `--help` answers at once; TensorFlow loads only to work.
 """
 
 import argparse
+import contextlib
+import io
 import os
 import sys
+import tempfile
 import time
 import zipfile
 
@@ -384,6 +387,40 @@ def build_parser():
     return parser
 
 
+@contextlib.contextmanager
+def _native_stderr_held():
+    """Hold what native code writes to file descriptor 2 while a command
+    runs (TensorFlow 2.21's absl and oneDNN lines, whatever
+    `TF_CPP_MIN_LOG_LEVEL` says; the converter's and LiteRT's prints):
+    replayed when the command succeeds, dropped when it fails, so that a
+    failure stays one line. Python's `sys.stderr` keeps writing live."""
+    try:
+        sys.stderr.flush()
+        python_stderr = sys.stderr.fileno() == 2
+        saved = os.dup(2)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        yield lambda: None  # no file descriptor 2 to hold (embedded)
+        return
+    original = sys.stderr
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        if python_stderr:
+            sys.stderr = open(os.dup(saved), "w")  # noqa: SIM115
+
+        def replay():
+            sink.seek(0)
+            os.write(saved, sink.read())
+
+        try:
+            yield replay
+        finally:
+            if python_stderr:
+                sys.stderr.close()
+                sys.stderr = original
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def _check_usage(parser, args):
     if args.command != "convert":
         return
@@ -426,7 +463,9 @@ def main(argv=None):
     _check_usage(parser, args)
     start = time.perf_counter()
     try:
-        args.func(args)
+        with _native_stderr_held() as replay:
+            args.func(args)
+            replay()
     except CLIError as e:
         print(f"keras-slim: error: {e}", file=sys.stderr)
         return 1

@@ -230,8 +230,9 @@ def test_a_damaged_keras_file_is_not_called_missing(
     damage, saved_small, tmp_path, capsys
 ):
     import os
+    import pathlib
 
-    data = open(saved_small, "rb").read()
+    data = pathlib.Path(saved_small).read_bytes()
     bad = tmp_path / "bad.keras"
     bad.write_bytes(
         data[: len(data) // 2] if damage == "truncated" else os.urandom(2000)
@@ -397,6 +398,50 @@ def test_inf_in_representative_data_is_refused_not_a_crash(
     ]
     assert "NaN or inf values in 1 sample(s)" in line and "index 3" in line
     assert "Traceback" not in result.stderr
+
+
+def test_a_failure_after_converting_holds_back_native_log_lines(tmp_path):
+    import subprocess
+    import sys
+
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((16,)), keras.layers.Dense(50, name="logits")]
+    )
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    npy = str(tmp_path / "x.npy")
+    np.save(npy, np.random.default_rng(0).random((64, 16), "float32"))
+    command = [
+        sys.executable,
+        "-m",
+        "keras_slim.cli",
+        "convert",
+        path,
+        "-o",
+        str(tmp_path / "o.tflite"),
+        "--representative-data",
+        npy,
+    ]
+    # int8 agrees on 62 of the 64 samples: refused at 100%, kept at 50%.
+    failed = subprocess.run(
+        command + ["--min-agreement", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert failed.returncode == 1
+    lines = failed.stderr.strip().splitlines()
+    assert lines[-1].startswith("keras-slim: error: Expected the converted")
+    assert "fully_quantize" not in failed.stderr
+    assert "XNNPACK" not in failed.stderr
+    passed = subprocess.run(
+        command, capture_output=True, text=True, timeout=300
+    )
+    assert passed.returncode == 0
+    assert "XNNPACK" in passed.stderr  # replayed when the command succeeds
 
 
 _HELP = """
