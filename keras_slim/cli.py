@@ -269,9 +269,7 @@ def _profile(args):
     from keras_slim import profiling
 
     model = _load_model(args.model)
-    text = profiling.profile(model).summary()
-    if isinstance(text, str):
-        print(text)
+    print(profiling.profile(model).summary())
 
 
 def _check_output_dir(folder):

@@ -107,17 +107,14 @@ class ModelProfile:
             f"nonzero={self.nonzero_params} macs={self.macs}>"
         )
 
-    def summary(self, print_fn=print):
-        """Print a per-layer table and the totals.
-
-        Args:
-            print_fn: Function called with each line (default `print`).
+    def summary(self):
+        """Return a per-layer table and the totals, as text.
 
         Example:
 
         >>> model = keras.Sequential(
         ...     [keras.Input((4,)), keras.layers.Dense(2, name="d")])
-        >>> profile(model).summary()  # the bias starts at zero
+        >>> print(profile(model).summary())  # the bias starts at zero
         layer type params nonzero sparsity MACs
         d Dense 10 8 20.0% 8
         total 10 8 20.0% 8
@@ -146,17 +143,27 @@ class ModelProfile:
             )
         )
         widths = [max(len(row[i]) for row in rows) for i in range(6)]
-        for row in rows:
-            print_fn(
-                "  ".join(
-                    cell.ljust(w) if i < 2 else cell.rjust(w)
-                    for i, (cell, w) in enumerate(zip(row, widths))
-                ).rstrip()
-            )
-        print_fn(
+        lines = [
+            "  ".join(
+                cell.ljust(w) if i < 2 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(row, widths))
+            ).rstrip()
+            for row in rows
+        ]
+        lines.append(
             f"float32 {_bytes(self.float32_bytes)}, "
             f"int8 ~{_bytes(self.int8_bytes)}"
         )
+        return "\n".join(lines)
+
+    def print_summary(self, print_fn=print):
+        """Print `summary()`, line by line, with `print_fn` (as Keras's
+        `Model.summary` does)."""
+        for line in self.summary().splitlines():
+            print_fn(line)
+
+    def __str__(self):
+        return self.summary()
 
 
 def _bytes(n):

@@ -1127,7 +1127,7 @@ compile_classifier(model)
 model.fit(x_train, y_train, batch_size=64, epochs=EPOCHS, verbose=0)
 float_accuracy = accuracy(model, x_test, y_test)
 print(f"float accuracy {float_accuracy:.3f}")
-keras_slim.profile(model).summary()
+keras_slim.profile(model).print_summary()
 """),
         md("""
 ## 2. Compress: prune, then quantization-aware training

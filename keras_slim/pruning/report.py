@@ -87,6 +87,11 @@ class SparsityReport:
             lines.append(f"skipped {path}: {reason}")
         return "\n".join(lines)
 
+    def print_summary(self, print_fn=print):
+        """Print `summary()`, line by line, with `print_fn`."""
+        for line in self.summary().splitlines():
+            print_fn(line)
+
     def __str__(self):
         return self.summary()
 

@@ -242,6 +242,11 @@ class FreezeReport:
         lines.append(self.message)
         return "\n".join(lines)
 
+    def print_summary(self, print_fn=print):
+        """Print `summary()`, line by line, with `print_fn`."""
+        for line in self.summary().splitlines():
+            print_fn(line)
+
 
 def apply(
     model,

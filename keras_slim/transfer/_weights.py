@@ -53,6 +53,11 @@ class TransferReport:
         )
         return "\n".join(lines)
 
+    def print_summary(self, print_fn=print):
+        """Print `summary()`, line by line, with `print_fn`."""
+        for line in self.summary().splitlines():
+            print_fn(line)
+
 
 def _weight_name(leaf, weight):
     return f"{leaf.path}/{weight.name}"
