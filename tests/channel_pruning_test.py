@@ -1,5 +1,6 @@
 """Tests for structured (channel and neuron) pruning."""
 
+import inspect
 import os
 
 import keras
@@ -382,6 +383,243 @@ def test_channel_pruning_resumes_from_zeroed_weights(digits):
         x[:128], y[:128], epochs=1, verbose=0, callbacks=[ChannelPruning(0.5)]
     )
     assert shrink(model).count_params() == zeroed == 5466
+
+
+# ------------------------------------- shrink is exact for every activation
+
+# Activations that mix the units: none of their units may be removed.
+_MIXING = {"log_softmax", "softmax", "sparsemax"}
+
+
+def _one_tensor_activations():
+    """Every public `keras.activations` function of one tensor."""
+    names = []
+    for name in sorted(dir(keras.activations)):
+        fn = getattr(keras.activations, name)
+        # glu halves the units, but Dense and Activation report the
+        # input's shape for it: Keras cannot run such a model at all.
+        if name.startswith("_") or name in ("get", "serialize", "deserialize"):
+            continue
+        if name == "glu":
+            continue
+        params = inspect.signature(fn).parameters.values()
+        required = [p for p in params if p.default is inspect.Parameter.empty]
+        if len(required) == 1:
+            names.append(name)
+    return names
+
+
+def _dead_units(layer, units, biases):
+    """Zero the kernel columns `units` of `layer`, set their biases."""
+    kernel, bias = layer.get_weights()
+    kernel[..., units] = 0.0
+    bias[units] = biases
+    layer.set_weights([kernel, bias])
+
+
+def test_activation_list_covers_keras():
+    names = _one_tensor_activations()
+    assert {"sigmoid", "softplus", "hard_sigmoid", "exponential"} <= set(names)
+    assert set(names) >= _MIXING and "threshold" not in names
+    assert len(names) >= 29
+
+
+@pytest.mark.parametrize("where", ["argument", "layer"])
+@pytest.mark.parametrize("name", _one_tensor_activations())
+def test_shrink_keeps_predictions_for_every_activation(name, where):
+    keras.utils.set_random_seed(0)
+    if where == "argument":
+        layers = [keras.layers.Dense(6, activation=name, name="hidden")]
+    else:
+        layers = [
+            keras.layers.Dense(6, name="hidden"),
+            keras.layers.Activation(name),
+        ]
+    model = keras.Sequential(
+        [keras.Input((4,)), *layers, keras.layers.Dense(3, name="head")]
+    )
+    # A dead unit outputs activation(bias): activation(0) and
+    # activation(0.7), not zero for sigmoid, softplus, exponential, ...
+    _dead_units(model.get_layer("hidden"), [1, 4], [0.0, 0.7])
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    if name in _MIXING and where == "layer":
+        # As before: the Dense feeding it cannot lose units consistently.
+        with pytest.raises(ValueError, match="'activation'.*mixes"):
+            shrink(model)
+        return
+    small = shrink(model)
+    units = 6 if name in _MIXING else 4
+    assert small.get_layer("hidden").units == units
+    np.testing.assert_allclose(small(x), model(x), atol=1e-5)
+
+
+def _conv_chain(padding, kernel_size, use_bias=False):
+    """Conv -> BatchNorm (offsets) -> ReLU -> Conv -> pooled Dense."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((9, 9, 2)),
+            keras.layers.Conv2D(8, 3, padding=padding, name="conv"),
+            keras.layers.BatchNormalization(name="bn"),
+            keras.layers.ReLU(),
+            keras.layers.Conv2D(
+                4,
+                kernel_size,
+                padding=padding,
+                use_bias=use_bias,
+                name="next",
+            ),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3, name="head"),
+        ]
+    )
+    rng = np.random.default_rng(1)
+    norm = model.get_layer("bn")
+    for var, low, high in (
+        (norm.gamma, 0.5, 1.5),
+        (norm.beta, 0.2, 1.0),
+        (norm.moving_mean, -0.5, 0.5),
+        (norm.moving_variance, 0.5, 2.0),
+    ):
+        var.assign(rng.uniform(low, high, 8).astype("float32"))
+    # Filters 2 and 5 are zero: they output relu(beta - gamma * mean / std).
+    _dead_units(model.get_layer("conv"), [2, 5], 0.0)
+    # Channel 7 has a live filter but no scale: it outputs relu(beta).
+    norm.gamma.assign(np.where(np.arange(8) == 7, 0.0, norm.gamma.numpy()))
+    return model
+
+
+def test_shrink_folds_batchnorm_offsets_into_an_unpadded_conv():
+    model = _conv_chain("valid", 3)
+    x = _images((9, 9, 2))
+    small = shrink(model)
+    assert small.get_layer("conv").filters == 5
+    assert small.get_layer("next").kernel.shape == (3, 3, 5, 4)
+    # The folded constants need a bias the layer did not have.
+    assert small.get_layer("next").use_bias
+    np.testing.assert_allclose(small(x), model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kernel_size, filters", [(3, 8), (1, 5)], ids=["3x3_kept", "1x1_folded"]
+)
+def test_shrink_keeps_constant_channels_a_padded_conv_reads(
+    kernel_size, filters
+):
+    # With zero padding, the border positions see zeros instead of the
+    # constant: only a 1x1 kernel (no padding) can fold it.
+    model = _conv_chain("same", kernel_size, use_bias=True)
+    x = _images((9, 9, 2))
+    small = shrink(model)
+    assert small.get_layer("conv").filters == filters
+    np.testing.assert_allclose(small(x), model(x), atol=1e-5)
+
+
+def test_shrink_removes_zero_channels_a_padded_conv_reads():
+    model = _conv_chain("same", 3)
+    norm = model.get_layer("bn")
+    for var in (norm.gamma, norm.beta):
+        var.assign(np.where(np.isin(np.arange(8), [2, 5, 7]), 0.0, var))
+    x = _images((9, 9, 2))
+    small = shrink(model)
+    assert small.get_layer("conv").filters == 5
+    np.testing.assert_allclose(small(x), model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "padding, units", [("valid", 6), ("same", 8)], ids=["valid", "same"]
+)
+def test_constant_channels_through_padded_pooling_are_kept(padding, units):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(8, 3, activation="sigmoid", name="conv"),
+            keras.layers.AveragePooling2D(3, 2, padding=padding),
+            keras.layers.Conv2D(4, 2, name="next"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3),
+        ]
+    )
+    _dead_units(model.get_layer("conv"), [0, 3], [0.0, -1.0])
+    x = _images((8, 8, 1))
+    small = shrink(model)
+    assert small.get_layer("conv").filters == units
+    np.testing.assert_allclose(small(x), model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "padding, activation, filters",
+    [
+        ("valid", None, 6),
+        ("same", None, 6),  # a zero input stays uniform through padding
+        ("valid", "sigmoid", 6),
+        ("same", "sigmoid", 8),  # 0.5 inside, zeros at the borders
+    ],
+)
+def test_constant_channels_through_a_depthwise_conv(
+    padding, activation, filters
+):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((9, 9, 2)),
+            keras.layers.Conv2D(8, 3, activation=activation, name="conv"),
+            keras.layers.DepthwiseConv2D(
+                3, padding=padding, activation="sigmoid", name="dw"
+            ),
+            keras.layers.Conv2D(4, 3, name="next"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3),
+        ]
+    )
+    _dead_units(model.get_layer("conv"), [2, 5], 0.0)
+    dw = model.get_layer("dw")
+    kernel, _ = dw.get_weights()
+    dw.set_weights([kernel, np.linspace(-1, 1, 8).astype("float32")])
+    x = _images((9, 9, 2))
+    small = shrink(model)
+    assert small.get_layer("conv").filters == filters
+    np.testing.assert_allclose(small(x), model(x), atol=1e-5)
+
+
+def test_channel_pruning_then_shrink_is_exact_with_sigmoid_units():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(32, activation="sigmoid", name="hidden"),
+            keras.layers.Dense(2, name="head"),
+        ]
+    )
+    model.compile(optimizer="adam", loss="mse")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8)).astype("float32")
+    model.fit(x, x[:, :2], epochs=2, verbose=0, callbacks=[ChannelPruning(0.5)])
+    # The zeroed units output sigmoid(0) = 0.5, which `head` has learnt
+    # to use: shrink folds it into its bias.
+    hidden = model.get_layer("hidden")
+    assert np.sum(np.all(hidden.kernel.numpy() == 0, axis=0)) == 16
+    small = shrink(model)
+    assert small.get_layer("hidden").units == 16
+    np.testing.assert_allclose(small(x), model(x), atol=1e-5)
+
+
+def test_prune_channels_folds_the_dead_units_it_removes():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(16, activation="softplus", name="hidden"),
+            keras.layers.Dense(2, name="head"),
+        ]
+    )
+    _dead_units(model.get_layer("hidden"), list(range(8)), 0.0)
+    x = np.random.default_rng(0).normal(size=(16, 8)).astype("float32")
+    # The eight zero filters score lowest, so they are the half removed.
+    small = prune_channels(model, 0.5, min_channels=1)
+    assert small.get_layer("hidden").units == 8
+    np.testing.assert_allclose(small(x), model(x), atol=1e-5)
 
 
 # ------------------------------------------------------------------- export

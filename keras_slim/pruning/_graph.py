@@ -30,15 +30,30 @@ OPS = set(
     "Absolute Square Sqrt Relu Relu6 Silu HardSilu Sigmoid HardSigmoid "
     "Tanh".split()
 )
-# Functions f with f(0) == 0: a zero channel stays zero through them.
-ZERO_PRESERVING = {
-    None,
-    *"relu relu6 silu swish hard_silu hard_swish gelu tanh elu selu".split(),
-    *"leaky_relu linear mish".split(),
-}
-ZERO_PRESERVING_OPS = set(
-    "Negative Absolute Square Sqrt Relu Relu6 Silu HardSilu Tanh".split()
-)
+# Values an activation is probed with: laid out in rows of 3 and of 2, they
+# give the same numbers only when it acts on each unit alone (not softmax,
+# glu, sparsemax, ...).
+_PROBE = np.linspace(-2.5, 2.5, 6, dtype="float32")
+
+
+def elementwise(fn):
+    """Whether `fn` (an activation or a layer) maps each unit on its own.
+
+    Probed with numbers: `fn` of six values laid out as 2x3 must equal
+    `fn` of the same values laid out as 3x2. A function that fails on the
+    probe counts as mixing its units, so its channels are kept (never a
+    wrong result).
+    """
+    try:
+        a = keras.ops.convert_to_numpy(fn(_PROBE.reshape(2, 3)))
+        b = keras.ops.convert_to_numpy(fn(_PROBE.reshape(3, 2)))
+    except Exception:  # any failure: keep the units
+        return False
+    return (
+        a.shape == (2, 3)
+        and b.shape == (3, 2)
+        and bool(np.allclose(a.ravel(), b.ravel(), equal_nan=True))
+    )
 
 
 def channel_role(class_name):
@@ -297,9 +312,17 @@ class Analysis:
                 self._unknown(node, "channels_first is not supported")
                 return
             n = int(cfg.get("filters") or cfg.get("units"))
-            self.elems[node.key] = self._new(n, owner=node.name)
+            # An activation that mixes the units (softmax) gives each unit
+            # a value that depends on the others: none may be removed.
+            act = getattr(node.layer, "activation", None)
+            mixing = act is not None and not elementwise(act)
+            self.elems[node.key] = self._new(n, node.name, pinned=mixing)
             self.producers[node.name] = self.elems[node.key]
         elif role == "depthwise":
+            act = getattr(node.layer, "activation", None)
+            if act is not None and not elementwise(act):
+                self._unknown(node, "its activation mixes the channels")
+                return
             m = int(cfg.get("depth_multiplier", 1))
             self.elems[node.key] = np.repeat(ins[0], m)
         elif role == "norm":
@@ -327,11 +350,8 @@ class Analysis:
                 self._unknown(node, "it has a per-channel scale or offset")
                 return
             self.elems[node.key] = ins[0]
-        elif role == "activation" and cfg.get("activation") in (
-            "softmax",
-            "log_softmax",
-        ):
-            self._unknown(node, "softmax mixes the channels", True)
+        elif role == "activation" and not elementwise(node.layer):
+            self._unknown(node, "its activation mixes the channels", True)
         elif role == "concatenate":
             rank = len(node.inputs[0][1])
             if cfg.get("axis", -1) in (-1, rank - 1):
@@ -460,103 +480,3 @@ def producer_kernel(node):
     """
     kind = catalogue.get_layer_kind_by_name(node.kind)
     return np.asarray(getattr(node.layer, kind.kernels[-1].name))
-
-
-def _bias(layer):
-    if getattr(layer, "use_bias", False) and layer.bias is not None:
-        return np.asarray(layer.bias)
-    return None
-
-
-def zero_flags(analysis):
-    """For every tensor, which channels are identically zero."""
-    flags = {}
-    for node in analysis.nodes:
-        n = len(analysis.elems[node.key])
-        ins = [flags.get(key) for key, _ in node.inputs]
-        ins = [f for f in ins if f is not None]
-        role, cfg, layer = node.role, node.config, node.layer
-        if not node.inputs or analysis.pinned_node(node):
-            out = np.zeros(n, bool)
-        elif node.is_op:
-            out = _op_flags(node, ins, n)
-        elif role == "producer":
-            kernel = producer_kernel(node)
-            out = np.all(kernel.reshape(-1, n) == 0, axis=0)
-            bias = _bias(layer)
-            if bias is not None:
-                out &= bias == 0
-        elif role == "depthwise":
-            kernel = producer_kernel(node)
-            m = kernel.shape[-1]
-            k = kernel.reshape(-1, kernel.shape[-2] * m)
-            out = np.all(k == 0, axis=0) | np.repeat(ins[0], m)
-            bias = _bias(layer)
-            if bias is not None:
-                out &= bias == 0
-        elif role == "norm":
-            gamma = getattr(layer, "gamma", None)
-            beta = getattr(layer, "beta", None)
-            g = np.asarray(gamma) if gamma is not None else np.ones(n)
-            b = np.asarray(beta) if beta is not None else np.zeros(n)
-            out = (g == 0) & (b == 0)
-        elif role == "flatten":
-            out = np.tile(ins[0], n // max(len(ins[0]), 1))
-        elif role == "rescaling":
-            out = ins[0] & (float(np.sum(np.abs(cfg.get("offset", 0)))) == 0)
-        elif role == "activation":
-            act = cfg.get("activation")
-            out = ins[0] if act in ZERO_PRESERVING else np.zeros(n, bool)
-        elif role == "concatenate" and len(analysis.elems[node.key]) == sum(
-            len(f) for f in ins
-        ):
-            out = np.concatenate(ins)
-        elif node.kind == "Multiply":
-            out = np.zeros(n, bool)
-            for f in ins:
-                out |= f if len(f) == n else np.full(n, bool(f.all()))
-        elif role in ("merge", "concatenate"):
-            out = np.ones(n, bool)
-            for f in ins:
-                out &= f if len(f) == n else np.full(n, bool(f.all()))
-        elif role in ("pass", "reshape"):
-            out = ins[0]
-        else:
-            out = np.zeros(n, bool)
-        flags[node.key] = np.asarray(out, bool)
-    return flags
-
-
-def _op_flags(node, ins, n):
-    kind = node.kind
-    wide = [f if len(f) == n else np.full(n, bool(f.all())) for f in ins]
-    if kind == "Multiply":
-        out = np.zeros(n, bool)
-        for f in wide:
-            out |= f
-        return out
-    if kind in ("Divide", "TrueDivide"):
-        return wide[0] if node.inputs else np.zeros(n, bool)
-    if kind in ("Add", "Subtract", "Maximum", "Minimum"):
-        if any(s != 0 for s in node.scalars):
-            return np.zeros(n, bool)
-        out = np.ones(n, bool)
-        for f in wide:
-            out &= f
-        return out
-    if kind in ZERO_PRESERVING_OPS:
-        return wide[0]
-    return np.zeros(n, bool)
-
-
-def live_roots(analysis, flags):
-    """Roots of classes that reach some consumer with a non-zero value."""
-    live = set()
-    for node in analysis.nodes:
-        if node.role != "producer" or node.is_op:
-            continue
-        for key, _ in node.inputs:
-            elems, zero = analysis.elems[key], flags[key]
-            for e in elems[~zero]:
-                live.add(analysis.find(int(e)))
-    return live
