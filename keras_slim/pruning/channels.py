@@ -321,6 +321,7 @@ class ChannelPruningReport:
         return self.after[key] / self.before[key]
 
     def summary(self):
+        """Return the per-layer channels and the totals, as text."""
         lines = [f"{'layer':<32}{'before':>8}{'after':>8}"]
         for name, b, a in self.layers:
             lines.append(f"{name:<32}{b:>8}{a:>8}")
@@ -330,6 +331,11 @@ class ChannelPruningReport:
                 continue
             lines.append(f"{key:<24}{b:>12,}{a:>12,}  {a / b:.2f}x")
         return "\n".join(lines)
+
+    def print_summary(self, print_fn=print):
+        """Print `summary()`, line by line, with `print_fn`."""
+        for line in self.summary().splitlines():
+            print_fn(line)
 
     def __repr__(self):
         return (
