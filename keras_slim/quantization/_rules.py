@@ -22,18 +22,9 @@ import keras
 from keras_slim import catalogue
 from keras_slim._layers import iter_layers
 
-RULES = (
-    "concat",
-    "conv",
-    "depthwise",
-    "dense",
-    "batchnorm",
-    "activation",
-    "add",
-    "output",
-    "passthrough",
-    "skip",
-)
+# The rules a layer class can be given (the catalogue's list, less
+# "quantizer", which only keras_slim's own FakeQuant has).
+RULES = tuple(r for r in catalogue.QUANTIZATION_RULES if r != "quantizer")
 WEIGHT_RULES = ("conv", "depthwise", "dense")
 FUSING_PRODUCERS = (*WEIGHT_RULES, "batchnorm", "add")
 # Concatenation runs in int8 with one scale for its inputs and output: the
