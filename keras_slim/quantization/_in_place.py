@@ -69,7 +69,6 @@ class QuantizationAwareness:
     model-owned variables behind it."""
 
     def __init__(self, model, rows):
-        self.rows = rows
         # Sequential and Functional models take new variables once built; a
         # subclassed model is locked by Keras once built, and there is no
         # public way to add state to it: its variables then stay outside

@@ -208,14 +208,13 @@ class QuantizationAwareTraining(keras.callbacks.Callback):
                 awareness.ranges_frozen,
                 awareness.bn_frozen,
             )
-        for layer in _layers.leaf_layers(self.target):
-            if isinstance(layer, _twins.FakeQuant):
-                bn = any(
-                    getattr(other, "frozen", False)
-                    for other in _layers.leaf_layers(self.target)
-                )
-                return layer.quantize_active, layer.ranges_frozen, bn
-        return None
+        layers = _layers.leaf_layers(self.target)
+        quantizers = [x for x in layers if isinstance(x, _twins.FakeQuant)]
+        if not quantizers:
+            return None
+        bn = any(getattr(x, "frozen", False) for x in layers)
+        first = quantizers[0]
+        return first.quantize_active, first.ranges_frozen, bn
 
     # --------------------------------------------------------------- hooks
 
