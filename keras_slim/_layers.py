@@ -1,5 +1,7 @@
 """Walk the leaf layers of any Keras model through public API only."""
 
+import contextlib
+
 import keras
 
 
@@ -69,3 +71,17 @@ def target_model(model):
     if isinstance(student, keras.Model):
         return student
     return model
+
+
+def strategy_scope(model):
+    """The model's `tf.distribute` strategy scope on TensorFlow, else none.
+
+    `Model.distribute_strategy` exists only on the TensorFlow trainer; on
+    JAX and PyTorch variables are created and assigned without a scope.
+    """
+    strategy = None
+    if keras.backend.backend() == "tensorflow":
+        strategy = getattr(model, "distribute_strategy", None)
+    if strategy is None:
+        return contextlib.nullcontext()
+    return strategy.scope()

@@ -8,6 +8,7 @@ way, for example `keras.datasets.mnist.load_data()` (MNIST, 28x28 grey),
 `tensorflow_datasets.load("tf_flowers")`.
 """
 
+import keras
 import numpy as np
 
 from keras_slim import _validation
@@ -60,15 +61,16 @@ def load_digits(image_size=32, test_size=0.25, seed=0, channels=1):
 
     import sklearn.datasets
     import sklearn.model_selection
-    import tensorflow as tf
 
     digits = sklearn.datasets.load_digits()
     images = (digits.images / 16.0).astype("float32")[..., None]
     labels = digits.target.astype("int32")
     if image_size != 8:
-        images = tf.image.resize(
-            images, (image_size, image_size), method="bilinear"
-        ).numpy()
+        images = keras.ops.convert_to_numpy(
+            keras.ops.image.resize(
+                images, (image_size, image_size), interpolation="bilinear"
+            )
+        )
     images = np.clip(images, 0.0, 1.0).astype("float32")
     if channels == 3:
         images = np.repeat(images, 3, axis=-1)

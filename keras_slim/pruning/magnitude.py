@@ -32,6 +32,45 @@ class _MaskConstraint(keras.constraints.Constraint):
         return keras.ops.multiply(w, keras.ops.cast(self.mask, w.dtype))
 
 
+def _masks_are_traced():
+    """Whether the compiled train step holds the masks as constants.
+
+    A jitted JAX train step is a pure function of the model's and the
+    optimizer's variables, and the optimizer applies constraints with only
+    those in its state: a mask variable is read once, when the step is
+    traced (a new trace costs seconds on a small CNN). On JAX the callback
+    therefore also wraps the model's `train_step` (see `_keep_zeros_step`)
+    so that weights that were zero before a step stay zero after it,
+    whatever the traced mask. TensorFlow's `tf.function` and PyTorch read
+    the mask variable at every step.
+    """
+    return keras.backend.backend() == "jax"
+
+
+_OWNER = "_keras_slim_magnitude_pruning"
+
+
+def _keep_zeros_step(model, step):
+    """`model.train_step` (JAX state in, state out) keeping zeros at zero.
+
+    Each pruned kernel that was exactly zero before the optimizer's step
+    is zero after it (`where(old == 0, 0, new)`), which needs no mask in
+    the traced state: masks change on the host between steps, and the
+    callback assigns the pruned weights to zero there. Weights a schedule
+    un-prunes (a falling target) are listed as `released`, a trace-time
+    constant; the callback retraces when that list changes.
+    """
+
+    def train_step(state, data):
+        logs, new_state = step(state, data)
+        owner = getattr(train_step, _OWNER)
+        return logs, owner._keep_zeros(model, state, new_state)
+
+    setattr(train_step, _OWNER, None)
+    train_step.wrapped = step
+    return train_step
+
+
 def _sample_steps(schedule):
     """Steps at which to check the schedule's targets before training."""
     begin, end = schedule.begin_step, schedule.end_step
@@ -199,6 +238,7 @@ class MagnitudePruning(keras.callbacks.Callback):
             )
 
     def _reset(self):
+        self._released = {}
         self._targets = []
         self._skipped = []
         self._zeros = []
@@ -229,6 +269,8 @@ class MagnitudePruning(keras.callbacks.Callback):
             for path, reason in self._skipped:
                 print(f"MagnitudePruning: skipped {path}: {reason}")
         changed = self._attach_masks()
+        if _masks_are_traced():
+            changed = self._install_keep_zeros() or changed
         if changed:
             # `fit` built its train function before `on_train_begin`.
             self.model.make_train_function(force=True)
@@ -304,7 +346,7 @@ class MagnitudePruning(keras.callbacks.Callback):
     def _attach_masks(self):
         """Give each kernel a mask constraint; masks = its non-zeros."""
         changed = False
-        with self.model.distribute_strategy.scope():
+        with _layers.strategy_scope(self.model):
             for target in self._targets:
                 variable = target.variable
                 keep = (variable.numpy() != 0).astype(np.float32)
@@ -319,10 +361,57 @@ class MagnitudePruning(keras.callbacks.Callback):
                     variable.constraint = _MaskConstraint(mask, constraint)
                     changed = True
                 else:
+                    old = keras.ops.convert_to_numpy(constraint.mask)
+                    # A traced JAX step holds the old mask: retrace if it
+                    # differs.
+                    changed = changed or not np.array_equal(old, keep)
                     constraint.mask.assign(keep)
         self._zeros = [self._count_zeros(t) for t in self._targets]
         self._refresh_sparsity()
         return changed
+
+    def _install_keep_zeros(self):
+        """Wrap the model's JAX `train_step` once; True if newly wrapped."""
+        model = self.model
+        step = model.train_step
+        fresh = not hasattr(step, _OWNER)
+        if fresh:
+            step = _keep_zeros_step(model, step)
+            model.train_step = step
+        setattr(step, _OWNER, self)
+        return fresh or bool(self._released)
+
+    def _release(self, variables, masks):
+        """Record un-pruned zero weights; True if the step must retrace."""
+        released = {}
+        for variable, mask in zip(variables, masks):
+            value = keras.ops.convert_to_numpy(variable)
+            free = (mask != 0) & (value == 0)
+            if free.any():
+                released[id(variable)] = free
+        same = released.keys() == self._released.keys() and all(
+            np.array_equal(released[k], self._released[k]) for k in released
+        )
+        self._released = released
+        return not same
+
+    def _keep_zeros(self, model, old_state, new_state):
+        """The new JAX state with each pruned kernel's zeros kept."""
+        targets = {id(t.variable) for t in self._targets}
+        old, new = old_state[0], list(new_state[0])
+        for i, variable in enumerate(model.trainable_variables):
+            if id(variable) not in targets:
+                continue
+            frozen = keras.ops.equal(old[i], 0)
+            if id(variable) in self._released:
+                free = keras.ops.convert_to_tensor(self._released[id(variable)])
+                frozen = keras.ops.logical_and(
+                    frozen, keras.ops.logical_not(free)
+                )
+            new[i] = keras.ops.where(
+                frozen, keras.ops.zeros_like(new[i]), new[i]
+            )
+        return (new, *new_state[1:])
 
     def _count_zeros(self, target):
         mask = target.variable.constraint.mask
@@ -345,10 +434,12 @@ class MagnitudePruning(keras.callbacks.Callback):
             target,
             self.scope,
         )
-        with self.model.distribute_strategy.scope():
+        with _layers.strategy_scope(self.model):
             for variable, w, mask in zip(variables, weights, masks):
                 variable.constraint.mask.assign(mask)
                 variable.assign((w * mask).astype(w.dtype))
+        if _masks_are_traced() and self._release(variables, masks):
+            self.model.make_train_function(force=True)
         self._zeros = [int(np.sum(m == 0)) for m in masks]
         self._refresh_sparsity()
         if self.verbose:

@@ -1,7 +1,6 @@
 """GradualUnfreezing: unfreeze blocks from the top down within one fit."""
 
 import collections
-import contextlib
 
 import keras
 
@@ -191,7 +190,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
         optimizer = self.model.optimizer
         if optimizer is None:
             return
-        with _strategy_scope(self.model):
+        with _layers.strategy_scope(self.model):
             if optimizer.built:
                 self.model.optimizer = rebuild_optimizer(optimizer, variables)
             else:
@@ -253,14 +252,6 @@ def _trainable_when_unfrozen(layer):
     weights = list(layer.trainable_weights)
     layer.trainable = False
     return weights
-
-
-def _strategy_scope(model):
-    """The model's `tf.distribute` scope on TensorFlow, else nothing."""
-    strategy = getattr(model, "distribute_strategy", None)
-    return (
-        strategy.scope() if strategy is not None else contextlib.nullcontext()
-    )
 
 
 def rebuild_optimizer(optimizer, variables):
