@@ -1,0 +1,344 @@
+"""Issue 20 benchmark: the users' models through every capability.
+
+Every `keras.applications` family (one representative each, `weights=None`
+at its smallest input) and three keras.io example architectures (a text
+Transformer, an LSTM, a small U-Net), trained briefly on offline data,
+then: post-training int8 export, QAT fine-tuning and export, magnitude
+pruning to 50% and int8 export, channel pruning by half, `swap_head`.
+Each cell is `ok` with its figure, or the refusal's reason.
+
+    python -m benchmarks.zoo [--models MobileNet,LSTM] [--epochs 2]
+
+Writes benchmarks/results/zoo.md.
+"""
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+
+from benchmarks import _zoo_models as zoo  # noqa: E402
+from benchmarks._common import EpochTimer  # noqa: E402
+from benchmarks._common import save_section  # noqa: E402
+from benchmarks._common import steady  # noqa: E402
+from keras_slim import litert  # noqa: E402
+from keras_slim import profiling  # noqa: E402
+from keras_slim import schedules  # noqa: E402
+from keras_slim.export import export_tflite  # noqa: E402
+from keras_slim.pruning import MagnitudePruning  # noqa: E402
+from keras_slim.pruning import prune_channels  # noqa: E402
+from keras_slim.pruning import sparsity_report  # noqa: E402
+from keras_slim.quantization import QuantizationAwareTraining  # noqa: E402
+from keras_slim.transfer import swap_head  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CAPABILITIES = ("ptq", "qat", "prune", "channels", "swap_head")
+
+
+class Outcome:
+    """One cell: `ok` with figures, or `refused` / `error` with a reason."""
+
+    def __init__(self, status, reason="", **figures):
+        self.status = status
+        self.reason = reason
+        self.figures = figures
+
+    def __repr__(self):
+        return f"Outcome({self.status!r}, {self.reason[:80]!r}, {self.figures})"
+
+    def cell(self):
+        if self.status != "ok":
+            return f"{self.status}: {self.reason[:160]}".replace("|", "/")
+        return ", ".join(f"{k} {_fmt(v)}" for k, v in self.figures.items())
+
+
+def _fmt(value):
+    if isinstance(value, float):
+        return f"{value:.3g}" if value > 1 else f"{100 * value:.1f}%"
+    return str(value)
+
+
+def _first_line(error):
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}"
+
+
+def _agreement(model, path, x):
+    result = litert.compare(model, path, x)
+    if isinstance(result, dict):
+        result = next(iter(result.values()))
+    elif isinstance(result, list):
+        result = result[0]
+    return float(result.agreement)
+
+
+def _gzip_bytes(path):
+    with open(path, "rb") as f:
+        return len(gzip.compress(f.read(), 9))
+
+
+def _copy(model, name):
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return zoo.compile_model(clone, name)
+
+
+def train(name, epochs, batch_size=64):
+    """Build and train a zoo model; returns (model, data, epoch seconds)."""
+    model = zoo.compile_model(zoo.build(name), name)
+    (x, y), test = zoo.data(name)
+    timer = EpochTimer()
+    model.fit(
+        x, y, epochs=epochs, batch_size=batch_size, verbose=0, callbacks=[timer]
+    )
+    return model, ((x, y), test), timer.times
+
+
+def ptq(name, model, data, folder):
+    (x, _), (xt, _) = data
+    path = os.path.join(folder, f"{name}_ptq.tflite")
+    report = export_tflite(model, path, representative_data=x[:128])
+    return Outcome(
+        "ok",
+        int8_only=report.info.int8_only,
+        agreement=_agreement(model, path, xt),
+        kib=report.info.bytes / 1024,
+    )
+
+
+def qat(name, model, data, folder, epochs=1, float_times=None):
+    (x, y), (xt, _) = data
+    model = _copy(model, name)
+    timer = EpochTimer()
+    model.fit(
+        x,
+        y,
+        epochs=epochs,
+        batch_size=64,
+        verbose=0,
+        callbacks=[QuantizationAwareTraining(), timer],
+    )
+    path = os.path.join(folder, f"{name}_qat.tflite")
+    report = export_tflite(model, path)
+    figures = dict(
+        int8_only=report.info.int8_only,
+        agreement=_agreement(model, path, xt),
+    )
+    if float_times and len(timer.times) > 1:
+        figures["epoch_x"] = steady(timer.times) / steady(float_times)
+    return Outcome("ok", **figures)
+
+
+def prune(name, model, data, folder, epochs=1, float_times=None):
+    (x, y), (xt, _) = data
+    dense_path = os.path.join(folder, f"{name}_ptq.tflite")
+    model = _copy(model, name)
+    timer = EpochTimer()
+    callback = MagnitudePruning(
+        schedules.ConstantSparsity(0.5, begin_step=0, frequency=1)
+    )
+    model.fit(
+        x,
+        y,
+        epochs=epochs,
+        batch_size=64,
+        verbose=0,
+        callbacks=[callback, timer],
+    )
+    sparsity = float(sparsity_report(model).sparsity)
+    path = os.path.join(folder, f"{name}_pruned.tflite")
+    report = export_tflite(
+        model, path, representative_data=x[:128], allow_float_fallback=True
+    )
+    figures = dict(
+        sparsity=sparsity,
+        int8_only=report.info.int8_only,
+        agreement=_agreement(model, path, xt),
+    )
+    if os.path.exists(dense_path):
+        figures["gzip_x"] = _gzip_bytes(path) / _gzip_bytes(dense_path)
+    if float_times and len(timer.times) > 1:
+        figures["epoch_x"] = steady(timer.times) / steady(float_times)
+    return Outcome("ok", **figures)
+
+
+def channels(name, model, data, folder):
+    (x, y), (xt, _) = data
+    small = zoo.compile_model(prune_channels(model, fraction=0.5), name)
+    small.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    before, after = profiling.profile(model), profiling.profile(small)
+    path = os.path.join(folder, f"{name}_channels.tflite")
+    report = export_tflite(
+        small, path, representative_data=x[:128], allow_float_fallback=True
+    )
+    return Outcome(
+        "ok",
+        macs_x=after.macs / before.macs if before.macs else float("nan"),
+        params_x=after.total_params / before.total_params,
+        int8_only=report.info.int8_only,
+        agreement=_agreement(small, path, xt),
+    )
+
+
+def transfer(name, model, data, folder):
+    (x, y), _ = data
+    new = swap_head(model, 5)
+    new.compile(
+        "adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    labels = y % 5 if y.ndim == 1 else y
+    new.fit(x[:64], labels[:64], epochs=1, verbose=0)
+    return Outcome("ok", output=str(tuple(new.output_shape)))
+
+
+RUNNERS = {
+    "ptq": ptq,
+    "qat": qat,
+    "prune": prune,
+    "channels": channels,
+    "swap_head": transfer,
+}
+
+
+def run(name, capability, model, data, folder, **kwargs):
+    """Run one cell; a refusal (ValueError/TypeError before the work) or a
+    failure becomes an `Outcome` rather than stopping the sweep."""
+    try:
+        return RUNNERS[capability](name, model, data, folder, **kwargs)
+    except (ValueError, TypeError, NotImplementedError) as error:
+        return Outcome("refused", _first_line(error))
+    except Exception as error:  # noqa: BLE001 - the table records it
+        traceback.print_exc()
+        return Outcome("error", _first_line(error))
+
+
+def sweep(name, epochs, capabilities=CAPABILITIES):
+    """Train one model and run each capability on it; returns a dict."""
+    start = time.perf_counter()
+    model, data, times = train(name, epochs)
+    (_, _), (xt, yt) = data
+    accuracy = float(model.evaluate(xt, yt, verbose=0)[1])
+    cells = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for capability in capabilities:
+            kwargs = {}
+            if capability in ("qat", "prune"):
+                kwargs = dict(epochs=epochs, float_times=times)
+            cells[capability] = run(
+                name, capability, model, data, folder, **kwargs
+            )
+            print(
+                _CELL + json.dumps([capability, vars(cells[capability])]),
+                flush=True,
+            )
+    return dict(
+        name=name,
+        accuracy=accuracy,
+        seconds=time.perf_counter() - start,
+        cells={c: vars(o) for c, o in cells.items()},
+    )
+
+
+def sweep_in_child(name, epochs, capabilities=CAPABILITIES, timeout=3600):
+    """`sweep` in child processes, so that a converter crash (the LSTM
+    calibration segfault) becomes a cell instead of ending the run: the
+    capability that was running is marked `crash`, and a new child goes
+    on with the ones after it."""
+    cells, row, todo = {}, None, list(capabilities)
+    while todo:
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.zoo", "--one", name]
+            + ["--epochs", str(epochs), "--capabilities", ",".join(todo)],
+            cwd=os.path.dirname(HERE),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        for line in done.stdout.splitlines():
+            if line.startswith(_CELL):
+                capability, cell = json.loads(line[len(_CELL) :])
+                cells[capability] = cell
+            elif line.startswith(_MARK):
+                row = json.loads(line[len(_MARK) :])
+        todo = [c for c in todo if c not in cells]
+        if todo:
+            reason = f"the process died (exit code {done.returncode})"
+            cells[todo.pop(0)] = vars(Outcome("crash", reason))
+    row = row or dict(name=name, accuracy=float("nan"), seconds=float("nan"))
+    row["cells"] = cells
+    return row
+
+
+_MARK = "ZOO-ROW "
+_CELL = "ZOO-CELL "
+
+
+def _cell(data):
+    if data is None:
+        return "not run"
+    return Outcome(data["status"], data["reason"], **data["figures"]).cell()
+
+
+def table(rows, epochs):
+    lines = [
+        "## Zoo: every keras.applications family and keras.io examples",
+        "",
+        f"`python -m benchmarks.zoo --epochs {epochs}` on "
+        f"{platform.processor() or platform.machine()}, keras "
+        f"{keras.__version__}. Each model trained {epochs} epochs on "
+        "512 offline samples (digits for images, synthetic token "
+        "sequences for text); QAT and pruning fine-tune as long. "
+        "Agreement: top-1 (per pixel for the U-Net) of the int8 file vs "
+        "Keras on 256 held-out samples. `gzip_x`: pruned-50% int8 file "
+        "gzipped over the dense int8 file gzipped. `macs_x`: channel-"
+        "pruned MACs over the original's. `epoch_x`: steady epoch time "
+        "with the callback over plain `fit`. Each model runs in its own "
+        "process; `crash` is a process killed by a signal.",
+        "",
+        "| model | float acc | PTQ int8 | QAT int8 | pruned 50% | "
+        "channels 50% | swap_head | s |",
+        "|---|---:|---|---|---|---|---|---:|",
+    ]
+    for row in rows:
+        cells = [_cell(row["cells"].get(c)) for c in CAPABILITIES]
+        lines.append(
+            f"| {row['name']} | {100 * row['accuracy']:.1f}% | "
+            + " | ".join(cells)
+            + f" | {row['seconds']:.0f} |"
+        )
+    return lines
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(zoo.ALL))
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--one", help="sweep one model in this process")
+    parser.add_argument("--capabilities", default=",".join(CAPABILITIES))
+    args = parser.parse_args()
+    capabilities = tuple(args.capabilities.split(","))
+    if args.one:
+        row = sweep(args.one, args.epochs, capabilities)
+        print(_MARK + json.dumps(row), flush=True)
+        return
+    rows = []
+    for name in args.models.split(","):
+        rows.append(sweep_in_child(name, args.epochs))
+        print(name, rows[-1]["cells"], flush=True)
+    save_section(
+        os.path.join(HERE, "results", "zoo.md"), table(rows, args.epochs)
+    )
+
+
+if __name__ == "__main__":
+    main()
