@@ -1,6 +1,9 @@
 """Quantization-aware training: the callback, quantize_model, parity of the
 Keras model with its int8 TFLite file."""
 
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -269,6 +272,66 @@ def test_checkpoints_store_learned_ranges_and_load_weights_restores_them(
         model.predict(x_test, verbose=0), expected, atol=1e-6
     )
     assert (tmp_path / "m.keras").stat().st_size > 0
+
+
+_LOAD_IN_FRESH_PROCESS = """
+import sys
+import keras
+import keras_slim
+model = keras.models.load_model(sys.argv[1])
+assert type(model).__name__ == "Functional", type(model)
+assert keras_slim.quantization.is_quantization_aware(model)
+keras_slim.export_tflite(model, sys.argv[2], input_shape=(8, 8, 1))
+"""
+
+
+def test_keras_file_of_in_place_model_loads_in_a_fresh_process(
+    digits_small, tmp_path
+):
+    (x, y), (x_test, _) = digits_small
+    inputs = keras.Input((8, 8, 1), name="image")
+    hidden = keras.layers.Dense(32, activation="relu")(
+        keras.layers.Flatten()(inputs)
+    )
+    outputs = keras.layers.Dense(10, activation="softmax")(hidden)
+    model = keras.Model(inputs, outputs)
+    model.compile(
+        keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy"
+    )
+    checkpoint = keras.callbacks.ModelCheckpoint(tmp_path / "m.keras")
+    model.fit(
+        x,
+        y,
+        batch_size=64,
+        epochs=1,
+        verbose=0,
+        callbacks=[QuantizationAwareTraining(), checkpoint],
+    )
+    keras_slim.export_tflite(
+        model, tmp_path / "before.tflite", input_shape=(8, 8, 1)
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _LOAD_IN_FRESH_PROCESS,
+            str(tmp_path / "m.keras"),
+            str(tmp_path / "after.tflite"),
+        ],
+        check=True,
+    )
+    before = (tmp_path / "before.tflite").read_bytes()
+    assert (tmp_path / "after.tflite").read_bytes() == before
+    assert (
+        litert.compare(model, tmp_path / "after.tflite", x_test).agreement == 1
+    )
+    # In this process too, the reloaded model predicts as the saved one.
+    reloaded = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(
+        reloaded.predict(x_test, verbose=0),
+        model.predict(x_test, verbose=0),
+        atol=1e-6,
+    )
 
 
 def test_subclassed_model_keeps_ranges_outside_and_refuses_saving(
@@ -549,7 +612,8 @@ def test_layer_without_rule_is_named_before_training(digits_small):
     compile_classifier(model)
     with pytest.raises(
         ValueError,
-        match="'norm' of type `LayerNormalization`.*filters.*register_layer",
+        match="(?s)'norm' of type `LayerNormalization`.*filters.*"
+        "register_layer",
     ):
         _qat_fit(model, digits_small)
     assert model.optimizer.iterations.numpy() == 0

@@ -14,6 +14,10 @@ refuses with a message instead of writing a float model). The
 Python side (which layers are intercepted, and the variables by layer
 path) is a `QuantizationAwareness` object held by the model as its
 `keras_slim_quantization` attribute: no registry outside the model.
+A Sequential or Functional model also gets a class of the same name (a
+subclass of its own, `_Loadable`) whose config lists each layer's rule:
+`keras.models.load_model` makes the reloaded model quantization-aware
+again before loading its variables, with no custom scope.
 
 Forward pass. Keras 3 has no public hook that changes how an already-built
 layer computes (its quantization modes are a fixed list: int8, float8,
@@ -45,15 +49,21 @@ def _safe(path):
 class _Range:
     """The range variables of one activation tensor, owned by the model."""
 
-    def __init__(self, new_variable, name):
+    def __init__(self, new_variable, name, fixed=None):
         init = _quantizers.INITIAL_RANGE
-        self.min = new_variable(f"qat_{name}_min", -init)
-        self.max = new_variable(f"qat_{name}_max", init)
-        self.initialized = new_variable(f"qat_{name}_initialized", 0.0)
+        lo, hi = fixed or (-init, init)
+        self.fixed = fixed
+        self.min = new_variable(f"qat_{name}_min", lo)
+        self.max = new_variable(f"qat_{name}_max", hi)
+        self.initialized = new_variable(
+            f"qat_{name}_initialized", 0.0 if fixed is None else 1.0
+        )
 
     def __call__(self, x, training, awareness):
         if not awareness.active:
             return x
+        if self.fixed is not None:
+            return _quantizers.fake_quant_fixed(x, self.fixed)
         return _quantizers.fake_quant_activation(
             x,
             self.min,
@@ -100,16 +110,27 @@ class QuantizationAwareness:
         self.start_step = new_variable("qat_start_step", 0, dtype="int32")
         self.phase = new_variable("qat_phase", 0.0, shape=(len(PHASES),))
         self.input = _Range(new_variable, "input")
+        # layer path -> rule: what a reloaded model is made aware with.
+        self.rules = {path: rule for path, _, rule in rows}
         self.ranges = {}  # layer path -> _Range
+        # layer path -> _Range of an inner tensor: the input of a weight
+        # layer's own activation, or a standalone BatchNorm's product.
+        self.inner = {}
         for path, layer, rule in rows:
-            if rule != "skip" and _rules.output_mode(layer, rule) != "none":
-                self.ranges[path] = _Range(new_variable, _safe(path))
+            if rule == "skip":
+                continue
+            if _rules.output_mode(layer, rule) != "none":
+                fixed = _rules.fixed_range(layer, rule)
+                self.ranges[path] = _Range(new_variable, _safe(path), fixed)
+            if _rules.splits_activation(layer, rule) or rule == "batchnorm":
+                name = f"{_safe(path)}_inner"
+                self.inner[path] = _Range(new_variable, name)
         # Python copies of `phase`: what the traced functions were built
         # with (a change rebuilds them).
         self.active, self.ranges_frozen, self.bn_frozen = True, False, False
 
     def all_ranges(self):
-        return [self.input, *self.ranges.values()]
+        return [self.input, *self.ranges.values(), *self.inner.values()]
 
     def read_phase(self):
         values = keras.ops.convert_to_numpy(self.phase)
@@ -177,15 +198,23 @@ def make_aware(model, rows):
             "model with the Functional API or Sequential, or train on the "
             "TensorFlow backend."
         )
+    shared = _rules.shared_outputs(model)
     for path, layer, rule in rows:
         layer.call = _layer_call(
-            awareness, layer, rule, layer.call, awareness.ranges.get(path)
+            awareness,
+            layer,
+            rule,
+            layer.call,
+            (awareness.ranges.get(path), awareness.inner.get(path)),
+            id(layer) in shared,
         )
     for _, sub, is_model in _rules.walk(model):
         if is_model:
             sub.call = _submodel_call(sub.call)
     model.call = _model_call(awareness, model.call)
-    if not awareness.owned:
+    if awareness.owned:
+        _make_loadable(model)
+    else:
 
         def refuse(*args, **kwargs):
             raise ValueError(SAVE_REFUSAL.format(name=model.name))
@@ -195,6 +224,73 @@ def make_aware(model, rows):
         model.save_own_variables = refuse
     setattr(model, ATTRIBUTE, awareness)
     return awareness
+
+
+CONFIG_KEY = "keras_slim_quantization"
+
+
+class _Loadable:
+    """What a Sequential or Functional model made quantization-aware in
+    place adds to its class: its config names the rule of each layer, and
+    `keras.models.load_model` (with only `import keras_slim`) makes the
+    reloaded model quantization-aware again before its variables (ranges,
+    phase) are loaded into it."""
+
+    def get_config(self):
+        config = super().get_config()
+        return {**config, CONFIG_KEY: {"rules": awareness_of(self).rules}}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        rules = config.pop(CONFIG_KEY)["rules"]
+        functional = "input_layers" in config
+        base = keras.Model if functional else keras.Sequential
+        model = base.from_config(config, custom_objects=custom_objects)
+        rows = [
+            (path, layer, rules.get(path, "skip"))
+            for path, layer, is_model in _rules.walk(model)
+            if not is_model
+        ]
+        make_aware(model, rows)
+        return model
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        awareness = awareness_of(self)
+        phase = awareness.read_phase()
+        awareness.active, awareness.ranges_frozen, awareness.bn_frozen = phase
+
+
+# The name a saved model's config refers to; each Keras model class gets
+# its own subclass (`_make_loadable`), registered under the same name.
+_REGISTERED = "QuantizationAwareModel"
+keras.saving.register_keras_serializable("keras_slim", _REGISTERED)(
+    type(_REGISTERED, (_Loadable,), {})
+)
+_LOADABLE = {}  # Keras model class -> its loadable subclass
+
+
+def _make_loadable(model):
+    """Give a Sequential or Functional model a class of the same name and
+    behaviour whose config reloads it quantization-aware."""
+    base = type(model)
+    if base in _LOADABLE.values():
+        return
+    if not (base is keras.Sequential or _is_keras_functional(base)):
+        return  # a user's own model class: it saves as it did
+    if base not in _LOADABLE:
+        loadable = type(base.__name__, (_Loadable, base), {})
+        loadable.__module__ = __name__
+        keras.saving.register_keras_serializable("keras_slim", _REGISTERED)(
+            loadable
+        )
+        _LOADABLE[base] = loadable
+    model.__class__ = _LOADABLE[base]
+
+
+def _is_keras_functional(cls):
+    return cls.__name__ == "Functional" and cls.__module__.startswith("keras")
 
 
 def _model_call(awareness, original):
@@ -224,9 +320,11 @@ def _submodel_call(original):
     return call
 
 
-def _layer_call(awareness, layer, rule, original, quantizer):
+def _layer_call(awareness, layer, rule, original, quantizers, shared):
     weighted = rule in _rules.WEIGHT_RULES
+    split = _rules.splits_activation(layer, rule)
     batchnorm = isinstance(layer, keras.layers.BatchNormalization)
+    output_range, inner_range = quantizers
 
     def call(*args, **kwargs):
         sc = _placement.current_scope()
@@ -237,16 +335,24 @@ def _layer_call(awareness, layer, rule, original, quantizer):
         if not awareness.active:
             return original(*args, **kwargs)
 
-        def run(new_args):
+        def inner(t):
+            return inner_range(t, sc.training, awareness)
+
+        def run(new_args, fused):
             if weighted:
                 return _quantizers.weight_forward(
-                    layer, rule, new_args[0], True
+                    layer, rule, new_args[0], True, inner if split else None
+                )
+            if rule == "batchnorm" and not fused:
+                training = kwargs.get("training", sc.training)
+                return _quantizers.standalone_batchnorm(
+                    layer, new_args[0], bool(training), inner, original
                 )
             return original(*new_args, **kwargs)
 
         def quantize_output(t):
-            return quantizer(t, sc.training, awareness)
+            return output_range(t, sc.training, awareness)
 
-        return _placement.place(rule, layer, args, run, quantize_output)
+        return _placement.place(rule, layer, args, run, quantize_output, shared)
 
     return call

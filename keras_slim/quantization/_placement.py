@@ -72,28 +72,35 @@ def scope(training, new=False):
 
 
 _FUSES_WITH = {
-    "batchnorm": _rules.WEIGHT_RULES,
+    "batchnorm": _rules.CONV_RULES,
     "concat": _rules.CONCAT_PRODUCERS,
     "activation": _rules.FUSING_PRODUCERS,
 }
 
 
-def place(rule, layer, args, run, quantize_output):
+def fuses(sc, rule, args):
+    """Whether a layer of `rule` fuses with the producers of `args`."""
+    producers = _FUSES_WITH.get(rule)
+    return producers is not None and all(
+        sc.producer(t) in producers for t in keras.tree.flatten(args)
+    )
+
+
+def place(rule, layer, args, run, quantize_output, shared=False):
     """Run one layer under its rule inside the current scope.
 
-    `run(args)` computes the layer's output; `quantize_output(t)` returns
-    `t` fake-quantized with this layer's output range.
+    `run(args, fused)` computes the layer's output (`fused`: whether it
+    fuses with the ops that produced its inputs); `quantize_output(t)`
+    returns `t` fake-quantized with this layer's output range. A
+    `shared` output (several consumers) fuses into none of them.
     """
     sc = current_scope()
     if sc is None or rule == "quantizer":
-        return run(args)
-    producers = _FUSES_WITH.get(rule)
-    fused = producers is not None and all(
-        sc.producer(t) in producers for t in keras.tree.flatten(args)
-    )
+        return run(args, False)
+    fused = fuses(sc, rule, args)
     if not fused:
         args = sc.materialize(args)
-    outputs = run(args)
+    outputs = run(args, fused)
     if rule == "skip":
         return outputs
     if not keras.ops.is_tensor(outputs) and not isinstance(
@@ -104,5 +111,5 @@ def place(rule, layer, args, run, quantize_output):
     if mode == "quantize":
         return quantize_output(outputs)
     if mode == "pending":
-        sc.defer(outputs, rule, quantize_output)
+        sc.defer(outputs, "shared" if shared else rule, quantize_output)
     return outputs

@@ -25,6 +25,15 @@ RANGE_MOMENTUM = 0.99
 MIN_WEIGHT_RANGE = 1e-8
 MIN_ACTIVATION_RANGE = 1e-3
 INITIAL_RANGE = 6.0
+# The fixed output ranges of the TFLite int8 kernels of bounded activations
+# (SOFTMAX and LOGISTIC: scale 1/256, zero point -128; TANH: scale 1/128,
+# zero point 0): fake quantization with these ranges is what the file
+# computes, and the converter keeps those ops int8.
+FIXED_RANGES = {
+    "softmax": (0.0, 255.0 / 256.0),
+    "sigmoid": (0.0, 255.0 / 256.0),
+    "tanh": (-1.0, 127.0 / 128.0),
+}
 
 
 def quantize_kernel(kernel, rule):
@@ -49,9 +58,26 @@ def quantize_kernel(kernel, rule):
     return ops.reshape(out, shape) if rule == "depthwise" else out
 
 
-def weight_forward(layer, rule, inputs, quantize):
+def fake_quant_fixed(x, fixed):
+    """Fake quantization with a fixed `(min, max)` range."""
+    dtype = x.dtype
+    out = keras.quantizers.fake_quant_with_min_max_vars(
+        ops.cast(x, "float32"),
+        fixed[0],
+        fixed[1],
+        num_bits=NUM_BITS,
+        narrow_range=False,
+    )
+    return ops.cast(out, dtype)
+
+
+def weight_forward(layer, rule, inputs, quantize, pre_activation=None):
     """The forward pass of a Conv/DepthwiseConv/Dense layer, through its
-    public attributes, with the kernel fake-quantized when `quantize`."""
+    public attributes, with the kernel fake-quantized when `quantize`.
+
+    `pre_activation(t)`, when given, fake-quantizes the output before the
+    layer's own activation (an activation the converter cannot fuse runs
+    as an op of its own, on an int8 input)."""
     kernel = layer.kernel
     if quantize:
         kernel = quantize_kernel(kernel, rule)
@@ -79,6 +105,8 @@ def weight_forward(layer, rule, inputs, quantize):
             else:
                 bias_shape = (1, channels) + (1,) * rank
             outputs = ops.add(outputs, ops.reshape(layer.bias, bias_shape))
+    if pre_activation is not None:
+        outputs = pre_activation(outputs)
     if layer.activation is not None:
         outputs = layer.activation(outputs)
     return outputs
@@ -118,3 +146,30 @@ def fake_quant_activation(x, min_var, max_var, init_var, update, momentum):
         x32, lo, hi, num_bits=NUM_BITS, narrow_range=False
     )
     return ops.cast(out, dtype)
+
+
+def standalone_batchnorm(layer, x, training, inner, original):
+    """A BatchNormalization that does not fold into a convolution.
+
+    After a Dense (quantized per tensor, so a per-unit scale cannot fold
+    into its kernel) or after an addition (pre-activation ResNets), the
+    converter runs BatchNorm as an int8 MUL by its scale, then an int8 ADD
+    of its offset: the product is a tensor of its own, fake-quantized by
+    `inner`. In training the batch statistics are used, as Keras does
+    (`original`); the product's range is learned from the moving ones.
+    """
+    rank = len(x.shape)
+    shape = [1] * rank
+    axis = layer.axis % rank
+    shape[axis] = x.shape[axis]
+    variance = ops.cast(layer.moving_variance, x.dtype)
+    scale = ops.rsqrt(variance + layer.epsilon)
+    if layer.scale:
+        scale = scale * ops.cast(layer.gamma, x.dtype)
+    offset = -ops.cast(layer.moving_mean, x.dtype) * scale
+    if layer.center:
+        offset = offset + ops.cast(layer.beta, x.dtype)
+    product = inner(x * ops.reshape(scale, shape))
+    if training:
+        return original(x, training=True)
+    return product + ops.reshape(offset, shape)

@@ -19,19 +19,39 @@ A rule says how a layer takes part in int8 simulation:
 
 import keras
 
+from keras_slim import _layers
 from keras_slim import catalogue
 from keras_slim._layers import iter_layers
+from keras_slim.quantization import _quantizers
 
 # The rules a layer class can be given (the catalogue's list, less
 # "quantizer", which only keras_slim's own FakeQuant has).
 RULES = tuple(r for r in catalogue.QUANTIZATION_RULES if r != "quantizer")
 WEIGHT_RULES = ("conv", "depthwise", "dense")
+# BatchNormalization folds into a convolution (per output channel); after a
+# Dense (quantized per tensor) or anything else it runs as int8 MUL and ADD.
+CONV_RULES = ("conv", "depthwise")
 FUSING_PRODUCERS = (*WEIGHT_RULES, "batchnorm", "add")
 # Concatenation runs in int8 with one scale for its inputs and output: the
 # converter gives the inputs the output's range, so they are not quantized
 # on their own.
 CONCAT_PRODUCERS = (*FUSING_PRODUCERS, "activation")
 _FUSED_ACTIVATIONS = ("relu", "relu6")
+# Activations that run as an int8 op of their own (the fixed-range ones
+# included); any other activation has no int8 kernel here.
+_OWN_OP_ACTIVATIONS = (
+    "softmax",
+    "sigmoid",
+    "tanh",
+    "swish",
+    "silu",
+    "hard_swish",
+    "hard_silu",
+    "gelu",
+    "hard_sigmoid",
+    "leaky_relu",
+    "elu",
+)
 
 _L = keras.layers
 # keras_slim's own quantization-aware layers (`_twins`); every other class
@@ -78,6 +98,40 @@ def layer_rule(layer):
     return catalogue.quantization_rule_of(cls)
 
 
+def splits_activation(layer, rule):
+    """Whether a weight layer's own activation runs as an op of its own
+    (its input then needs a range of its own)."""
+    if rule not in WEIGHT_RULES:
+        return False
+    name = activation_name(layer.activation)
+    return name not in ("linear", *_FUSED_ACTIVATIONS)
+
+
+def fixed_range(layer, rule):
+    """The fixed `(min, max)` output range of `layer`, or `None`."""
+    if rule in WEIGHT_RULES or type(layer) is _L.Activation:
+        name = activation_name(layer.activation)
+        return _quantizers.FIXED_RANGES.get(name)
+    if type(layer) is _L.Softmax:
+        return _quantizers.FIXED_RANGES["softmax"]
+    return None
+
+
+def unsupported_reason(layer, rule):
+    """Why QAT cannot quantize `layer` (its rule given), or `None`."""
+    if rule is None:
+        return "has no int8 quantization rule in the catalogue"
+    activation = getattr(layer, "activation", None)
+    if rule in (*WEIGHT_RULES, "output") and activation is not None:
+        name = activation_name(activation)
+        if name not in ("linear", *_FUSED_ACTIVATIONS, *_OWN_OP_ACTIVATIONS):
+            return (
+                f"has activation {name!r}, which has no int8 TFLite "
+                "kernel that keras_slim places ranges for"
+            )
+    return None
+
+
 def output_mode(layer, rule):
     """'pending', 'quantize' or 'none' for the output of `layer`."""
     if rule in WEIGHT_RULES:
@@ -88,6 +142,34 @@ def output_mode(layer, rule):
     if rule in ("output", "concat"):
         return "quantize"
     return "none"
+
+
+def shared_outputs(model):
+    """Ids of the layers whose output feeds more than one consumer in the
+    graph of `model` (or of a nested Sequential/Functional model): the
+    converter can fuse nothing into such an output, so it is quantized."""
+    shared = set()
+    models = [model] + [sub for _, sub, is_model in walk(model) if is_model]
+    for graph in models:
+        if not _layers.is_graph_model(graph):
+            continue
+        counts = {}
+        tensors = list(keras.tree.flatten(graph.outputs))
+        for layer in graph.layers:
+            try:
+                tensors += keras.tree.flatten(layer.input)
+            except (AttributeError, ValueError):  # shared or not called
+                continue
+        for t in tensors:
+            counts[id(t)] = counts.get(id(t), 0) + 1
+        for layer in graph.layers:
+            try:
+                output = layer.output
+            except (AttributeError, ValueError):
+                continue
+            if counts.get(id(output), 0) > 1:
+                shared.add(id(layer))
+    return shared
 
 
 def walk(model):
@@ -103,25 +185,37 @@ def plan(model, predicate):
     `ValueError` naming the first layer type that has no rule.
     """
     rows = []
+    refused = []
     for path, layer, is_model in walk(model):
         if is_model:
             continue
         rule = layer_rule(layer)
         selected = predicate(path, layer)
-        if rule is None and selected:
-            cls = type(layer).__name__
-            raise ValueError(
-                f"Layer {path!r} of type `{cls}` has no int8 quantization "
-                "rule. Skip it with `filters` (for example "
-                f"`filters=lambda layer: not isinstance(layer, {cls})`; it "
-                "then stays float and exports only with "
-                "`allow_float_fallback=True`), or give its class a rule "
-                "with `keras_slim.catalogue.register_layer("
-                f"{cls}, quantization=rule)`, rule being one of "
-                f"{list(RULES)}."
-            )
+        reason = unsupported_reason(layer, rule)
+        if reason is not None and selected:
+            refused.append((path, type(layer).__name__, reason))
         rows.append((path, layer, rule if selected else "skip"))
+    if refused:
+        raise ValueError(_refusal(refused))
     return rows
+
+
+def _refusal(refused):
+    lines = "\n".join(
+        f"  - {path!r} of type `{cls}` {reason}"
+        for path, cls, reason in refused
+    )
+    cls = refused[0][1]
+    return (
+        f"Quantization-aware training cannot quantize {len(refused)} "
+        f"layer(s) of this model:\n{lines}\n"
+        "Skip them with `filters` (for example "
+        f"`filters=lambda layer: not isinstance(layer, {cls})`; they then "
+        "stay float and export only with `allow_float_fallback=True`), or "
+        "give a custom class a rule with "
+        "`keras_slim.catalogue.register_layer(cls, quantization=rule)`, "
+        f"rule being one of {list(RULES)}."
+    )
 
 
 def check_filters_matched(rows, filters, model):

@@ -23,6 +23,9 @@ class FakeQuant(keras.layers.Layer):
 
     Args:
         momentum: Momentum of the moving-average min/max, in [0, 1).
+        fixed_range: `None` (learned ranges), or a fixed `(min, max)`: the
+            output range of the TFLite int8 kernel of a bounded activation
+            (softmax and sigmoid `(0, 255/256)`, tanh `(-1, 127/128)`).
         **kwargs: Base layer arguments (`name`, ...).
 
     Example:
@@ -34,18 +37,24 @@ class FakeQuant(keras.layers.Layer):
     2.0
     """
 
-    def __init__(self, momentum=_quantizers.RANGE_MOMENTUM, **kwargs):
+    def __init__(
+        self, momentum=_quantizers.RANGE_MOMENTUM, fixed_range=None, **kwargs
+    ):
         super().__init__(**kwargs)
         self.momentum = momentum
+        self.fixed_range = (
+            None if fixed_range is None else tuple(map(float, fixed_range))
+        )
         self.quantize_active = True
         self.ranges_frozen = False
 
     def build(self, input_shape):
         const = keras.initializers.Constant
         init = _quantizers.INITIAL_RANGE
+        lo, hi = self.fixed_range or (-init, init)
         self.min = self.add_weight(
             shape=(),
-            initializer=const(-init),
+            initializer=const(lo),
             dtype="float32",
             trainable=False,
             autocast=False,
@@ -53,7 +62,7 @@ class FakeQuant(keras.layers.Layer):
         )
         self.max = self.add_weight(
             shape=(),
-            initializer=const(init),
+            initializer=const(hi),
             dtype="float32",
             trainable=False,
             autocast=False,
@@ -61,7 +70,7 @@ class FakeQuant(keras.layers.Layer):
         )
         self.initialized = self.add_weight(
             shape=(),
-            initializer="zeros",
+            initializer=const(0.0 if self.fixed_range is None else 1.0),
             dtype="float32",
             trainable=False,
             autocast=False,
@@ -71,6 +80,8 @@ class FakeQuant(keras.layers.Layer):
     def call(self, inputs, training=None):
         if not self.quantize_active:
             return inputs
+        if self.fixed_range is not None:
+            return _quantizers.fake_quant_fixed(inputs, self.fixed_range)
         return _quantizers.fake_quant_activation(
             inputs,
             self.min,
@@ -84,7 +95,10 @@ class FakeQuant(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "momentum": self.momentum}
+        config = {**super().get_config(), "momentum": self.momentum}
+        if self.fixed_range is not None:
+            config["fixed_range"] = list(self.fixed_range)
+        return config
 
 
 class _WeightQuantMixin:
@@ -150,6 +164,46 @@ class FreezableBatchNormalization(keras.layers.BatchNormalization):
         return super().call(inputs, training=training, mask=mask)
 
 
+BATCHNORM_VARIABLES = ("gamma", "beta", "moving_mean", "moving_variance")
+
+
+@keras.saving.register_keras_serializable(package="keras_slim")
+class StandaloneBatchNormalization(FreezableBatchNormalization):
+    """A `FreezableBatchNormalization` that does not fold into a
+    convolution (after a Dense, an addition or a model input): the int8
+    file runs it as a MUL by its scale and an ADD of its offset, so the
+    product gets a range of its own, the `FakeQuant` sublayer `product`.
+
+    Same arguments and config as `BatchNormalization`.
+    """
+
+    quantize_active = True
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.product = FakeQuant(name="product")
+        self.product.build(input_shape)
+
+    def call(self, inputs, training=None, mask=None):
+        learning = training is True
+        if self.frozen:
+            training = False
+        if not self.quantize_active:
+            return super().call(inputs, training=training, mask=mask)
+
+        def original(x, training):
+            return keras.layers.BatchNormalization.call(
+                self, x, training=training, mask=mask
+            )
+
+        def inner(t):
+            return self.product(t, training=learning)
+
+        return _quantizers.standalone_batchnorm(
+            self, inputs, training is True, inner, original
+        )
+
+
 TWINS = {
     keras.layers.Conv1D: QuantizedConv1D,
     keras.layers.Conv2D: QuantizedConv2D,
@@ -166,4 +220,5 @@ WEIGHT_TWINS = (
 for _twin in WEIGHT_TWINS:
     _rules.register_own_rule(_twin, _twin.weight_rule)
 _rules.register_own_rule(FreezableBatchNormalization, "batchnorm")
+_rules.register_own_rule(StandaloneBatchNormalization, "batchnorm")
 _rules.register_own_rule(FakeQuant, "quantizer")

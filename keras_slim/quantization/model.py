@@ -19,7 +19,10 @@ class _Builder:
         self.awareness = awareness
         self.new_to_old = {}
         self.copies = []  # (FakeQuant, the in-place range or None)
+        # (StandaloneBatchNormalization, the in-place range or None)
+        self.standalone = []
         self.names = {layer.name for _, layer, _ in rows}
+        self.shared = _rules.shared_outputs(model)
 
     def unique(self, name):
         candidate, i = name, 1
@@ -29,8 +32,8 @@ class _Builder:
         self.names.add(candidate)
         return candidate
 
-    def fake_quant(self, tensor, name, source):
-        layer = _twins.FakeQuant(name=self.unique(name))
+    def fake_quant(self, tensor, name, source, fixed=None):
+        layer = _twins.FakeQuant(name=self.unique(name), fixed_range=fixed)
         self.copies.append((layer, source))
         return layer(tensor)
 
@@ -42,7 +45,11 @@ class _Builder:
             cls = type(layer)
             if rule != "skip" and cls in _twins.TWINS:
                 cls = _twins.TWINS[cls]
-            new = cls.from_config(layer.get_config())
+            config = layer.get_config()
+            if rule != "skip" and _rules.splits_activation(layer, rule):
+                # The activation runs after a range of its own (call_layer).
+                config["activation"] = "linear"
+            new = cls.from_config(config)
         self.new_to_old[id(new)] = layer
         return new
 
@@ -53,17 +60,40 @@ class _Builder:
             return new(*sc.materialize(args), **kwargs)
         rule = self.rules[id(old)]
         path = self.paths[id(old)]
-        source = None
+        source = inner = None
         if self.awareness is not None:
             source = self.awareness.ranges.get(path)
+            inner = self.awareness.inner.get(path)
+        if rule == "batchnorm" and not _placement.fuses(sc, rule, args):
+            new = self.standalone_batchnorm(old, inner)
+        split = rule != "skip" and _rules.splits_activation(old, rule)
 
-        def run(new_args):
-            return new(*new_args, **kwargs)
+        def run(new_args, fused):
+            outputs = new(*new_args, **kwargs)
+            if split:
+                outputs = self.fake_quant(
+                    outputs, f"{old.name}_preactivation_quant", inner
+                )
+                activation = keras.layers.Activation(
+                    old.activation, name=self.unique(f"{old.name}_activation")
+                )
+                outputs = activation(outputs)
+            return outputs
 
         def quantize_output(t):
-            return self.fake_quant(t, f"{old.name}_quant", source)
+            fixed = _rules.fixed_range(old, rule)
+            return self.fake_quant(t, f"{old.name}_quant", source, fixed)
 
-        return _placement.place(rule, new, args, run, quantize_output)
+        return _placement.place(
+            rule, old, args, run, quantize_output, id(old) in self.shared
+        )
+
+    def standalone_batchnorm(self, old, inner):
+        """The BatchNorm twin for a BatchNorm that folds into nothing."""
+        new = _twins.StandaloneBatchNormalization.from_config(old.get_config())
+        self.new_to_old[id(new)] = old
+        self.standalone.append((new, inner))
+        return new
 
     def build(self, model, top):
         with _placement.scope(training=False, new=True) as sc:
@@ -187,9 +217,15 @@ def quantize_model(model, filters=None):
     by_id = {id(layer): layer for _, layer, _ in _rules.walk(new)}
     for new_id, old in builder.new_to_old.items():
         new_layer = by_id.get(new_id)
-        if new_layer is not None and not isinstance(old, keras.Model):
+        if isinstance(new_layer, _twins.StandaloneBatchNormalization):
+            for name in _twins.BATCHNORM_VARIABLES:
+                if getattr(old, name, None) is not None:
+                    getattr(new_layer, name).assign(getattr(old, name))
+        elif new_layer is not None and not isinstance(old, keras.Model):
             new_layer.set_weights(old.get_weights())
-    for fq, source in builder.copies:
+    copies = builder.copies
+    copies += [(bn.product, source) for bn, source in builder.standalone]
+    for fq, source in copies:
         if source is not None:
             # NumPy copies: sharing a buffer breaks JAX's donated state.
             for name in ("min", "max", "initialized"):

@@ -49,12 +49,14 @@ class QuantizationAwareTraining(keras.callbacks.Callback):
     int8 file will. Since the ranges are the model's variables,
     `save_weights`, `ModelCheckpoint` (both modes) and `BackupAndRestore`
     store them, and `load_weights` restores them into a model this
-    callback has made quantization-aware. A `.keras` file of such a model
-    holds the variables but not the interception: to reload it in a new
-    process with `keras.models.load_model`, save
-    `keras_slim.quantization.quantize_model(model)` instead, which has
-    serializable fake-quant layers (this callback also drives its
-    schedules). Zeros in kernels stay exact zeros under the symmetric
+    callback has made quantization-aware. A Sequential or Functional
+    model's class becomes a subclass of the same name whose config names
+    each layer's rule, so `model.save` and `ModelCheckpoint("m.keras")`
+    write a file that `keras.models.load_model` reloads, in a new process
+    with only `import keras_slim`, quantization-aware with its ranges and
+    phase (its int8 file is the same). `quantize_model(model)` gives the
+    same model with visible fake-quant layers instead (this callback also
+    drives its schedules). Zeros in kernels stay exact zeros under the symmetric
     weight quantizer, so pruning callbacks compose with this one.
 
     The schedule counts optimizer steps (`model.optimizer.iterations`)
@@ -175,6 +177,11 @@ class QuantizationAwareTraining(keras.callbacks.Callback):
                     layer.ranges_frozen = frozen
                 elif isinstance(layer, _twins.WEIGHT_TWINS):
                     layer.quantize_active = active
+                elif isinstance(layer, _twins.StandaloneBatchNormalization):
+                    layer.frozen = bn_frozen
+                    layer.quantize_active = active
+                    layer.product.quantize_active = active
+                    layer.product.ranges_frozen = frozen
                 elif isinstance(layer, _twins.FreezableBatchNormalization):
                     layer.frozen = bn_frozen
         if self.verbose and state != self.state:
