@@ -79,7 +79,7 @@ def convert(model, sig, options, samples):
     converter.optimizations = optimizations
     if quantization == "float16":
         converter.target_spec.supported_types = [tf.float16]
-    if quantization == "int8":
+    if quantization in ("int8", "int16x8"):
         _int8_options(converter, options, samples)
     try:
         # `from_keras_model` exports a SavedModel and prints its signature.
@@ -94,7 +94,7 @@ def convert(model, sig, options, samples):
     except Exception as e:  # noqa: BLE001 - the converter raises many types
         message = " ".join(str(e).strip().splitlines()[:6])
         hint = ""
-        if quantization == "int8" and not options["allow_float_fallback"]:
+        if quantization != "float32" and not options["allow_float_fallback"]:
             hint = (
                 " Pass `allow_float_fallback=True` to keep unsupported ops "
                 "in float."
@@ -109,13 +109,18 @@ def convert(model, sig, options, samples):
         [_key("output", i) for i in range(len(sig.output_names))],
         sig.input_names,
         sig.output_names,
-        {
-            "inputs": sig.input_names,
-            "outputs": sig.output_names,
-            "input_structure": _input_structure(sig),
-            "output_structure": sig.output_structure,
-        },
+        io_metadata(sig),
     )
+
+
+def io_metadata(sig):
+    """The `keras_slim_io` metadata of a file for the signature `sig`."""
+    return {
+        "inputs": sig.input_names,
+        "outputs": sig.output_names,
+        "input_structure": _input_structure(sig),
+        "output_structure": sig.output_structure,
+    }
 
 
 def _input_structure(sig):
@@ -137,10 +142,18 @@ def _int8_options(converter, options, samples):
                 yield {k: s[j : j + 1] for k, s in zip(keys, samples)}
 
         converter.representative_dataset = dataset
-        if not options["allow_float_fallback"]:
-            converter.target_spec.supported_ops = [
-                tf.lite.OpsSet.TFLITE_BUILTINS_INT8
-            ]
+        ops = tf.lite.OpsSet
+        if options["quantization"] == "int16x8":
+            # 16x8 kernels; float fallback keeps the rest float, else the
+            # converter refuses an op with no 16x8 kernel.
+            supported = [
+                ops.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+            ]  # noqa: E501
+            if options["allow_float_fallback"]:
+                supported.append(ops.TFLITE_BUILTINS)
+            converter.target_spec.supported_ops = supported
+        elif not options["allow_float_fallback"]:
+            converter.target_spec.supported_ops = [ops.TFLITE_BUILTINS_INT8]
     io_dtype = options["io_dtype"]
     if io_dtype != "float32":
         converter.inference_input_type = getattr(tf, io_dtype)

@@ -7,7 +7,7 @@ import numpy as np
 from keras_slim import _validation
 
 
-def _quantize(x, detail):
+def quantize(x, detail):
     dtype = detail["dtype"]
     if not np.issubdtype(dtype, np.integer):
         return x.astype(dtype)
@@ -19,7 +19,7 @@ def _quantize(x, detail):
     return np.clip(q, info.min, info.max).astype(dtype)
 
 
-def _dequantize(y, detail):
+def dequantize(y, detail):
     if not np.issubdtype(detail["dtype"], np.integer):
         return y.astype("float32")
     scale, zero_point = detail["quantization"]
@@ -38,16 +38,28 @@ def _structure(data):
 class File:
     """An interpreter with the file's inputs/outputs and their structure."""
 
-    def __init__(self, filepath=None, content=None, threads=None):
+    def __init__(
+        self, filepath=None, content=None, threads=None, preserve=False
+    ):
         from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import OpResolverType
 
         if content is None:
             filepath = _validation.check_input_file("filepath", filepath)
             with open(filepath, "rb") as f:
                 content = f.read()
             _validation.check_tflite_bytes(content[:8], filepath)
+        self.content = bytes(content)
+        extra = {}
+        if preserve:  # every intermediate tensor readable after `invoke`
+            extra = dict(
+                experimental_preserve_all_tensors=True,
+                experimental_op_resolver_type=(
+                    OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+                ),
+            )
         self.interpreter = Interpreter(
-            model_content=bytes(content), num_threads=threads
+            model_content=self.content, num_threads=threads, **extra
         )
         self.interpreter.allocate_tensors()
         self.inputs = self.interpreter.get_input_details()
@@ -145,11 +157,11 @@ class File:
                     for p in parts
                 ]
             for part, detail in zip(parts, self.inputs):
-                it.set_tensor(detail["index"], _quantize(part, detail))
+                it.set_tensor(detail["index"], quantize(part, detail))
             it.invoke()
             for out, detail in zip(results, self.outputs):
                 out.append(
-                    _dequantize(it.get_tensor(detail["index"])[:n], detail)
+                    dequantize(it.get_tensor(detail["index"])[:n], detail)
                 )
         return [np.concatenate(r) for r in results]
 

@@ -96,9 +96,16 @@ class TFLiteInfo:
             QUANTIZE / DEQUANTIZE ops that convert between float and
             integer inside the graph (those at the inputs and outputs are
             expected, and an integer-to-integer QUANTIZE is integer).
-        int8_only: True when every compute op of every subgraph is
-            integer and float conversions happen only at the inputs and
-            outputs.
+        integer_only: True when every compute op of every subgraph is
+            integer (int8, or int16 activations with int8 weights) and
+            float conversions happen only at the inputs and outputs.
+        int8_only: `integer_only`, and every activation is int8 (no int16
+            activation tensor, as `"int16x8"` files have).
+        activation_dtypes: Dict of dtype to the number of op output
+            tensors of that dtype, e.g. `{"int8": 7, "float32": 1}`.
+        float_op_tensors: Dict of each entry of `float_ops` to the name of
+            the op's first output tensor (the converter keeps the Keras
+            layer names in it: `"model/bn5_1/batchnorm/mul"`).
         io_structure: For files `export_tflite` wrote, a dict with the
             Keras `inputs` and `outputs` names and whether the model takes
             and returns a single array, a list or a dict (what
@@ -126,6 +133,8 @@ class TFLiteInfo:
         self.subgraphs = len(model.subgraphs)
         self.ops = {}
         self.float_ops = []
+        self.float_op_tensors = {}
+        self.activation_dtypes = {}
         for g, graph in enumerate(model.subgraphs):
             tensors = [_tensor(t, dtype_names) for t in graph.tensors or []]
             if g == 0:
@@ -142,10 +151,20 @@ class TFLiteInfo:
                     name = f"CUSTOM:{bytes(custom).decode(errors='replace')}"
                 self.ops[name] = self.ops.get(name, 0) + 1
                 where = f"{name}:{index}" if g == 0 else f"{name}:{g}/{index}"
+                outs = [i for i in _ids(op.outputs) if i >= 0]
+                for i in outs:
+                    dtype = tensors[i]["dtype"]
+                    count = self.activation_dtypes.get(dtype, 0)
+                    self.activation_dtypes[dtype] = count + 1
                 if _is_float_op(name, op, tensors, edges, g == 0):
                     self.float_ops.append(where)
-        self.int8_only = not self.float_ops and not any(
+                    if outs:
+                        self.float_op_tensors[where] = tensors[outs[0]]["name"]
+        self.integer_only = not self.float_ops and not any(
             n.startswith("CUSTOM") for n in self.ops
+        )
+        self.int8_only = self.integer_only and not self.activation_dtypes.get(
+            "int16"
         )
         self.io_structure = _read_io_metadata(model)
 
@@ -169,7 +188,12 @@ class TFLiteInfo:
         lines = [
             f"{self.filepath}",
             f"  bytes: {self.bytes:,}  gzip: {self.gzip_bytes:,}",
-            f"  int8_only: {self.int8_only}",
+            f"  int8_only: {self.int8_only}"
+            + (
+                ""
+                if self.int8_only or not self.integer_only
+                else "  integer_only: True (int16 activations)"
+            ),
         ]
         lines += [io_line("input ", t) for t in self.inputs]
         lines += [io_line("output", t) for t in self.outputs]
@@ -276,7 +300,10 @@ def relabel(
     entry = schema.MetadataT()
     entry.name = IO_METADATA.encode()
     entry.buffer = len(model.buffers) - 1
-    model.metadata = [*(model.metadata or []), entry]
+    kept = [  # a relabeled file relabeled again keeps one entry
+        m for m in model.metadata or [] if m.name != IO_METADATA.encode()
+    ]
+    model.metadata = [*kept, entry]
     builder = flatbuffers.Builder(len(data) + 4096)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())

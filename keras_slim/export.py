@@ -16,13 +16,18 @@ import numpy as np  # noqa: F401 - the docstring examples use it
 
 from keras_slim import _convert
 from keras_slim import _export_inputs
+from keras_slim import _layers
+from keras_slim import _litert_quantizer
 from keras_slim import _safe_write
+from keras_slim import _tensor_names
 from keras_slim import _tflite_file
 from keras_slim import _validation
 from keras_slim import _verify
 
-QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
+QUANTIZATIONS = ("float32", "float16", "dynamic", "int8", "int16x8")
 IO_DTYPES = ("float32", "int8", "uint8")
+QUANTIZERS = ("converter", "litert")
+_CALIBRATED = ("int8", "int16x8")
 
 TFLiteInfo = _tflite_file.TFLiteInfo
 TFLiteInfo.__module__ = __name__  # public here; its example runs here
@@ -74,7 +79,11 @@ class ExportReport:
 
     Attributes:
         filepath: The written file.
-        quantization: `"float32"`, `"float16"`, `"dynamic"` or `"int8"`.
+        quantization: `"float32"`, `"float16"`, `"dynamic"`, `"int8"` or
+            `"int16x8"`.
+        quantizer: `"converter"` or `"litert"` (the LiteRT Quantizer).
+        layer_precision: The per-layer precisions asked for (a dict,
+            empty unless some layers were kept in int16 or float).
         io_dtype: dtype of the file's input and output tensors.
         batch_size: Batch size of the signature (`None`: dynamic).
         ranges: `"calibrated"` (int8 from representative data),
@@ -109,9 +118,13 @@ class ExportReport:
         info,
         agreement=None,
         notes=(),
+        quantizer="converter",
+        layer_precision=None,
     ):
         self.filepath = filepath
         self.quantization = quantization
+        self.quantizer = quantizer
+        self.layer_precision = dict(layer_precision or {})
         self.io_dtype = io_dtype
         self.batch_size = batch_size
         self.ranges = ranges
@@ -123,7 +136,13 @@ class ExportReport:
 
     @property
     def int8_only(self):
+        """Whether the file is integer end to end with int8 activations."""
         return self.info.int8_only
+
+    @property
+    def integer_only(self):
+        """Whether the file is integer end to end (int8 or int16x8)."""
+        return self.info.integer_only
 
     def __repr__(self):
         return (
@@ -134,6 +153,8 @@ class ExportReport:
     def summary(self):
         """Return what was exported and verified, as text."""
         ranges = f", ranges {self.ranges}" if self.ranges else ""
+        if self.quantizer != "converter":
+            ranges += f", quantizer {self.quantizer}"
         agreement = ", ".join(
             f"{k} {100 * v:.1f}%" for k, v in self.agreement.items()
         )
@@ -142,12 +163,15 @@ class ExportReport:
             + (f"; agreement with Keras: {agreement}" if agreement else ""),
             self.info.summary(),
         ]
+        lines += [
+            f"  layer {k!r}: {v}" for k, v in self.layer_precision.items()
+        ]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
-    def print_summary(self):
-        """Print `summary()`."""
-        print(self.summary())
+    def print_summary(self, print_fn=print):
+        """Print `summary()` with `print_fn`."""
+        print_fn(self.summary())
 
     def __str__(self):
         return self.summary()
@@ -166,6 +190,8 @@ def export_tflite(
     calibration_steps=None,
     input_shape=None,
     min_agreement=_verify.MIN_AGREEMENT,
+    quantizer="converter",
+    layer_precision=None,
 ):
     """Convert a Keras model to a verified TFLite (LiteRT) file.
 
@@ -204,7 +230,11 @@ def export_tflite(
             exist and be writable.
         quantization: `"float32"` (no quantization), `"float16"` (weights
             in float16), `"dynamic"` (int8 weights, float activations) or
-            `"int8"` (weights and activations int8).
+            `"int8"` (weights and activations int8), or `"int16x8"` (int8
+            weights, int16 activations: more accurate where int8
+            activations lose most, integer end to end, `int8_only` False
+            and `integer_only` True; LiteRT's 16x8 kernels are slower
+            than int8 and not every runtime has them).
         representative_data: For `"int8"`: a NumPy array of inputs (shape
             `(n, *input_shape)`; a list or dict of arrays for several
             inputs), a `tf.data.Dataset` of inputs or of `(inputs, labels)`
@@ -247,12 +277,28 @@ def export_tflite(
             below too (an untrained MobileNetV3Small on random 0-255
             images: 12.5%). Lower it (down to 0) to accept such a file
             knowingly.
+        quantizer: Who quantizes, for `"int8"` and `"int16x8"`:
+            `"converter"` (the TFLite converter's built-in calibration) or
+            `"litert"` (Google's LiteRT Quantizer, `litert-quantizer`,
+            installed with `pip install "keras-slim[litert]"`): the model
+            is converted to float32, then quantized from the same
+            representative data. Both give files that pass the same
+            checks.
+        layer_precision: With `quantizer="litert"`, a dict of Keras layer
+            name to `"int16x8"` (int16 activations) or `"float32"` (not
+            quantized) for layers to keep in higher precision; the rest
+            follows `quantization`. A `"float32"` layer makes a mixed
+            file (`int8_only` False): passing it is the explicit choice
+            of one. `keras_slim.quantization.select_precision` picks
+            these layers from a target agreement.
 
     Returns:
         An `ExportReport` with the file's `TFLiteInfo` as `report.info`.
 
     Raises:
         TypeError: if `model` is not a Keras 3 model.
+        ImportError: if `quantizer="litert"` and `litert-quantizer` is not
+            installed.
         ValueError: if an argument is invalid (named in the message), if
             `"int8"` is asked for without `representative_data` on a model
             with no learned ranges, if a weight or a calibration sample is
@@ -285,12 +331,20 @@ def export_tflite(
         allow_float_fallback=allow_float_fallback,
         sparse=sparse,
         per_channel_dense=per_channel_dense,
+        quantizer=quantizer,
+        layer_precision=layer_precision,
     )
     filepath = _check_arguments(
         model, filepath, options, calibration_steps, min_agreement
     )
     sig = _export_inputs.signature(model, input_shape, representative_data)
     learned = _check_ranges_source(model, quantization, representative_data)
+    if learned and quantizer == "litert":
+        raise ValueError(
+            "This model carries learned int8 ranges from quantization-aware "
+            "training, which only the converter reads; export it with "
+            "`quantizer='converter'`. Received: quantizer='litert'"
+        )
     samples = None
     if representative_data is not None:
         samples = _export_inputs.samples(
@@ -300,20 +354,15 @@ def export_tflite(
 
     # ---- convert, then verify the bytes before anything is written.
     start = time.perf_counter()
-    data = _convert.convert(model, sig, options, samples)
+    if quantizer == "litert":
+        floats = {**options, "quantization": "float32", "sparse": False}
+        data = _convert.convert(model, sig, floats, None)
+        data = _litert_quantizer.quantize(data, sig, samples, options)
+    else:
+        data = _convert.convert(model, sig, options, samples)
     seconds = time.perf_counter() - start
     info = TFLiteInfo(filepath, data)
-    if (
-        quantization == "int8"
-        and not allow_float_fallback
-        and (not info.int8_only)
-    ):
-        raise ValueError(
-            "The int8 conversion of `model` kept float ops: "
-            + ", ".join(info.float_ops or sorted(info.ops))
-            + ". Nothing was written. Pass `allow_float_fallback=True` to "
-            "accept a mixed file, or skip those layers from quantization."
-        )
+    _check_integer(model, info, options)
     _verify.check_loads(data, sparse)
     notes = (
         [] if samples is None else _verify.rescaling_notes(model, sig, samples)
@@ -327,13 +376,48 @@ def export_tflite(
         io_dtype=io_dtype,
         batch_size=batch_size,
         ranges=("learned" if learned else "calibrated")
-        if quantization == "int8"
+        if quantization in _CALIBRATED
         else None,
         calibration_samples=None if samples is None else len(samples[0]),
         seconds=seconds,
         info=info,
         agreement=agreement,
         notes=notes,
+        quantizer=quantizer if quantization in _CALIBRATED else "converter",
+        layer_precision=layer_precision,
+    )
+
+
+def _check_integer(model, info, options):
+    """Refuse a file that keeps float ops when an integer one was asked
+    for, naming the Keras layer each float op came from."""
+    quantization = options["quantization"]
+    precisions = set((options["layer_precision"] or {}).values())
+    if (
+        quantization not in _CALIBRATED
+        or options["allow_float_fallback"]
+        or "float32" in precisions
+    ):
+        return
+    wanted_int8 = quantization == "int8" and "int16x8" not in precisions
+    if info.int8_only or (info.integer_only and not wanted_int8):
+        return
+    if info.integer_only:  # int16 activations in an int8 file
+        raise ValueError(
+            "The int8 conversion of `model` has int16 activations "
+            f"({info.activation_dtypes}). Nothing was written."
+        )
+    names = {layer.name for _, layer in _layers.iter_layers(model)}
+    found = []
+    for op in info.float_ops or sorted(info.ops):
+        layer = _tensor_names.producer(info.float_op_tensors.get(op), names)
+        found.append(f"{op} (layer {layer!r})" if layer else op)
+    raise ValueError(
+        f"The {quantization} conversion of `model` kept float ops: "
+        + ", ".join(found)
+        + ". Nothing was written. Pass `allow_float_fallback=True` to "
+        "accept a mixed file, or keep those layers float explicitly with "
+        "`quantizer='litert', layer_precision={name: 'float32'}`."
     )
 
 
@@ -353,6 +437,7 @@ def _check_arguments(
             f"`io_dtype={io_dtype!r}` needs `quantization='int8'`. "
             f"Received: quantization={quantization!r}"
         )
+    _check_quantizer(model, options)
     if options["batch_size"] is not None:
         _validation.check_int("batch_size", options["batch_size"], minimum=1)
     if calibration_steps is not None:
@@ -362,6 +447,45 @@ def _check_arguments(
     _validation.check_range("min_agreement", min_agreement, 0, 1)
     _safe_write.check_writable(filepath)
     return filepath
+
+
+def _check_quantizer(model, options):
+    quantizer = options["quantizer"]
+    _validation.check_choice("quantizer", quantizer, QUANTIZERS)
+    precision = options["layer_precision"]
+    if quantizer == "litert":
+        if options["quantization"] not in _CALIBRATED:
+            raise ValueError(
+                "`quantizer='litert'` quantizes to 'int8' or 'int16x8'. "
+                f"Received: quantization={options['quantization']!r}"
+            )
+        for name in ("io_dtype", "sparse"):
+            if options[name] not in ("float32", "int8", False):
+                raise ValueError(
+                    f"`quantizer='litert'` does not support "
+                    f"`{name}={options[name]!r}`; use `quantizer="
+                    f"'converter'`. Received: {name}={options[name]!r}"
+                )
+        _litert_quantizer.require()
+    if precision is None:
+        return
+    if quantizer != "litert":
+        raise ValueError(
+            "`layer_precision` needs `quantizer='litert'` (the converter "
+            f"has no per-layer precision). Received: quantizer={quantizer!r}"
+        )
+    _validation.check_type("layer_precision", precision, dict, "a dict")
+    names = {layer.name for _, layer in _layers.iter_layers(model)}
+    for name, value in precision.items():
+        if name not in names:
+            raise ValueError(
+                "Expected the keys of `layer_precision` to be layer names "
+                f"of `model`. Received: {name!r}, not a layer of "
+                f"{model.name!r}"
+            )
+        _validation.check_choice(
+            f"layer_precision[{name!r}]", value, ("int16x8", "float32")
+        )
 
 
 def _check_ranges_source(model, quantization, representative_data):
@@ -383,17 +507,22 @@ def _check_ranges_source(model, quantization, representative_data):
             "None. Received: representative_data of type "
             f"{type(representative_data).__name__}"
         )
-    if quantization == "int8" and not learned and representative_data is None:
+    if (
+        quantization in _CALIBRATED
+        and not learned
+        and representative_data is None
+    ):
         raise ValueError(
-            "`quantization='int8'` needs `representative_data` (a few "
-            "hundred typical inputs) to calibrate activation ranges, "
+            f"`quantization={quantization!r}` needs `representative_data` "
+            "(a few hundred typical inputs) to calibrate activation ranges, "
             "unless the model was trained with "
             "`keras_slim.callbacks.QuantizationAwareTraining`. "
             "Received: representative_data=None"
         )
-    if representative_data is not None and quantization != "int8":
+    if representative_data is not None and quantization not in _CALIBRATED:
         raise ValueError(
-            "`representative_data` is used only with `quantization='int8'`. "
+            "`representative_data` is used only with `quantization='int8'` "
+            "or `'int16x8'`. "
             f"Received: quantization={quantization!r}"
         )
     return learned

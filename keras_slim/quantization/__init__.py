@@ -5,6 +5,9 @@ all-int8 TFLite file that agrees with the Keras model.
 - `quantize_model`: a new model with serializable fake-quant layers, for
   saving, reloading and resuming quantization-aware training.
 - `is_quantization_aware`: whether a model carries learned int8 ranges.
+- `error_report`: a quantized file's error at each layer's output.
+- `select_precision`: an int8 file that keeps its most sensitive layers in
+  int16 (or float), as few as reach a target agreement.
 - `register_quantization_rule`: deprecated, use
   `keras_slim.catalogue.register_layer`.
 """
@@ -18,11 +21,32 @@ from keras_slim import _validation
 from keras_slim import catalogue
 from keras_slim.quantization import _in_place
 from keras_slim.quantization import _twins
+from keras_slim.quantization._error_report import ErrorReport
+from keras_slim.quantization._error_report import LayerError
+from keras_slim.quantization._error_report import error_report
+from keras_slim.quantization._selective import SelectionReport
+from keras_slim.quantization._selective import select_precision
 from keras_slim.quantization.model import quantize_model
 from keras_slim.quantization.qat import QuantizationAwareTraining
 
+# Public here; their docstring examples run here.
+for _name in (
+    ErrorReport,
+    LayerError,
+    SelectionReport,
+    error_report,
+    select_precision,
+):
+    _name.__module__ = __name__
+del _name
+
 __all__ = [
+    "ErrorReport",
+    "LayerError",
     "QuantizationAwareTraining",
+    "SelectionReport",
+    "error_report",
+    "select_precision",
     "is_quantization_aware",
     "quantize_model",
     "register_quantization_rule",

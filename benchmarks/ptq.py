@@ -1,0 +1,218 @@
+"""Issue 22 benchmark: post-training quantization, the converter route vs
+the LiteRT Quantizer route, side by side on the same trained models.
+
+    python -m benchmarks.ptq [--seeds 0 1 2] [--quick] [--cache DIR]
+
+Per model and seed: int8 by each route (accuracy vs Keras, agreement,
+bytes, LiteRT latency), int16x8 by each route (agreement), and the
+automatic selective mode (`keras_slim.quantization.select_precision`,
+target agreement 99%: agreement reached, layers kept, share of int8 ops).
+Trained models are cached in `--cache` (keyed by model and seed), so a
+second run only measures. Writes benchmarks/results/ptq.md.
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_slim  # noqa: E402
+from benchmarks._common import compile_classifier  # noqa: E402
+from keras_slim import datasets  # noqa: E402
+from keras_slim import litert  # noqa: E402
+from keras_slim import models  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CALIBRATION = 300
+
+
+def _mobilenet():
+    model = keras.applications.MobileNetV2(
+        input_shape=(96, 96, 3),
+        alpha=0.35,
+        weights=None,
+        classes=10,
+        classifier_activation=None,
+    )
+    for layer in model.layers:  # few steps an epoch: see FINDINGS.md
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.9
+    return model
+
+
+# name: (builder, image size, channels, epochs, quick epochs)
+MODELS = {
+    "demo CNN (small_cnn, 32x32x1)": (models.small_cnn, 32, 1, 30, 3),
+    "residual CNN (residual_cnn, 32x32x1)": (models.residual_cnn, 32, 1, 30, 3),
+    "MobileNetV2 0.35 (96x96x3, weights=None)": (_mobilenet, 96, 3, 8, 1),
+}
+
+
+def trained(name, seed, quick, cache):
+    """The model trained from seed `seed` (cached) and its data."""
+    build, size, channels, epochs, quick_epochs = MODELS[name]
+    data = datasets.load_digits(image_size=size, channels=channels)
+    epochs = quick_epochs if quick else epochs
+    key = name.split(" (")[0].replace(" ", "_").replace(".", "")
+    path = os.path.join(cache, f"{key}_e{epochs}_s{seed}.keras")
+    if os.path.exists(path):
+        return keras.models.load_model(path), data
+    keras.utils.set_random_seed(seed)
+    (x, y), _ = data
+    model = compile_classifier(build())
+    model.fit(x, y, batch_size=64, epochs=epochs, verbose=0)
+    os.makedirs(cache, exist_ok=True)
+    model.save(path)
+    return model, data
+
+
+def _latency(path, repeats=3):
+    return statistics.median(
+        litert.latency(path, runs=50).median_ms for _ in range(repeats)
+    )
+
+
+def _row(model, path, report, xt, yt, keras_acc):
+    acc = litert.evaluate(path, xt, yt)
+    return dict(
+        acc=acc,
+        delta=acc - keras_acc,
+        agreement=litert.compare(model, path, xt).agreement,
+        bytes=report.info.bytes,
+        int8_only=report.info.int8_only,
+        latency=_latency(path),
+        seconds=report.seconds,
+    )
+
+
+def measure(model, data, folder):
+    """Every route and precision on one trained model."""
+    (x, _), (xt, yt) = data
+    rep = x[:CALIBRATION]
+    keras_acc = float(model.evaluate(xt, yt, verbose=0)[1])
+    out = {"keras_acc": keras_acc}
+    for quantizer in ("converter", "litert"):
+        for q in ("int8", "int16x8"):
+            path = os.path.join(folder, f"{quantizer}_{q}.tflite")
+            report = keras_slim.export_tflite(
+                model,
+                path,
+                quantization=q,
+                representative_data=rep,
+                quantizer=quantizer,
+            )
+            out[f"{quantizer} {q}"] = _row(
+                model, path, report, xt, yt, keras_acc
+            )
+    path = os.path.join(folder, "selective.tflite")
+    start = time.perf_counter()
+    sel = keras_slim.quantization.select_precision(
+        model, path, rep, min_agreement=0.99
+    )
+    row = _row(model, path, sel.export, xt, yt, keras_acc)
+    row["seconds"] = time.perf_counter() - start
+    row["layers"] = len(sel.layers)
+    row["int8_ops"] = sel.int8_op_fraction
+    out["selective (litert, 99%)"] = row
+    return out
+
+
+def _median(rows, key):
+    values = [r[key] for r in rows]
+    return statistics.median(values)
+
+
+def to_markdown(results, command, seeds):
+    lines = [
+        "## Post-training quantization: converter vs LiteRT Quantizer "
+        "(issue 22)",
+        "",
+        f"Command: `{command}`  ",
+        f"Date: {time.strftime('%Y-%m-%d')}; Python "
+        f"{platform.python_version()}, TensorFlow "
+        f"{__import__('tensorflow').__version__}, Keras {keras.__version__},"
+        " ai-edge-litert 2.3.0, litert-quantizer 0.11.0; 2-core x86 host "
+        "shared with other jobs. Digits (1347 train / 450 test); "
+        f"{CALIBRATION} training images calibrate both routes. Medians over "
+        f"seeds {seeds}. Agreement: same top-1 as the Keras model on the "
+        "450 test images. Latency: LiteRT, 1 thread, batch 1, median of 3 "
+        "medians of 50 runs (x86 host: int8 is not faster than float here).",
+        "",
+    ]
+    for name, per_seed in results.items():
+        keras_acc = statistics.median(r["keras_acc"] for r in per_seed)
+        lines += [
+            f"### {name}: Keras accuracy {100 * keras_acc:.2f}%",
+            "",
+            "| file | TFLite acc | vs Keras | agreement | bytes | int8_only "
+            "| latency ms | layers kept | int8 ops |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for key in [k for k in per_seed[0] if k != "keras_acc"]:
+            rows = [r[key] for r in per_seed]
+            kept = (
+                f"{_median(rows, 'layers'):g}" if "layers" in rows[0] else "-"
+            )
+            ops = (
+                f"{100 * _median(rows, 'int8_ops'):.1f}%"
+                if "int8_ops" in rows[0]
+                else "-"
+            )
+            lines.append(
+                f"| {key} | {100 * _median(rows, 'acc'):.2f}% | "
+                f"{100 * _median(rows, 'delta'):+.2f} | "
+                f"{100 * _median(rows, 'agreement'):.2f}% | "
+                f"{_median(rows, 'bytes'):,.0f} | "
+                f"{'yes' if all(r['int8_only'] for r in rows) else 'no'} | "
+                f"{_median(rows, 'latency'):.3f} | {kept} | {ops} |"
+            )
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--models", nargs="+", default=None)
+    parser.add_argument("--train-only", action="store_true")
+    parser.add_argument(
+        "--cache", default=os.path.join(tempfile.gettempdir(), "ptq_models")
+    )
+    args = parser.parse_args(argv)
+    names = [
+        n for n in MODELS if not args.models or any(m in n for m in args.models)
+    ]
+    command = "python -m benchmarks.ptq --seeds " + " ".join(
+        str(s) for s in args.seeds
+    )
+    command += " --quick" if args.quick else ""
+    results = {}
+    for name in names:
+        results[name] = []
+        for seed in args.seeds:
+            model, data = trained(name, seed, args.quick, args.cache)
+            if args.train_only:
+                continue
+            with tempfile.TemporaryDirectory() as folder:
+                results[name].append(measure(model, data, folder))
+            print(name, seed, results[name][-1], flush=True)
+    if args.train_only:
+        return
+    text = to_markdown(results, command, args.seeds)
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    with open(os.path.join(HERE, "results", "ptq.md"), "w") as f:
+        f.write(text)
+    print(text)
+    np.set_printoptions()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""Post-training quantization routes: the converter and the LiteRT
+Quantizer, int8 and int16x8, per-layer precision."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+from conftest import accuracy
+
+from keras_slim import _tensor_names
+from keras_slim import export_tflite
+from keras_slim import inspect_tflite
+from keras_slim import litert
+
+needs_quantizer = pytest.mark.skipif(
+    not __import__("keras_slim")._litert_quantizer.available(),
+    reason="the third-party package litert-quantizer is not installed "
+    '(pip install "keras-slim[litert]")',
+)
+
+
+@needs_quantizer
+def test_litert_quantizer_int8_file_is_int8_only_and_as_accurate(
+    trained_cnn, digits, tmp_path
+):
+    (x, _), (x_test, y_test) = digits
+    path = str(tmp_path / "lq.tflite")
+    report = export_tflite(
+        trained_cnn, path, representative_data=x[:300], quantizer="litert"
+    )
+    info = inspect_tflite(path)
+    assert report.quantizer == "litert" and report.ranges == "calibrated"
+    assert info.int8_only and info.integer_only, info.float_ops
+    assert info.inputs[0]["dtype"] == "float32"
+    assert [t["name"] for t in info.outputs] == ["logits"]
+    assert info.io_structure["outputs"] == ["logits"]
+    assert info.ops["CONV_2D"] == 3 and info.ops["FULLY_CONNECTED"] == 1
+    assert (
+        info.bytes
+        < 0.4
+        * inspect_tflite(
+            export_tflite(
+                trained_cnn, str(tmp_path / "f.tflite"), quantization="float32"
+            ).filepath
+        ).bytes
+    )
+    keras_acc = accuracy(trained_cnn.predict(x_test, verbose=0), y_test)
+    assert abs(litert.evaluate(path, x_test, y_test) - keras_acc) <= 0.015
+    assert litert.compare(trained_cnn, path, x_test).agreement >= 0.97
+
+
+@needs_quantizer
+def test_litert_quantizer_int8_io_file_takes_int8_inputs(
+    trained_cnn, digits, tmp_path
+):
+    (x, _), (x_test, _) = digits
+    path = str(tmp_path / "io.tflite")
+    report = export_tflite(
+        trained_cnn,
+        path,
+        representative_data=x[:200],
+        quantizer="litert",
+        io_dtype="int8",
+    )
+    assert report.info.inputs[0]["dtype"] == "int8"
+    assert report.info.outputs[0]["dtype"] == "int8"
+    assert "QUANTIZE" not in report.info.ops
+    assert litert.compare(trained_cnn, path, x_test).agreement >= 0.97
+
+
+@pytest.mark.parametrize(
+    "quantizer",
+    ["converter", pytest.param("litert", marks=needs_quantizer)],
+)
+def test_int16x8_file_is_integer_only_but_not_int8_only(
+    quantizer, trained_cnn, digits, tmp_path
+):
+    (x, _), (x_test, _) = digits
+    path = str(tmp_path / "a16.tflite")
+    report = export_tflite(
+        trained_cnn,
+        path,
+        quantization="int16x8",
+        representative_data=x[:200],
+        quantizer=quantizer,
+    )
+    info = inspect_tflite(path)
+    assert info.integer_only and not info.int8_only, info.float_ops
+    assert report.integer_only and not report.int8_only
+    assert info.activation_dtypes.get("int16", 0) >= 6
+    assert "int8" not in info.activation_dtypes
+    assert "integer_only: True (int16 activations)" in info.summary()
+    assert litert.compare(trained_cnn, path, x_test).agreement >= 0.97
+
+
+@needs_quantizer
+def test_layer_precision_keeps_named_layers_in_int16_or_float(
+    trained_cnn, digits, tmp_path
+):
+    (x, _), (x_test, _) = digits
+    path = str(tmp_path / "mixed16.tflite")
+    export_tflite(
+        trained_cnn,
+        path,
+        representative_data=x[:200],
+        quantizer="litert",
+        layer_precision={"relu4": "int16x8"},
+    )
+    info = inspect_tflite(path)
+    assert info.integer_only and not info.int8_only
+    assert info.activation_dtypes["int16"] >= 1
+    assert info.activation_dtypes["int8"] >= 5
+
+    path = str(tmp_path / "mixed_float.tflite")
+    report = export_tflite(
+        trained_cnn,
+        path,
+        representative_data=x[:200],
+        quantizer="litert",
+        layer_precision={"relu4": "float32"},
+    )
+    assert not report.integer_only
+    float_layers = {
+        _tensor_names.producer(name, {"relu4", "bn4", "conv4"})
+        for name in report.info.float_op_tensors.values()
+    }
+    assert "relu4" in float_layers
+    assert report.layer_precision == {"relu4": "float32"}
+    assert litert.compare(trained_cnn, path, x_test).agreement >= 0.97
+
+
+def test_quantizer_and_layer_precision_are_checked_before_any_work(
+    trained_cnn, digits, tmp_path
+):
+    (x, _), _ = digits
+    path = str(tmp_path / "never.tflite")
+    with pytest.raises(ValueError, match="Expected `quantizer` to be one of"):
+        export_tflite(trained_cnn, path, representative_data=x, quantizer="x")
+    with pytest.raises(ValueError, match="`layer_precision` needs"):
+        export_tflite(
+            trained_cnn,
+            path,
+            representative_data=x,
+            layer_precision={"relu4": "float32"},
+        )
+    with pytest.raises(ValueError, match="quantizes to 'int8' or 'int16x8'"):
+        export_tflite(
+            trained_cnn, path, quantization="float16", quantizer="litert"
+        )
+    with pytest.raises(ValueError, match="needs `representative_data`"):
+        export_tflite(trained_cnn, path, quantization="int16x8")
+    with pytest.raises(ValueError, match="needs `quantization='int8'`"):
+        export_tflite(
+            trained_cnn,
+            path,
+            quantization="int16x8",
+            representative_data=x,
+            io_dtype="int8",
+        )
+    assert not os.path.exists(path)
+
+
+@needs_quantizer
+def test_layer_precision_refuses_unknown_layers_and_precisions(
+    trained_cnn, digits, tmp_path
+):
+    (x, _), _ = digits
+    path = str(tmp_path / "never.tflite")
+    for bad, match in (
+        ({"nope": "int16x8"}, "Received: 'nope', not a layer"),
+        ({"relu4": "int4"}, r"Expected `layer_precision\['relu4'\]`"),
+        (["relu4"], "Expected `layer_precision` to be a dict"),
+    ):
+        with pytest.raises((ValueError, TypeError), match=match):
+            export_tflite(
+                trained_cnn,
+                path,
+                representative_data=x,
+                quantizer="litert",
+                layer_precision=bad,
+            )
+    with pytest.raises(ValueError, match="does not support `io_dtype='uint8'"):
+        export_tflite(
+            trained_cnn,
+            path,
+            representative_data=x,
+            quantizer="litert",
+            io_dtype="uint8",
+        )
+    assert not os.path.exists(path)
+
+
+def test_missing_quantizer_package_is_named_and_nothing_is_written(
+    trained_cnn, digits, tmp_path, monkeypatch
+):
+    (x, _), _ = digits
+    monkeypatch.setitem(sys.modules, "litert_quantizer", None)
+    path = str(tmp_path / "never.tflite")
+    with pytest.raises(ImportError, match="`litert-quantizer` package"):
+        export_tflite(
+            trained_cnn, path, representative_data=x, quantizer="litert"
+        )
+    assert not os.path.exists(path)
+
+
+def test_float_ops_are_refused_with_the_keras_layer_they_came_from(
+    digits, tmp_path
+):
+    import keras
+
+    inputs = keras.Input((8,))
+    h = keras.layers.Dense(8, name="hidden")(inputs)
+    out = keras.layers.LayerNormalization(name="norm")(h)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(out))
+    data = np.random.default_rng(0).random((64, 8), "float32")
+    path = str(tmp_path / "never.tflite")
+    try:
+        export_tflite(model, path, representative_data=data)
+    except ValueError as e:
+        message = str(e)
+    else:
+        pytest.skip("this converter quantizes LayerNormalization fully")
+    assert "kept float ops" in message
+    assert "(layer 'norm')" in message
+    assert not os.path.exists(path)
+
+
+def test_tensor_names_give_the_layer_that_produced_them():
+    names = {"relu4", "bn4", "conv4", "dense_1", "dense", "logits"}
+    fused = (
+        "m_export_1/m_1/relu4_1/Relu;m_export_1/m_1/bn4_1/batchnorm/add_1;"
+        "m_export_1/m_1/conv4_1/convolution"
+    )
+    assert _tensor_names.producer(fused, names) == "relu4"
+    assert _tensor_names.layers_in(fused, names) == ["relu4", "bn4", "conv4"]
+    assert _tensor_names.producer("m_1/dense_1_1/MatMul", names) == "dense_1"
+    assert _tensor_names.producer("m_1/dense_1/MatMul", names) == "dense"
+    assert _tensor_names.producer("logits", names) == "logits"
+    assert _tensor_names.producer("image_quantized", names) is None
