@@ -85,3 +85,15 @@ def strategy_scope(model):
     if strategy is None:
         return contextlib.nullcontext()
     return strategy.scope()
+
+
+def sync_state(model):
+    """Attach a running JAX `fit`'s state to `model`'s variables.
+
+    JAX's trainer keeps the variables' values outside them during an
+    epoch; `Callback.model` syncs them back, but a callback holding a
+    variable directly must sync first. Nothing to do on other backends.
+    """
+    sync = getattr(model, "jax_state_sync", None)
+    if sync is not None:
+        sync()

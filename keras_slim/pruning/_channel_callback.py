@@ -119,7 +119,7 @@ class ChannelPruning(keras.callbacks.Callback):
         self._update_masks()
 
     def _step(self):
-        return int(self.model.optimizer.iterations.numpy())
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def _due(self, step):
         """Whether to read the schedule at `step` (always the first time)."""
@@ -192,8 +192,11 @@ class ChannelPruning(keras.callbacks.Callback):
                 self._masks.append((var, mask))
 
     def _apply(self):
+        # `self.model` syncs a JAX `fit`'s state back into the variables,
+        # which it otherwise leaves detached until the epoch ends.
+        _layers.sync_state(self.model)
         for var, mask in self._masks:
-            var.assign(var * mask)
+            var.assign(keras.ops.multiply(var.value, mask))
 
     def _log(self, logs):
         if logs is not None:

@@ -188,7 +188,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
                         known.add(id(v))
                         variables.append(v)
         optimizer = self.model.optimizer
-        if optimizer is None:
+        if optimizer is None or _stateless():
             return
         with _layers.strategy_scope(self.model):
             if optimizer.built:
@@ -224,14 +224,21 @@ class GradualUnfreezing(keras.callbacks.Callback):
                     f"(down to {chosen[0].path if chosen else '-'})"
                 )
         if changed:
+            optimizer = self.model.optimizer
+            if _stateless() and optimizer is not None and optimizer.built:
+                self.model.optimizer = rebuild_optimizer(
+                    optimizer, list(self.model.trainable_variables)
+                )
             self.model.make_train_function(force=True)
 
     def on_train_batch_begin(self, batch, logs=None):
         if self._scaled:
+            _layers.sync_state(self.model)
             self._snapshot = [keras.ops.copy(v.value) for v, _ in self._scaled]
 
     def on_train_batch_end(self, batch, logs=None):
         if self._scaled and self._snapshot is not None:
+            _layers.sync_state(self.model)
             for (v, factor), old in zip(self._scaled, self._snapshot):
                 v.assign(old + factor * (v.value - old))
             self._snapshot = None
@@ -241,6 +248,17 @@ class GradualUnfreezing(keras.callbacks.Callback):
             logs["trainable_params"] = _freezing._num(
                 self._target.trainable_weights
             )
+
+
+def _stateless():
+    """Whether the optimizer must be built on exactly the trained variables.
+
+    JAX's stateless train step passes the optimizer the current trainable
+    variables and requires them 1:1 with those it was built on, so there
+    the optimizer is rebuilt (its state carried over) at each stage rather
+    than built once on every variable the schedule will unfreeze.
+    """
+    return keras.backend.backend() == "jax"
 
 
 def _trainable_when_unfrozen(layer):
