@@ -34,6 +34,11 @@ class LayerError:
         cosine: Mean cosine similarity of the file's and Keras's output,
             sample by sample (1.0: same direction).
         tensor: The file's tensor name.
+
+    Example:
+
+    >>> LayerError("conv", "Conv2D", "int8", 34.2, 0.9995, "m/conv_1/Relu")
+    <LayerError 'conv' int8 snr_db=34.2 cosine=0.9995>
     """
 
     def __init__(self, name, class_name, dtype, snr_db, cosine, tensor):
@@ -62,6 +67,16 @@ class ErrorReport:
         layers: List of `LayerError`, in the order the file computes them.
         unmatched: Names of Keras layers with no tensor of their own in
             the file (fused into a later op, or reshaped away).
+
+    Example:
+
+    >>> report = ErrorReport("m.tflite", 8, [
+    ...     LayerError("relu1", "ReLU", "int8", 36.0, 0.9999, "t1"),
+    ...     LayerError("relu2", "ReLU", "int8", 35.0, 0.9998, "t2"),
+    ...     LayerError("logits", "Dense", "int8", 24.0, 0.998, "t3"),
+    ... ], unmatched=["conv1"])
+    >>> report.worst_layer, report.drops["logits"]
+    ('logits', 11.0)
     """
 
     def __init__(self, filepath, samples, layers, unmatched):

@@ -41,6 +41,12 @@ class SelectionReport:
         error_report: The `ErrorReport` of the all-int8 file that ranked
             the layers (None if the all-int8 file met the target).
         tried: List of `(number of layers kept, agreement)` tried.
+
+    Example:
+
+    >>> result = SelectionReport(layers=["relu4"], reached=True)
+    >>> result.layers, result.reached
+    (['relu4'], True)
     """
 
     def __init__(self, **fields):
