@@ -596,7 +596,9 @@ def test_schedules_count_optimizer_steps_with_steps_per_execution(
     model = compile_classifier(_model(), steps_per_execution=4)
     end = 2 * steps
     if kind == "pruning":
-        schedule = PolynomialDecay(0.0, SPARSITY, begin_step=0, end_step=end)
+        schedule = PolynomialDecay(
+            0.0, SPARSITY, begin_step=0, end_step=end, frequency=4
+        )
         callback = MagnitudePruning(schedule)
     elif kind == "channel_pruning":
         schedule = PolynomialDecay(
@@ -611,9 +613,13 @@ def test_schedules_count_optimizer_steps_with_steps_per_execution(
     )
     assert int(model.optimizer.iterations.numpy()) == 3 * steps
     if kind == "pruning":
-        assert history.history["sparsity"][-1] == pytest.approx(
-            SPARSITY, abs=0.01
-        )
+        first, second, third = history.history["sparsity"]
+        # Step 20 (the last execution's start in epoch 0): 0.75 * (1 -
+        # (1 - 20/44)**3) = 0.63; not 0.75 * (1 - (1 - 5/44)**3) = 0.23,
+        # the value at the count of callback calls.
+        assert first == pytest.approx(schedule(20), abs=0.01)
+        assert 0.5 < first < second
+        assert second == third == pytest.approx(SPARSITY, abs=0.01)
         assert_pruned(model)
     elif kind == "channel_pruning":
         assert history.history["channel_sparsity"][-1] == CHANNEL_FRACTION

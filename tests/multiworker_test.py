@@ -280,11 +280,12 @@ def _assert_same_arrays(chief, other):
 
 _QAT_RANGES_NOT_SYNCED = (
     "Under MultiWorkerMirroredStrategy the in-place QAT activation ranges "
-    "are not synchronized across workers: each worker moves its "
-    "qat_*_min/max from its own shard (model.add_weight with Keras's "
-    "default aggregation='none'), so after 4 epochs the workers hold "
-    "different ranges (model/qat_conv2d_max 1.311 vs 1.371) and their int8 "
-    "files differ. Weights, masks and logs are identical."
+    "are not synchronized across workers: the callback creates them "
+    "(model.add_weight in on_train_begin) outside the strategy's scope, "
+    "so they are plain per-process variables and each worker moves its "
+    "qat_*_min/max from its own shard: after 4 epochs "
+    "model/qat_conv2d_max is 1.311 on one worker and 1.371 on the other. "
+    "Weights and logs are identical."
 )
 
 
