@@ -1,13 +1,63 @@
 """Training-side behaviour on the other Keras backends, each in a child
-process (the backend is fixed when Keras is first imported)."""
+process (the backend is fixed when Keras is first imported; conftest.py
+sets TensorFlow for this process).
 
+The PyTorch cases run where `torch` is importable: install the CPU wheel
+(`pip install torch==2.13.0`) in the test environment to run them.
+"""
+
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
+
+_HAS_TORCH = importlib.util.find_spec("torch") is not None
+BACKENDS = [
+    "jax",
+    pytest.param(
+        "torch",
+        marks=pytest.mark.skipif(
+            not _HAS_TORCH,
+            reason="torch is not installed (pip install torch==2.13.0)",
+        ),
+    ),
+]
+
+# Shared by the child programs: tiny data and a small CNN, seeded. JAX
+# compiles its train step (jit_compile defaults to True there); PyTorch
+# runs eagerly (its default).
+_PRELUDE = textwrap.dedent(
+    """
+    import json
+    import keras
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.random((128, 8, 8, 1)).astype("float32")
+    y = (x.mean(axis=(1, 2, 3)) > 0.5).astype("int32")
+    LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def cnn(classes=2, seed=0):
+        keras.utils.set_random_seed(seed)
+        return keras.Sequential([
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(16, 3, name="c1"),
+            keras.layers.BatchNormalization(momentum=0.9, name="bn1"),
+            keras.layers.ReLU(),
+            keras.layers.Conv2D(16, 3, activation="relu", name="c2"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(classes, name="head"),
+        ])
+
+    def numpy(v):
+        return keras.ops.convert_to_numpy(v)
+    """
+)
 
 _QAT_UNDER_JIT = textwrap.dedent(
     """
@@ -31,7 +81,7 @@ _QAT_UNDER_JIT = textwrap.dedent(
     model.compile(
         "adam",
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        jit_compile=True,
+        jit_compile=keras.backend.backend() == "jax",
     )
     model.fit(x, y, epochs=2, batch_size=32, verbose=0,
               callbacks=[QuantizationAwareTraining()])
@@ -64,7 +114,7 @@ _QAT_UNDER_JIT = textwrap.dedent(
 )
 
 
-def _run(backend, code, tmp_path):
+def _run(backend, code, tmp_path, timeout=600):
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -72,13 +122,13 @@ def _run(backend, code, tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("backend", ["jax"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_qat_ranges_are_learned_inside_a_jitted_step(backend, tmp_path):
     result = _run(backend, _QAT_UNDER_JIT, tmp_path)
     assert result["backend"] == backend
@@ -94,3 +144,279 @@ def test_qat_ranges_are_learned_inside_a_jitted_step(backend, tmp_path):
     assert result["twin_diff"] < 1e-5
     # save_weights / load_weights carry them.
     assert result["moved"] and result["restored_equal"]
+
+
+_MAGNITUDE = _PRELUDE + textwrap.dedent(
+    """
+    from keras_slim.pruning import MagnitudePruning, sparsity_report
+    from keras_slim.profiling import profile
+    from keras_slim.schedules import PolynomialDecay
+
+    model = cnn()
+    model.compile("adam", LOSS)
+    kernels = [model.get_layer(n).kernel for n in ("c1", "c2", "head")]
+    seen = []
+
+    class Check(keras.callbacks.Callback):
+        # After each epoch: weights that are masked must be exactly zero.
+        def on_epoch_end(self, epoch, logs=None):
+            leaked = 0
+            for k in kernels:
+                mask = numpy(k.constraint.mask)
+                leaked += int(np.sum((mask == 0) & (numpy(k) != 0)))
+            seen.append(leaked)
+
+    # 4 steps an epoch: masks update every 2 steps up to step 8, then 4
+    # more epochs (16 optimizer steps) with no update: the compiled step
+    # alone keeps the zeros.
+    schedule = PolynomialDecay(0.0, 0.75, begin_step=0, end_step=8,
+                               frequency=2)
+    history = model.fit(x, y, batch_size=32, epochs=6, verbose=0,
+                        callbacks=[MagnitudePruning(schedule), Check()])
+    zeros = sum(int(np.sum(numpy(k) == 0)) for k in kernels)
+    size = sum(int(np.prod(k.shape)) for k in kernels)
+    model.save("pruned.keras")
+    reloaded = keras.models.load_model("pruned.keras")
+    same = all(
+        np.array_equal(numpy(a), numpy(b))
+        for a, b in zip(model.weights, reloaded.weights)
+    )
+    report = sparsity_report(model)
+    print(json.dumps({
+        "backend": keras.backend.backend(),
+        "sparsity_log": history.history["sparsity"],
+        "leaked": seen,
+        "sparsity": zeros / size,
+        "report_sparsity": float(report.sparsity),
+        "reloaded_equal": same,
+        "params": int(profile(model).total_params),
+    }))
+    """
+)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_magnitude_pruning_keeps_exact_zeros_inside_the_compiled_step(
+    backend, tmp_path
+):
+    result = _run(backend, _MAGNITUDE, tmp_path)
+    assert result["backend"] == backend
+    # No masked weight ever moved, including the 16 steps after the last
+    # mask update (a traced JAX step sees no mask update).
+    assert result["leaked"] == [0] * 6
+    # The schedule's 0.75, reached at step 8 (end of epoch 2), and kept.
+    assert result["sparsity_log"][2:] == [pytest.approx(0.75, abs=0.002)] * 4
+    assert result["sparsity"] == pytest.approx(0.75, abs=0.002)
+    assert result["report_sparsity"] == pytest.approx(0.75, abs=0.002)
+    assert result["reloaded_equal"]
+    assert result["params"] == 2578
+
+
+_CHANNELS = _PRELUDE + textwrap.dedent(
+    """
+    from keras_slim.pruning import ChannelPruning, shrink
+
+    model = cnn()
+    model.compile("adam", LOSS)
+    history = model.fit(x, y, batch_size=32, epochs=2, verbose=0,
+                        callbacks=[ChannelPruning(0.5, min_channels=4)])
+    c1 = numpy(model.get_layer("c1").kernel)
+    dead = int(np.sum(np.all(c1 == 0, axis=(0, 1, 2))))
+    small = shrink(model)
+    gap = np.abs(small.predict(x[:32], verbose=0)
+                 - model.predict(x[:32], verbose=0)).max()
+    print(json.dumps({
+        "backend": keras.backend.backend(),
+        "channel_sparsity": history.history["channel_sparsity"],
+        "dead_c1": dead,
+        "c1": small.get_layer("c1").filters,
+        "c2": small.get_layer("c2").filters,
+        "gap": float(gap),
+    }))
+    """
+)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_channel_pruning_then_shrink_gives_the_same_outputs(backend, tmp_path):
+    result = _run(backend, _CHANNELS, tmp_path)
+    assert result["backend"] == backend
+    assert result["channel_sparsity"] == [0.5, 0.5]
+    # Half the filters of c1 stayed exactly zero through the jitted steps.
+    assert result["dead_c1"] == 8
+    assert (result["c1"], result["c2"]) == (8, 8)
+    assert result["gap"] < 1e-5
+
+
+_DISTILL_AND_TRANSFER = _PRELUDE + textwrap.dedent(
+    """
+    from keras_slim import distillation, transfer
+
+    def dense(seed):
+        keras.utils.set_random_seed(seed)
+        return keras.Sequential([
+            keras.Input((8, 8, 1)), keras.layers.Flatten(),
+            keras.layers.Dense(8, activation="relu"), keras.layers.Dense(2),
+        ])
+
+    teacher, student = dense(1), dense(2)
+    distiller = distillation.Distiller(teacher, student, temperature=3.0,
+                                       alpha=0.25)
+    distiller.compile("adam", LOSS)
+    logs = distiller.evaluate(x, y, batch_size=len(x), verbose=0,
+                              return_dict=True)
+    t = numpy(teacher.predict(x, verbose=0)).astype("float64")
+    s = numpy(student.predict(x, verbose=0)).astype("float64")
+    history = distiller.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    cached = distillation.cache_teacher_outputs(teacher, x)
+    again = distillation.Distiller(teacher, dense(2), temperature=3.0,
+                                   alpha=0.25)
+    again.compile("adam", LOSS)
+    history_cached = again.fit(
+        x, {distillation.LABELS: y, distillation.TEACHER_OUTPUTS: cached},
+        batch_size=32, epochs=1, verbose=0, shuffle=False)
+
+    model = cnn()
+    model.compile("adam", LOSS)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    swapped = transfer.swap_head(model, 5)
+    features = transfer.extract_features(model, x[:8])
+    frozen = transfer.freeze(model, fraction=0.5)
+    unfrozen = transfer.unfreeze(model)
+    target = cnn(classes=3, seed=1)
+    copied = transfer.transfer_weights(model, target)
+    c1_copied = np.array_equal(numpy(target.get_layer("c1").kernel),
+                               numpy(model.get_layer("c1").kernel))
+    lines = []
+    transfer.trainable_summary(model, print_fn=lines.append)
+    gradual = cnn()
+    transfer.freeze(gradual, up_to="c2")
+    gradual.compile("adam", LOSS)
+    c2_before = numpy(gradual.get_layer("c2").kernel).copy()
+    steps = gradual.fit(
+        x, y, batch_size=32, epochs=2, verbose=0,
+        callbacks=[transfer.GradualUnfreezing(
+            {1: "c2"}, learning_rate_multiplier=0.5)])
+    c2_moved = not np.array_equal(
+        c2_before, numpy(gradual.get_layer("c2").kernel))
+    print(json.dumps({
+        "backend": keras.backend.backend(),
+        "teacher": t.tolist(), "student": s.tolist(),
+        "loss": logs["loss"],
+        "distillation_loss": logs["distillation_loss"],
+        "fit_loss": history.history["loss"],
+        "cached_loss": history_cached.history["loss"],
+        "swap_shape": list(swapped.output_shape),
+        "features_shape": list(np.shape(features)),
+        "c1_copied": c1_copied,
+        "summary_lines": len(lines),
+        "trainable_params": steps.history["trainable_params"],
+        "c2_moved": c2_moved,
+        "frozen_type": type(frozen).__name__,
+        "copied_type": type(copied).__name__,
+        "unfrozen_type": type(unfrozen).__name__,
+    }))
+    """
+)
+
+
+def _reference_distillation(teacher, student, labels, temperature, alpha):
+    """NumPy: (1 - alpha) T^2 KL(p_t || p_s) + alpha CE(labels, student)."""
+
+    def log_softmax(z):
+        z = z - z.max(axis=-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+    log_t = log_softmax(teacher / temperature)
+    log_s = log_softmax(student / temperature)
+    kl = (np.exp(log_t) * (log_t - log_s)).sum(axis=-1).mean()
+    soft = kl * temperature**2
+    hard = -log_softmax(student)[np.arange(len(labels)), labels].mean()
+    return soft, (1 - alpha) * soft + alpha * hard
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_distillation_loss_and_transfer_utilities(backend, tmp_path):
+    result = _run(backend, _DISTILL_AND_TRANSFER, tmp_path)
+    assert result["backend"] == backend
+    rng = np.random.default_rng(0)
+    x = rng.random((128, 8, 8, 1)).astype("float32")
+    y = (x.mean(axis=(1, 2, 3)) > 0.5).astype("int32")
+    soft, total = _reference_distillation(
+        np.array(result["teacher"]), np.array(result["student"]), y, 3.0, 0.25
+    )
+    assert result["distillation_loss"] == pytest.approx(soft, rel=1e-4)
+    assert result["loss"] == pytest.approx(total, rel=1e-4)
+    # The cached teacher outputs give the same training as the live teacher.
+    assert result["cached_loss"][0] == pytest.approx(
+        result["fit_loss"][0], rel=0.05
+    )
+    assert result["swap_shape"] == [None, 5]
+    assert result["features_shape"] == [8, 16]
+    assert result["c1_copied"]
+    assert result["summary_lines"] > 3
+    # Head and c2 trainable from epoch 1 (bn1 and c1 stay frozen).
+    assert result["trainable_params"] == [34, 2354]
+    assert result["c2_moved"]
+    assert (
+        result["frozen_type"],
+        result["unfrozen_type"],
+        result["copied_type"],
+    ) == ("FreezeReport", "FreezeReport", "TransferReport")
+
+
+_EXPORT = _PRELUDE + textwrap.dedent(
+    """
+    import time
+    from keras_slim import litert
+    from keras_slim._cross_backend import export_tflite_in_tensorflow
+    from keras_slim.quantization import quantize_model
+
+    model = cnn()
+    model.compile("adam", LOSS)
+    model.fit(x, y, batch_size=32, epochs=3, verbose=0)
+    start = time.perf_counter()
+    report = export_tflite_in_tensorflow(
+        model, "model.tflite", representative_data=x[:64])
+    seconds = time.perf_counter() - start
+    keras_top = numpy(model.predict(x, verbose=0)).argmax(-1)
+    file_top = np.asarray(
+        litert.predict("model.tflite", x)).argmax(-1)
+    try:
+        export_tflite_in_tensorflow(model, "bad.tflite", quantization="int9")
+        error = None
+    except ValueError as e:
+        error = str(e)
+    twin = quantize_model(model)
+    twin.compile("adam", LOSS)
+    twin.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    learned = export_tflite_in_tensorflow(twin, "qat.tflite")
+    print(json.dumps({
+        "backend": keras.backend.backend(),
+        "int8_only": bool(report.int8_only),
+        "agreement": report.agreement,
+        "parity": float(np.mean(keras_top == file_top)),
+        "seconds": seconds,
+        "error": error,
+        "bad_written": __import__("os").path.exists("bad.tflite"),
+        "learned_int8_only": bool(learned.int8_only),
+        "learned_ranges": learned.ranges,
+    }))
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_export_from_another_backend_gives_a_verified_int8_file(
+    backend, tmp_path
+):
+    result = _run(backend, _EXPORT, tmp_path, timeout=900)
+    assert result["backend"] == backend
+    assert result["int8_only"]
+    assert min(result["agreement"].values()) >= 0.9
+    assert result["parity"] >= 0.9
+    assert result["error"].startswith("Expected `quantization` to be one of")
+    assert not result["bad_written"]
+    assert result["learned_int8_only"]
+    assert result["learned_ranges"] == "learned"
