@@ -353,3 +353,31 @@ def check_weights(model):
                 "(`keras.callbacks.TerminateOnNaN` stops training at the "
                 "first NaN). Nothing was converted."
             )
+
+
+def check_calibratable(model, quantization):
+    """Refuse calibrated quantization of recurrent layers before the
+    converter sees them.
+
+    Measured with TensorFlow 2.21: Keras 3's LSTM, GRU and SimpleRNN
+    convert to a WHILE loop whose int8 calibration segfaults inside the
+    converter's calibrator (`_feed_tensors`), killing the process; the
+    LiteRT Quantizer fails on the same float file ("Tensor data is
+    null"). `"dynamic"` and `"float16"` convert them fine.
+    """
+    from keras_slim import _layers
+
+    if quantization not in ("int8", "int16x8"):
+        return
+    for path, layer in _layers.iter_layers(model):
+        if isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional)):
+            raise ValueError(
+                f"Post-training `quantization={quantization!r}` cannot "
+                f"calibrate recurrent layer {path!r} "
+                f"({type(layer).__name__}): with TensorFlow's converter its "
+                "WHILE loop crashes the calibrator and the whole Python "
+                "process (a segmentation fault), and the LiteRT Quantizer "
+                "cannot calibrate it either. Export it with "
+                "`quantization='dynamic'` (int8 weights, float activations) "
+                "or `'float16'`. Nothing was converted."
+            )

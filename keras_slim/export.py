@@ -351,6 +351,8 @@ def export_tflite(
             representative_data, sig, calibration_steps or 500
         )
     _export_inputs.check_weights(model)
+    if not learned:
+        _export_inputs.check_calibratable(model, quantization)
 
     # ---- convert, then verify the bytes before anything is written.
     start = time.perf_counter()

@@ -238,3 +238,25 @@ def test_tensor_names_give_the_layer_that_produced_them():
     assert _tensor_names.producer("m_1/dense_1/MatMul", names) == "dense"
     assert _tensor_names.producer("logits", names) == "logits"
     assert _tensor_names.producer("image_quantized", names) is None
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "SimpleRNN"])
+def test_recurrent_layers_are_refused_before_the_calibrator_crashes(
+    kind, tmp_path
+):
+    import keras
+
+    model = keras.Sequential(
+        [
+            keras.Input((10, 4)),
+            getattr(keras.layers, kind)(8, name="rnn"),
+            keras.layers.Dense(3, name="head"),
+        ]
+    )
+    data = np.random.default_rng(0).random((16, 10, 4), "float32")
+    path = str(tmp_path / "never.tflite")
+    with pytest.raises(ValueError, match=f"recurrent layer 'rnn' \\({kind}\\)"):
+        export_tflite(model, path, representative_data=data)
+    assert not os.path.exists(path)
+    report = export_tflite(model, path, quantization="dynamic")
+    assert report.agreement["head"] >= 0.9
