@@ -255,6 +255,20 @@ def read_io_structure(data):
     return None
 
 
+def _inline_buffers(model, data):
+    """Move constant buffers stored after the flatbuffer (`offset`/`size`,
+    as the LiteRT Quantizer writes them) back into it, so that repacking
+    the model keeps them."""
+    for buffer in model.buffers or []:
+        offset, size = int(buffer.offset or 0), int(buffer.size or 0)
+        if offset > 1 and size:
+            buffer.data = np.frombuffer(
+                bytes(data[offset : offset + size]), np.uint8
+            )
+            buffer.offset = 0
+            buffer.size = 0
+
+
 def relabel(
     data, input_keys, output_keys, input_names, output_names, structure
 ):
@@ -276,6 +290,7 @@ def relabel(
 
     schema = _schema()
     model = parse(data, "<converted>")
+    _inline_buffers(model, data)
     [signature] = model.signatureDefs
     graph = model.subgraphs[signature.subgraphIndex]
     for maps, keys, names, attr in (
