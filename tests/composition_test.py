@@ -279,15 +279,6 @@ def _tensorboard_tags(logdir):
     return tags
 
 
-_QAT_KERAS_FILE_BUG = (
-    "ModelCheckpoint('m.keras') of a model made quantization-aware in place "
-    "writes a file keras.models.load_model cannot read: \"Layer 'model' "
-    'expected 0 variables, but received 11 variables during loading" (the '
-    "qat_* variables added by model.add_weight are saved, the rebuilt "
-    "Sequential has no slot for them). Issue 18 item 1."
-)
-
-
 _UNFREEZING_KERAS_FILE_BUG = (
     "A .keras file of a model trained with GradualUnfreezing does not load: "
     "keras.models.load_model fails on the optimizer, 'The shape of the "
@@ -297,7 +288,6 @@ _UNFREEZING_KERAS_FILE_BUG = (
     "than the reloaded model's trainable_variables)."
 )
 KNOWN_BUGS = {
-    ("qat", "checkpoint_keras"): _QAT_KERAS_FILE_BUG,
     ("unfreezing", "checkpoint_keras"): _UNFREEZING_KERAS_FILE_BUG,
 }
 
@@ -361,6 +351,8 @@ def test_composes_with_keras_callback(kind, name, digits_small, tmp_path):
         )
         if kind == "pruning":
             assert_pruned(loaded)
+        if kind == "qat":
+            assert is_quantization_aware(loaded)
     elif name == "checkpoint_weights":
         loaded = _load_weights_into_fresh(case, tmp_path / "m.weights.h5", x)
         for a, b in zip(loaded.get_weights(), model.get_weights()):
