@@ -260,3 +260,50 @@ def test_recurrent_layers_are_refused_before_the_calibrator_crashes(
     assert not os.path.exists(path)
     report = export_tflite(model, path, quantization="dynamic")
     assert report.agreement["head"] >= 0.9
+
+
+def test_relabel_keeps_constant_buffers_stored_after_the_flatbuffer(
+    tmp_path,
+):
+    # The LiteRT Quantizer stores large constants after the flatbuffer
+    # (`offset`/`size`); repacking must bring them back in.
+    import flatbuffers
+    import keras
+
+    from keras_slim import _tflite_file
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    path = str(tmp_path / "f.tflite")
+    export_tflite(model, path, quantization="float32")
+    with open(path, "rb") as f:
+        data = f.read()
+    flat = _tflite_file.parse(data, path)
+    [moved] = [  # the Dense kernel's buffer
+        t.buffer for t in flat.subgraphs[0].tensors if list(t.shape) == [3, 4]
+    ]
+    payload = bytes(np.asarray(flat.buffers[moved].data, np.uint8))
+    flat.buffers[moved].data = None
+    flat.buffers[moved].size = len(payload)
+
+    def pack(offset):
+        flat.buffers[moved].offset = offset
+        builder = flatbuffers.Builder(len(data) + 4096)
+        builder.Finish(flat.Pack(builder), file_identifier=b"TFL3")
+        return bytes(builder.Output())
+
+    head = pack(2**40)  # same field width as the real offset
+    external = pack(len(head)) + payload
+    assert len(pack(len(head))) == len(head)
+    io = inspect_tflite(path).io_structure
+    names = io["inputs"], io["outputs"]
+    relabeled = _tflite_file.relabel(external, *names, *names, io)
+    x = np.random.default_rng(0).random((5, 4), "float32")
+    out = litert_file_run(relabeled, x)
+    np.testing.assert_allclose(out, model.predict(x, verbose=0), atol=1e-5)
+
+
+def litert_file_run(data, x):
+    from keras_slim import _litert_file
+
+    file = _litert_file.File(content=data)
+    return file.run([x])[0]
