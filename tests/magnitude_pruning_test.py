@@ -412,6 +412,34 @@ def test_block_pattern_zeroes_whole_blocks(digits_small):
     assert zeros.mean() == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_very_high_sparsity_never_zeroes_a_whole_kernel(scope):
+    # 0.99 of a 40-weight kernel rounds to all 40: the largest weight stays,
+    # as in tensorflow-model-optimization.
+    model = keras.Sequential(
+        [
+            keras.Input((10,)),
+            keras.layers.Dense(4, name="thin"),
+            keras.layers.Dense(400, name="wide"),
+        ]
+    )
+    model.compile("sgd", "mse")
+    thin = model.get_layer("thin").kernel
+    thin.assign(thin.numpy() * 1e-3)  # globally, the smallest weights
+    largest = np.unravel_index(np.argmax(np.abs(thin.numpy())), thin.shape)
+    x, y = np.ones((8, 10)), np.zeros((8, 400))
+    model.fit(
+        x,
+        y,
+        epochs=1,
+        verbose=0,
+        callbacks=[MagnitudePruning(one_shot(0.99), scope=scope)],
+    )
+    kept = thin.numpy() != 0
+    assert kept.sum() == 1 and kept[largest]
+    assert np.sum(model.get_layer("wide").kernel.numpy() != 0) >= 1
+
+
 def test_global_scope_ranks_across_layers(digits_small):
     (x, y), _ = digits_small
     model = compile_classifier(dense_model())

@@ -245,13 +245,32 @@ def _prune_lowest(units_list, target_count):
     return out
 
 
+def _keep_one(units, mask):
+    """`mask`, or, if it prunes every weight, one keeping the largest unit.
+
+    A kernel with no weight left silences its layer; like
+    tensorflow-model-optimization, pruning always keeps at least one
+    (0.99 of a 40-weight kernel rounds to all 40).
+    """
+    if mask.any():
+        return mask
+    pruned = np.ones(units.scores.size, dtype=bool)
+    pruned[int(np.argmax(units.scores))] = False
+    return units.mask(pruned)
+
+
 def compute_masks(weights, input_axes, pattern, sparsity, scope):
-    """New masks (float32 arrays of 0/1) for `weights` at `sparsity`."""
+    """New masks (float32 arrays of 0/1) for `weights` at `sparsity`.
+
+    Each kernel keeps at least its largest weight (or block).
+    """
     units = [_Units(w, axis, pattern) for w, axis in zip(weights, input_axes)]
     if scope == "global":
         total = sum(int(w.size) for w in weights)
-        return _prune_lowest(units, int(round(sparsity * total)))
-    return [
-        _prune_lowest([u], int(round(sparsity * w.size)))[0]
-        for u, w in zip(units, weights)
-    ]
+        masks = _prune_lowest(units, int(round(sparsity * total)))
+    else:
+        masks = [
+            _prune_lowest([u], int(round(sparsity * w.size)))[0]
+            for u, w in zip(units, weights)
+        ]
+    return [_keep_one(u, m) for u, m in zip(units, masks)]

@@ -91,7 +91,13 @@ class MagnitudePruning(keras.callbacks.Callback):
     pruned weights exactly zero inside the compiled train step (with Adam
     momentum, `steps_per_execution > 1`, `jit_compile=True`, mixed
     precision and `tf.distribute` strategies). Masks are computed on the
-    host only at update steps, never every batch.
+    host only at update steps, never every batch. Every Keras backend:
+    on PyTorch the constraint reads the mask at each step; on JAX, whose
+    jitted step sees only the model's and optimizer's state, the callback
+    also wraps the model's `train_step` so that a pruned weight that was
+    zero before a step is zero after it (no retrace at mask updates). A
+    kernel always keeps at least one weight (its largest), as in
+    tensorflow-model-optimization: a whole kernel is never zeroed.
 
     Pruned by default: the kernels of `Dense`, `EinsumDense`, `Conv1D/2D/3D`,
     `Conv*DTranspose`, `DepthwiseConv1D/2D` and both kernels of
