@@ -275,11 +275,9 @@ class MagnitudePruning(keras.callbacks.Callback):
             for path, reason in self._skipped:
                 print(f"MagnitudePruning: skipped {path}: {reason}")
         changed = self._attach_masks()
-        if _masks_are_traced():
-            changed = self._install_keep_zeros() or changed
-        if changed:
+        if changed or _masks_are_traced():
             # `fit` built its train function before `on_train_begin`.
-            self.model.make_train_function(force=True)
+            self._rebuild_train_function()
         step = self._step()
         self._last_step = step
         if self.schedule.updates_between(step - 1, step):
@@ -332,6 +330,7 @@ class MagnitudePruning(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._maybe_update(None)
+        self._remove_keep_zeros()
 
     # -------------------------------------------------------------- helpers
 
@@ -376,16 +375,35 @@ class MagnitudePruning(keras.callbacks.Callback):
         self._refresh_sparsity()
         return changed
 
-    def _install_keep_zeros(self):
-        """Wrap the model's JAX `train_step` once; True if newly wrapped."""
+    def _rebuild_train_function(self):
+        """Make `fit` use a new train function (a new trace on JAX).
+
+        JAX caches a trace per Python function: the wrapped `train_step`
+        is a new function each time, or the old trace (and its masks)
+        would be reused.
+        """
+        if _masks_are_traced():
+            model = self.model
+            step = getattr(model.train_step, "wrapped", model.train_step)
+            wrapped = _keep_zeros_step(model, step)
+            setattr(wrapped, _OWNER, self)
+            model.train_step = wrapped
+        self.model.make_train_function(force=True)
+
+    def _remove_keep_zeros(self):
+        """Give the model back its own `train_step` once `fit` ends.
+
+        Its compiled step (the last trace) keeps the zeros; a later `fit`
+        that builds a new one reads the masks afresh from the constraints.
+        """
         model = self.model
         step = model.train_step
-        fresh = not hasattr(step, _OWNER)
-        if fresh:
-            step = _keep_zeros_step(model, step)
-            model.train_step = step
-        setattr(step, _OWNER, self)
-        return fresh or bool(self._released)
+        if getattr(step, _OWNER, None) is self:
+            model.train_step = step.wrapped
+            try:
+                del model.train_step  # the class's method again
+            except AttributeError:
+                pass
 
     def _release(self, variables, masks):
         """Record un-pruned zero weights; True if the step must retrace."""
@@ -445,7 +463,7 @@ class MagnitudePruning(keras.callbacks.Callback):
                 variable.constraint.mask.assign(mask)
                 variable.assign((w * mask).astype(w.dtype))
         if _masks_are_traced() and self._release(variables, masks):
-            self.model.make_train_function(force=True)
+            self._rebuild_train_function()
         self._zeros = [int(np.sum(m == 0)) for m in masks]
         self._refresh_sparsity()
         if self.verbose:
