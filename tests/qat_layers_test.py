@@ -14,12 +14,14 @@ from keras_slim.quantization import quantize_model
 L = keras.layers
 
 
-def _fit_export(model, data, path, route="callback", epochs=1, probs=False):
+def _fit_export(model, data, path, route="callback", epochs=3, probs=False):
     """Train `model` quantization-aware, export int8, return the agreement
     of the file with Keras on the test images."""
     (x, y), (x_test, _) = data
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=not probs)
-    model.compile(keras.optimizers.Adam(1e-3), loss)
+    # A few epochs at a high rate: an untrained model's near-tied logits
+    # would make the agreement measure noise.
+    model.compile(keras.optimizers.Adam(1e-2), loss)
     callbacks = [QuantizationAwareTraining()]
     if route == "quantize_model":
         model = quantize_model(model)
@@ -28,6 +30,14 @@ def _fit_export(model, data, path, route="callback", epochs=1, probs=False):
         x, y, batch_size=64, epochs=epochs, verbose=0, callbacks=callbacks
     )
     keras_slim.export_tflite(model, path, input_shape=tuple(x.shape[1:]))
+    if route == "quantize_model":
+        model.save(f"{path}.keras")
+        reloaded = keras.models.load_model(f"{path}.keras")
+        np.testing.assert_allclose(
+            reloaded.predict(x_test, verbose=0),
+            model.predict(x_test, verbose=0),
+            atol=1e-6,
+        )
     info = keras_slim.inspect_tflite(path)
     assert info.int8_only, info.float_ops
     return litert.compare(model, path, x_test).agreement
@@ -124,3 +134,96 @@ def test_unsupported_layers_are_all_named_before_training(digits_small):
         np.testing.assert_array_equal(before, after)
     with pytest.raises(ValueError, match="'soft' of type `Dense`"):
         quantize_model(model)
+
+
+def _sequence(x):
+    return L.Reshape((8, 8))(x)
+
+
+def _squeeze_excite(x):
+    s = L.GlobalAveragePooling2D(keepdims=True)(x)
+    s = L.Conv2D(4, 1, activation="relu")(s)
+    s = L.Conv2D(8, 1, activation="sigmoid")(s)
+    return L.Multiply()([x, s])
+
+
+def _inception(x):
+    def branch(y):
+        return L.Conv2D(4, 1, activation="relu")(y)
+
+    inner = L.Concatenate()([branch(x), branch(x)])
+    return L.Concatenate()([inner, branch(x)])
+
+
+def _densenet_transition(x):
+    x = L.Conv2D(8, 3, padding="same")(x)
+    x = L.ReLU()(L.BatchNormalization()(x))
+    x = L.Conv2D(8, 1)(x)
+    return L.AveragePooling2D(2, strides=2)(x)
+
+
+def _hard_swish_ops(x):
+    # MobileNetV3's hard-swish, written with `keras.ops` on a Conv output.
+    x = L.Conv2D(8, 3)(x)
+    return L.Multiply()([x, L.ReLU(6.0)(x + 3.0) * (1.0 / 6.0)])
+
+
+# Each body maps the 8x8x1 digits to a feature map or sequence.
+BODIES = {
+    "conv1d": lambda x: L.Conv1D(16, 3, activation="relu")(_sequence(x)),
+    "conv1d_causal": lambda x: L.Conv1D(16, 3, padding="causal")(_sequence(x)),
+    "depthwise_conv1d": lambda x: L.DepthwiseConv1D(3, depth_multiplier=2)(
+        _sequence(x)
+    ),
+    "separable_conv1d": lambda x: L.SeparableConv1D(16, 3)(_sequence(x)),
+    "separable_conv2d": lambda x: L.ReLU()(
+        L.BatchNormalization()(L.SeparableConv2D(16, 3)(x))
+    ),
+    "upsampling2d": lambda x: L.Conv2D(8, 3, strides=2, activation="relu")(
+        L.UpSampling2D()(L.Conv2D(8, 3, activation="relu")(x))
+    ),
+    "average_pooling_transition": _densenet_transition,
+    "rescaling_with_offset": lambda x: L.Conv2D(16, 3, activation="relu")(
+        L.Rescaling(2.0, offset=-1.0)(x)
+    ),
+    "normalization": lambda x: L.Conv2D(16, 3, activation="relu")(
+        L.Normalization(mean=0.3, variance=0.1)(x)
+    ),
+    "swish": lambda x: L.Conv2D(16, 3, activation="swish")(x),
+    "hard_swish": lambda x: L.Conv2D(16, 3, activation="hard_swish")(x),
+    "gelu_layer": lambda x: L.Activation("gelu")(
+        L.BatchNormalization()(L.Conv2D(16, 3)(x))
+    ),
+    "squeeze_excite_multiply": lambda x: _squeeze_excite(
+        L.Conv2D(8, 3, activation="relu")(x)
+    ),
+    "concatenation_of_concatenations": _inception,
+    "hard_swish_of_keras_ops": _hard_swish_ops,
+}
+
+
+def _body_model(body):
+    inputs = keras.Input((8, 8, 1))
+    x = L.Flatten()(BODIES[body](inputs))
+    return keras.Model(inputs, L.Dense(10)(x))
+
+
+@pytest.mark.parametrize("body", sorted(BODIES))
+def test_layer_kind_exports_all_int8_in_parity(body, digits_small, tmp_path):
+    agreement = _fit_export(
+        _body_model(body), digits_small, tmp_path / "m.tflite"
+    )
+    assert agreement >= 0.99
+
+
+@pytest.mark.parametrize(
+    "body", ["conv1d", "depthwise_conv1d", "separable_conv2d", "normalization"]
+)
+def test_quantize_model_twins_export_int8_and_reload(
+    body, digits_small, tmp_path
+):
+    model = _body_model(body)
+    agreement = _fit_export(
+        model, digits_small, tmp_path / "m.tflite", route="quantize_model"
+    )
+    assert agreement >= 0.99

@@ -111,26 +111,40 @@ class QuantizationAwareness:
         self.phase = new_variable("qat_phase", 0.0, shape=(len(PHASES),))
         self.input = _Range(new_variable, "input")
         # layer path -> rule: what a reloaded model is made aware with.
-        self.rules = {path: rule for path, _, rule in rows}
+        self.rules = {
+            path: rule
+            for path, layer, rule in rows
+            if isinstance(layer, keras.layers.Layer)
+        }
         self.ranges = {}  # layer path -> _Range
-        # layer path -> _Range of an inner tensor: the input of a weight
-        # layer's own activation, or a standalone BatchNorm's product.
+        # layer path -> _Range of an inner tensor (`_rules.INNER_RULES`).
         self.inner = {}
+        # layer path -> _Range of the input of a weight layer's own
+        # activation, when it runs as an op of its own.
+        self.pre = {}
         for path, layer, rule in rows:
             if rule == "skip":
                 continue
             if _rules.output_mode(layer, rule) != "none":
                 fixed = _rules.fixed_range(layer, rule)
                 self.ranges[path] = _Range(new_variable, _safe(path), fixed)
-            if _rules.splits_activation(layer, rule) or rule == "batchnorm":
+            if rule in _rules.INNER_RULES:
                 name = f"{_safe(path)}_inner"
                 self.inner[path] = _Range(new_variable, name)
+            if _rules.splits_activation(layer, rule):
+                name = f"{_safe(path)}_preactivation"
+                self.pre[path] = _Range(new_variable, name)
         # Python copies of `phase`: what the traced functions were built
         # with (a change rebuilds them).
         self.active, self.ranges_frozen, self.bn_frozen = True, False, False
 
     def all_ranges(self):
-        return [self.input, *self.ranges.values(), *self.inner.values()]
+        return [
+            self.input,
+            *self.ranges.values(),
+            *self.inner.values(),
+            *self.pre.values(),
+        ]
 
     def read_phase(self):
         values = keras.ops.convert_to_numpy(self.phase)
@@ -187,6 +201,9 @@ def make_aware(model, rows):
     attribute `call` of the model, of its nested models and of its leaf
     layers (see the module docstring).
     """
+    # The `keras.ops` nodes of a graph model run under rules too (in place
+    # only: `quantize_model` keeps them float).
+    rows = [*rows, *_rules.op_rows(model)]
     awareness = QuantizationAwareness(model, rows)
     if not awareness.owned and keras.backend.backend() != "tensorflow":
         raise ValueError(
@@ -205,7 +222,11 @@ def make_aware(model, rows):
             layer,
             rule,
             layer.call,
-            (awareness.ranges.get(path), awareness.inner.get(path)),
+            (
+                awareness.ranges.get(path),
+                awareness.inner.get(path),
+                awareness.pre.get(path),
+            ),
             id(layer) in shared,
         )
     for _, sub, is_model in _rules.walk(model):
@@ -324,7 +345,7 @@ def _layer_call(awareness, layer, rule, original, quantizers, shared):
     weighted = rule in _rules.WEIGHT_RULES
     split = _rules.splits_activation(layer, rule)
     batchnorm = isinstance(layer, keras.layers.BatchNormalization)
-    output_range, inner_range = quantizers
+    output_range, inner_range, pre_range = quantizers
 
     def call(*args, **kwargs):
         sc = _placement.current_scope()
@@ -338,11 +359,21 @@ def _layer_call(awareness, layer, rule, original, quantizers, shared):
         def inner(t):
             return inner_range(t, sc.training, awareness)
 
+        def pre(t):
+            return pre_range(t, sc.training, awareness)
+
         def run(new_args, fused):
             if weighted:
                 return _quantizers.weight_forward(
-                    layer, rule, new_args[0], True, inner if split else None
+                    layer,
+                    rule,
+                    new_args[0],
+                    True,
+                    pre if split else None,
+                    inner if inner_range is not None else None,
                 )
+            if rule == "affine":
+                return _quantizers.affine_forward(layer, new_args[0], inner)
             if rule == "batchnorm" and not fused:
                 training = kwargs.get("training", sc.training)
                 return _quantizers.standalone_batchnorm(

@@ -71,45 +71,103 @@ def fake_quant_fixed(x, fixed):
     return ops.cast(out, dtype)
 
 
-def weight_forward(layer, rule, inputs, quantize, pre_activation=None):
-    """The forward pass of a Conv/DepthwiseConv/Dense layer, through its
-    public attributes, with the kernel fake-quantized when `quantize`.
+def weight_forward(
+    layer, rule, inputs, quantize, pre_activation=None, inner=None
+):
+    """The forward pass of a Conv/DepthwiseConv/SeparableConv/Dense layer,
+    through its public attributes, with the kernel fake-quantized when
+    `quantize`.
 
     `pre_activation(t)`, when given, fake-quantizes the output before the
     layer's own activation (an activation the converter cannot fuse runs
-    as an op of its own, on an int8 input)."""
+    as an op of its own, on an int8 input); `inner(t)` the depthwise
+    output of a separable convolution (the converter runs it as a
+    DEPTHWISE_CONV_2D, then a CONV_2D)."""
+    if rule == "separable":
+        outputs = _separable(layer, inputs, quantize, inner)
+        return _bias_activation(layer, outputs, pre_activation)
     kernel = layer.kernel
+    # A 1D convolution runs as a 2D one with a height of 1: the converter
+    # refuses the per-channel kernel of a 1D one ("'tfl.reshape' op
+    # requires 'output' type ... cast compatible": its ExpandDims keeps the
+    # quantized axis at 2 when the channels move to 3), so the kernel is
+    # expanded before it is fake-quantized.
+    one_d = rule in ("conv", "depthwise") and len(kernel.shape) == 3
+    if one_d:
+        kernel = ops.expand_dims(kernel, 0)
     if quantize:
         kernel = quantize_kernel(kernel, rule)
     if rule == "dense":
         outputs = ops.matmul(inputs, kernel)
         if layer.use_bias:
             outputs = ops.add(outputs, layer.bias)
-    else:
-        if rule == "depthwise":
-            outputs = ops.depthwise_conv(
-                inputs,
-                kernel,
-                strides=layer.strides,
-                padding=layer.padding,
-                dilation_rate=layer.dilation_rate,
-                data_format=layer.data_format,
-            )
+        return _bias_activation(layer, outputs, pre_activation, bias=False)
+    outputs = _convolve(layer, rule, inputs, kernel, one_d)
+    return _bias_activation(layer, outputs, pre_activation)
+
+
+def _bias_activation(layer, outputs, pre_activation, bias=True):
+    if bias and layer.use_bias:
+        rank = len(outputs.shape) - 2
+        channels = layer.bias.shape[0]
+        if layer.data_format == "channels_last":
+            bias_shape = (1,) * (rank + 1) + (channels,)
         else:
-            outputs = layer.convolution_op(inputs, kernel)
-        if layer.use_bias:
-            rank = len(outputs.shape) - 2
-            channels = layer.bias.shape[0]
-            if layer.data_format == "channels_last":
-                bias_shape = (1,) * (rank + 1) + (channels,)
-            else:
-                bias_shape = (1, channels) + (1,) * rank
-            outputs = ops.add(outputs, ops.reshape(layer.bias, bias_shape))
+            bias_shape = (1, channels) + (1,) * rank
+        outputs = ops.add(outputs, ops.reshape(layer.bias, bias_shape))
     if pre_activation is not None:
         outputs = pre_activation(outputs)
     if layer.activation is not None:
         outputs = layer.activation(outputs)
     return outputs
+
+
+def _separable(layer, inputs, quantize, inner):
+    depthwise = layer.depthwise_kernel
+    pointwise = layer.pointwise_kernel
+    one_d = len(depthwise.shape) == 3
+    if one_d:
+        depthwise = ops.expand_dims(depthwise, 0)
+        pointwise = ops.expand_dims(pointwise, 0)
+    if quantize:
+        depthwise = quantize_kernel(depthwise, "depthwise")
+        pointwise = quantize_kernel(pointwise, "conv")
+    outputs = _convolve(layer, "depthwise", inputs, depthwise, one_d)
+    if inner is not None:
+        outputs = inner(outputs)
+    axis = 1 if layer.data_format == "channels_last" else 2
+    if one_d:
+        outputs = ops.expand_dims(outputs, axis)
+    outputs = ops.conv(
+        outputs, pointwise, padding="valid", data_format=layer.data_format
+    )
+    return ops.squeeze(outputs, axis) if one_d else outputs
+
+
+def _convolve(layer, rule, inputs, kernel, one_d):
+    strides, dilation = layer.strides, layer.dilation_rate
+    padding, data_format = layer.padding, layer.data_format
+    if rule == "conv" and not one_d:
+        return layer.convolution_op(inputs, kernel)
+    axis = 1 if data_format == "channels_last" else 2
+    if one_d:
+        if padding == "causal":
+            left = dilation[0] * (layer.kernel_size[0] - 1)
+            pads = [[0, 0], [0, 0], [0, 0]]
+            pads[axis] = [left, 0]
+            inputs, padding = ops.pad(inputs, pads), "valid"
+        inputs = ops.expand_dims(inputs, axis)
+        strides, dilation = (1, strides[0]), (1, dilation[0])
+    op = ops.depthwise_conv if rule == "depthwise" else ops.conv
+    outputs = op(
+        inputs,
+        kernel,
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation,
+        data_format=data_format,
+    )
+    return ops.squeeze(outputs, axis) if one_d else outputs
 
 
 def fake_quant_activation(x, min_var, max_var, init_var, update, momentum):
@@ -173,3 +231,25 @@ def standalone_batchnorm(layer, x, training, inner, original):
     if training:
         return original(x, training=True)
     return product + ops.reshape(offset, shape)
+
+
+def affine_parameters(layer, dtype):
+    """The `(scale, offset)` of a `Rescaling` or `Normalization` layer."""
+    if isinstance(layer, keras.layers.Normalization):
+        std = ops.maximum(
+            ops.sqrt(ops.cast(layer.variance, dtype)), keras.config.epsilon()
+        )
+        mean = ops.cast(layer.mean, dtype)
+        if layer.invert:
+            return std, mean
+        return 1.0 / std, -mean / std
+    return ops.cast(layer.scale, dtype), ops.cast(layer.offset, dtype)
+
+
+def affine_forward(layer, x, inner):
+    """`Rescaling` or `Normalization` as the int8 file runs it: an int8
+    MUL by the scale, then an int8 ADD of the offset; the product is
+    fake-quantized by `inner`."""
+    x = ops.cast(x, layer.compute_dtype)
+    scale, offset = affine_parameters(layer, x.dtype)
+    return inner(x * scale) + offset

@@ -1,8 +1,9 @@
 """How each layer takes part in int8 simulation (its quantization rule).
 
 A rule says how a layer takes part in int8 simulation:
-  "conv", "depthwise", "dense": weights fake-quantized; output pending
-      unless the layer's own activation is not linear.
+  "conv", "depthwise", "separable", "dense": weights fake-quantized;
+      output pending unless the layer's own activation is not linear (a
+      separable convolution's depthwise output gets a range of its own).
   "batchnorm": fuses with a pending convolution/Dense output; output
       pending.
   "activation": ReLU-like, fused by the converter into the op before it;
@@ -11,6 +12,9 @@ A rule says how a layer takes part in int8 simulation:
   "concat": pending inputs take the output's range; output quantized.
   "output": inputs quantized; output quantized (averaging pools,
       Softmax, any element-wise op without weights).
+  "affine": `Rescaling`, `Normalization`: an int8 MUL by the scale whose
+      product has a range, then an int8 ADD of the offset; output
+      quantized.
   "passthrough": inputs quantized; the output keeps the input's range
       (MaxPooling, Flatten, Reshape, Dropout, padding, cropping).
   "quantizer": a keras_slim fake-quant layer (already quantized).
@@ -27,10 +31,10 @@ from keras_slim.quantization import _quantizers
 # The rules a layer class can be given (the catalogue's list, less
 # "quantizer", which only keras_slim's own FakeQuant has).
 RULES = tuple(r for r in catalogue.QUANTIZATION_RULES if r != "quantizer")
-WEIGHT_RULES = ("conv", "depthwise", "dense")
+WEIGHT_RULES = ("conv", "depthwise", "separable", "dense")
 # BatchNormalization folds into a convolution (per output channel); after a
 # Dense (quantized per tensor) or anything else it runs as int8 MUL and ADD.
-CONV_RULES = ("conv", "depthwise")
+CONV_RULES = ("conv", "depthwise", "separable")
 FUSING_PRODUCERS = (*WEIGHT_RULES, "batchnorm", "add")
 # Concatenation runs in int8 with one scale for its inputs and output: the
 # converter gives the inputs the output's range, so they are not quantized
@@ -98,10 +102,16 @@ def layer_rule(layer):
     return catalogue.quantization_rule_of(cls)
 
 
+# Rules whose layers compute an inner tensor that needs a range: a
+# standalone BatchNorm's or an affine layer's product, a separable
+# convolution's depthwise output.
+INNER_RULES = ("batchnorm", "affine", "separable")
+
+
 def splits_activation(layer, rule):
     """Whether a weight layer's own activation runs as an op of its own
     (its input then needs a range of its own)."""
-    if rule not in WEIGHT_RULES:
+    if rule not in WEIGHT_RULES or not hasattr(layer, "activation"):
         return False
     name = activation_name(layer.activation)
     return name not in ("linear", *_FUSED_ACTIVATIONS)
@@ -114,6 +124,8 @@ def fixed_range(layer, rule):
         return _quantizers.FIXED_RANGES.get(name)
     if type(layer) is _L.Softmax:
         return _quantizers.FIXED_RANGES["softmax"]
+    if not isinstance(layer, _L.Layer):  # a keras.ops node
+        return _quantizers.FIXED_RANGES.get(type(layer).__name__.lower())
     return None
 
 
@@ -139,9 +151,50 @@ def output_mode(layer, rule):
         return "pending" if name == "linear" else "quantize"
     if rule in ("batchnorm", "add", "activation"):
         return "pending"
-    if rule in ("output", "concat"):
+    if rule in ("output", "concat", "affine"):
         return "quantize"
     return "none"
+
+
+# `keras.ops` calls on symbolic tensors become nodes of a Functional graph
+# (MobileNetV3's hard-swish `x * relu6(x + 3) / 6`): rules by op class.
+_OP_RULES = {
+    "Add": "add",
+    "Subtract": "add",
+    "Relu": "activation",
+    "Relu6": "activation",
+    **dict.fromkeys(
+        "Multiply Divide TrueDivide Maximum Minimum Sigmoid Tanh Softmax "
+        "HardSigmoid HardSilu Silu Gelu Mean Square".split(),
+        "output",
+    ),
+    **dict.fromkeys("Reshape ExpandDims Squeeze".split(), "passthrough"),
+}
+
+
+def op_rows(model):
+    """`[(path, op, rule)]` for the `keras.ops` nodes of the graph of
+    `model` and of its nested graph models; refuses those with no rule."""
+    rows, refused = [], []
+    graphs = [("", model)]
+    graphs += [(p, sub) for p, sub, is_model in walk(model) if is_model]
+    for prefix, graph in graphs:
+        if isinstance(graph, keras.Sequential):
+            continue  # every node of a Sequential model is a layer
+        if not _layers.is_graph_model(graph):
+            continue
+        for op in graph.operations:
+            if isinstance(op, keras.layers.Layer):
+                continue
+            path = f"{prefix}/{op.name}" if prefix else op.name
+            rule = _OP_RULES.get(type(op).__name__)
+            if rule is None:
+                reason = "is a `keras.ops` node with no int8 rule"
+                refused.append((path, type(op).__name__, reason))
+            rows.append((path, op, rule))
+    if refused:
+        raise ValueError(_refusal(refused))
+    return rows
 
 
 def shared_outputs(model):

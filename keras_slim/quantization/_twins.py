@@ -141,6 +141,53 @@ class QuantizedDepthwiseConv2D(_WeightQuantMixin, keras.layers.DepthwiseConv2D):
 
 
 @keras.saving.register_keras_serializable(package="keras_slim")
+class QuantizedDepthwiseConv1D(_WeightQuantMixin, keras.layers.DepthwiseConv1D):
+    """`keras.layers.DepthwiseConv1D` with int8 per-channel fake-quantized
+    kernel."""
+
+    weight_rule = "depthwise"
+
+
+class _SeparableQuantMixin:
+    """SeparableConv subclass: both kernels fake-quantized per channel,
+    the depthwise output through its `FakeQuant` sublayer `depthwise_quant`
+    (the converter runs a DEPTHWISE_CONV_2D, then a CONV_2D)."""
+
+    weight_rule = "separable"
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.depthwise_quant = FakeQuant(name="depthwise_quant")
+        self.depthwise_quant.build(())
+
+    def call(self, inputs, training=None):
+        active = getattr(self, "quantize_active", True)
+
+        def inner(t):
+            return self.depthwise_quant(t, training=training)
+
+        return _quantizers.weight_forward(
+            self, "separable", inputs, active, inner=inner if active else None
+        )
+
+
+@keras.saving.register_keras_serializable(package="keras_slim")
+class QuantizedSeparableConv1D(
+    _SeparableQuantMixin, keras.layers.SeparableConv1D
+):
+    """`keras.layers.SeparableConv1D` with int8 per-channel fake-quantized
+    kernels and a range on its depthwise output."""
+
+
+@keras.saving.register_keras_serializable(package="keras_slim")
+class QuantizedSeparableConv2D(
+    _SeparableQuantMixin, keras.layers.SeparableConv2D
+):
+    """`keras.layers.SeparableConv2D` with int8 per-channel fake-quantized
+    kernels and a range on its depthwise output."""
+
+
+@keras.saving.register_keras_serializable(package="keras_slim")
 class QuantizedDense(_WeightQuantMixin, keras.layers.Dense):
     """`keras.layers.Dense` with int8 per-tensor fake-quantized kernel."""
 
@@ -162,9 +209,6 @@ class FreezableBatchNormalization(keras.layers.BatchNormalization):
         if self.frozen:
             training = False
         return super().call(inputs, training=training, mask=mask)
-
-
-BATCHNORM_VARIABLES = ("gamma", "beta", "moving_mean", "moving_variance")
 
 
 @keras.saving.register_keras_serializable(package="keras_slim")
@@ -207,14 +251,20 @@ class StandaloneBatchNormalization(FreezableBatchNormalization):
 TWINS = {
     keras.layers.Conv1D: QuantizedConv1D,
     keras.layers.Conv2D: QuantizedConv2D,
+    keras.layers.DepthwiseConv1D: QuantizedDepthwiseConv1D,
     keras.layers.DepthwiseConv2D: QuantizedDepthwiseConv2D,
+    keras.layers.SeparableConv1D: QuantizedSeparableConv1D,
+    keras.layers.SeparableConv2D: QuantizedSeparableConv2D,
     keras.layers.Dense: QuantizedDense,
     keras.layers.BatchNormalization: FreezableBatchNormalization,
 }
 WEIGHT_TWINS = (
     QuantizedConv1D,
     QuantizedConv2D,
+    QuantizedDepthwiseConv1D,
     QuantizedDepthwiseConv2D,
+    QuantizedSeparableConv1D,
+    QuantizedSeparableConv2D,
     QuantizedDense,
 )
 for _twin in WEIGHT_TWINS:

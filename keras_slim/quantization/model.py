@@ -6,6 +6,7 @@ from keras_slim import _layers
 from keras_slim import _validation
 from keras_slim.quantization import _in_place
 from keras_slim.quantization import _placement
+from keras_slim.quantization import _quantizers
 from keras_slim.quantization import _rules
 from keras_slim.quantization import _twins
 
@@ -19,8 +20,7 @@ class _Builder:
         self.awareness = awareness
         self.new_to_old = {}
         self.copies = []  # (FakeQuant, the in-place range or None)
-        # (StandaloneBatchNormalization, the in-place range or None)
-        self.standalone = []
+
         self.names = {layer.name for _, layer, _ in rows}
         self.shared = _rules.shared_outputs(model)
 
@@ -60,19 +60,22 @@ class _Builder:
             return new(*sc.materialize(args), **kwargs)
         rule = self.rules[id(old)]
         path = self.paths[id(old)]
-        source = inner = None
+        source = inner = pre = None
         if self.awareness is not None:
             source = self.awareness.ranges.get(path)
             inner = self.awareness.inner.get(path)
+            pre = self.awareness.pre.get(path)
         if rule == "batchnorm" and not _placement.fuses(sc, rule, args):
             new = self.standalone_batchnorm(old, inner)
         split = rule != "skip" and _rules.splits_activation(old, rule)
 
         def run(new_args, fused):
+            if rule == "affine":
+                return self.affine(old, new_args[0], inner)
             outputs = new(*new_args, **kwargs)
             if split:
                 outputs = self.fake_quant(
-                    outputs, f"{old.name}_preactivation_quant", inner
+                    outputs, f"{old.name}_preactivation_quant", pre
                 )
                 activation = keras.layers.Activation(
                     old.activation, name=self.unique(f"{old.name}_activation")
@@ -88,11 +91,26 @@ class _Builder:
             rule, old, args, run, quantize_output, id(old) in self.shared
         )
 
+    def affine(self, old, x, inner):
+        """`Rescaling`/`Normalization` as two `Rescaling` layers with a
+        `FakeQuant` on the product between them."""
+
+        def constant(t):
+            return keras.ops.convert_to_numpy(t).tolist()
+
+        scale, offset = _quantizers.affine_parameters(old, "float32")
+        x = keras.layers.Rescaling(
+            constant(scale), name=self.unique(f"{old.name}_scale")
+        )(x)
+        x = self.fake_quant(x, f"{old.name}_product_quant", inner)
+        return keras.layers.Rescaling(
+            1.0, constant(offset), name=self.unique(f"{old.name}_offset")
+        )(x)
+
     def standalone_batchnorm(self, old, inner):
         """The BatchNorm twin for a BatchNorm that folds into nothing."""
         new = _twins.StandaloneBatchNormalization.from_config(old.get_config())
         self.new_to_old[id(new)] = old
-        self.standalone.append((new, inner))
         return new
 
     def build(self, model, top):
@@ -135,6 +153,24 @@ class _Builder:
                     outputs = outputs[0]
             outputs = sc.materialize(outputs)
             return keras.Model(inputs, outputs, name=model.name)
+
+
+def _copy_weights(new_layer, old, builder):
+    """Copy `old`'s weights into its twin; return the `(FakeQuant, in-place
+    range)` pairs of the twin's own range sublayer, if it has one."""
+    inner = [
+        getattr(new_layer, name)
+        for name in ("depthwise_quant", "product")
+        if hasattr(new_layer, name)
+    ]
+    skip = {id(v) for layer in inner for v in layer.weights}
+    own = [v for v in new_layer.weights if id(v) not in skip]
+    for variable, value in zip(own, old.get_weights(), strict=True):
+        variable.assign(value)
+    source = None
+    if builder.awareness is not None:
+        source = builder.awareness.inner.get(builder.paths[id(old)])
+    return [(layer, source) for layer in inner]
 
 
 def quantize_model(model, filters=None):
@@ -215,16 +251,11 @@ def quantize_model(model, filters=None):
     builder = _Builder(model, rows, _in_place.awareness_of(model))
     new = builder.build(model, top=True)
     by_id = {id(layer): layer for _, layer, _ in _rules.walk(new)}
+    copies = builder.copies
     for new_id, old in builder.new_to_old.items():
         new_layer = by_id.get(new_id)
-        if isinstance(new_layer, _twins.StandaloneBatchNormalization):
-            for name in _twins.BATCHNORM_VARIABLES:
-                if getattr(old, name, None) is not None:
-                    getattr(new_layer, name).assign(getattr(old, name))
-        elif new_layer is not None and not isinstance(old, keras.Model):
-            new_layer.set_weights(old.get_weights())
-    copies = builder.copies
-    copies += [(bn.product, source) for bn, source in builder.standalone]
+        if new_layer is not None and not isinstance(old, keras.Model):
+            copies += _copy_weights(new_layer, old, builder)
     for fq, source in copies:
         if source is not None:
             # NumPy copies: sharing a buffer breaks JAX's donated state.

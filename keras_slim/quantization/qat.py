@@ -177,6 +177,9 @@ class QuantizationAwareTraining(keras.callbacks.Callback):
                     layer.ranges_frozen = frozen
                 elif isinstance(layer, _twins.WEIGHT_TWINS):
                     layer.quantize_active = active
+                    inner = getattr(layer, "depthwise_quant", None)
+                    if inner is not None:
+                        inner.ranges_frozen = frozen
                 elif isinstance(layer, _twins.StandaloneBatchNormalization):
                     layer.frozen = bn_frozen
                     layer.quantize_active = active
