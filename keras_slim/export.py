@@ -11,10 +11,11 @@ quantization, and whether it is `int8_only`.
 
 import time
 
-import keras  # noqa: F401 - the docstring examples use it
+import keras
 import numpy as np  # noqa: F401 - the docstring examples use it
 
 from keras_slim import _convert
+from keras_slim import _cross_backend
 from keras_slim import _export_checks
 from keras_slim import _export_inputs
 from keras_slim import _litert_quantizer
@@ -224,7 +225,10 @@ def export_tflite(
     needs none.
 
     Args:
-        model: A built Keras 3 model.
+        model: A built Keras 3 model. Under `KERAS_BACKEND=jax` or
+            `torch` it is saved to a temporary `.keras` file and converted
+            in a child process under the TensorFlow backend, with the same
+            checks (see `keras_slim._cross_backend`).
         filepath: Path of the `.tflite` file to write; its folder must
             exist and be writable.
         quantization: `"float32"` (no quantization), `"float16"` (weights
@@ -339,6 +343,16 @@ def export_tflite(
     filepath = _check_arguments(
         model, filepath, options, calibration_steps, min_agreement
     )
+    if keras.backend.backend() != "tensorflow":  # JAX or PyTorch
+        return _cross_backend.export_tflite_in_tensorflow(
+            model,
+            filepath,
+            representative_data=representative_data,
+            calibration_steps=calibration_steps,
+            input_shape=input_shape,
+            min_agreement=min_agreement,
+            **options,
+        )
     sig = _export_inputs.signature(model, input_shape, representative_data)
     learned = _check_ranges_source(model, quantization, representative_data)
     if learned and quantizer == "litert":
