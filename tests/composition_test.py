@@ -510,18 +510,6 @@ def test_composes_with_training_mode(kind, mode, digits_small, request):
         assert np.isfinite(history.history["val_loss"]).all()
 
 
-_QAT_RANGES_NOT_MIRRORED = (
-    "Under MirroredStrategy the in-place QAT ranges are plain "
-    "ResourceVariables on one device, not MirroredVariables: the callback "
-    "creates them with model.add_weight in on_train_begin, outside the "
-    "strategy's scope, so every replica writes the same variable in turn "
-    "(the last write wins, no cross-replica reduction), and under "
-    "MultiWorkerMirroredStrategy each worker keeps its own ranges "
-    "(tests/multiworker_test.py)."
-)
-
-
-@pytest.mark.xfail(strict=True, reason=_QAT_RANGES_NOT_MIRRORED)
 def test_qat_ranges_are_mirrored_under_mirrored_strategy(
     digits_small, mirrored_strategy
 ):

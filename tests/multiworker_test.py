@@ -278,30 +278,8 @@ def _assert_same_arrays(chief, other):
         np.testing.assert_array_equal(chief[name], other[name], err_msg=name)
 
 
-_QAT_RANGES_NOT_SYNCED = (
-    "Under MultiWorkerMirroredStrategy the in-place QAT activation ranges "
-    "are not synchronized across workers: the callback creates them "
-    "(model.add_weight in on_train_begin) outside the strategy's scope, "
-    "so they are plain per-process variables and each worker moves its "
-    "qat_*_min/max from its own shard: after 4 epochs "
-    "model/qat_conv2d_max is 1.311 on one worker and 1.371 on the other. "
-    "Weights and logs are identical."
-)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "kind",
-    [
-        pytest.param(
-            k,
-            marks=pytest.mark.xfail(strict=True, reason=_QAT_RANGES_NOT_SYNCED),
-        )
-        if k == "qat"
-        else k
-        for k in KINDS
-    ],
-)
+@pytest.mark.parametrize("kind", KINDS)
 def test_two_workers_end_with_the_same_arrays_and_chief_exports_int8(
     kind, tmp_path
 ):

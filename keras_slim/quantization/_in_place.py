@@ -34,6 +34,7 @@ import re
 
 import keras
 
+from keras_slim import _layers
 from keras_slim.quantization import _placement
 from keras_slim.quantization import _quantizers
 from keras_slim.quantization import _rules
@@ -89,14 +90,21 @@ class QuantizationAwareness:
             initializer = keras.initializers.Constant(value)
             if self.owned:
                 try:
-                    return model.add_weight(
-                        shape=shape,
-                        dtype=dtype or "float32",
-                        initializer=initializer,
-                        trainable=False,
-                        autocast=False,
-                        name=name,
-                    )
+                    # In the strategy's scope, averaged over replicas: a
+                    # range each replica moves on its own batch stays one
+                    # value (MirroredStrategy, MultiWorkerMirroredStrategy).
+                    with _layers.strategy_scope(model):
+                        return model.add_weight(
+                            shape=shape,
+                            dtype=dtype or "float32",
+                            initializer=initializer,
+                            trainable=False,
+                            autocast=False,
+                            aggregation="mean"
+                            if dtype in (None, "float32")
+                            else "only_first_replica",
+                            name=name,
+                        )
                 except ValueError:  # "cannot add new elements of state"
                     self.owned = False
             return keras.Variable(
