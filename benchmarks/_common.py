@@ -45,3 +45,19 @@ def save_section(path, lines):
     with open(path, "w") as f:
         f.write(text)
     print(text)
+
+
+def mobilenet():
+    """MobileNetV2-0.35 at 96x96 for 10 classes (weights=None, logits),
+    BatchNorm momentum 0.9: a few steps an epoch (see FINDINGS.md)."""
+    model = keras.applications.MobileNetV2(
+        input_shape=(96, 96, 3),
+        alpha=0.35,
+        weights=None,
+        classes=10,
+        classifier_activation=None,
+    )
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.9
+    return model

@@ -19,25 +19,12 @@ import keras  # noqa: E402
 
 import keras_slim  # noqa: E402
 from benchmarks._common import compile_classifier  # noqa: E402
+from benchmarks._common import mobilenet  # noqa: E402
 from keras_slim import datasets  # noqa: E402
 from keras_slim import litert  # noqa: E402
 from keras_slim import models  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _mobilenet():
-    model = keras.applications.MobileNetV2(
-        input_shape=(96, 96, 3),
-        alpha=0.35,
-        weights=None,
-        classes=10,
-        classifier_activation=None,
-    )
-    for layer in model.layers:  # few steps an epoch: see FINDINGS.md
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = 0.9
-    return model
 
 
 def bench(name, build, image_size, channels, epochs, repeats, folder):
@@ -147,7 +134,7 @@ def main(argv=None):
             results.append(
                 bench(
                     "MobileNetV2 alpha=0.35 (96x96x3, weights=None)",
-                    _mobilenet,
+                    mobilenet,
                     96,
                     3,
                     8,

@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 
 import keras_slim  # noqa: E402
 from benchmarks._common import compile_classifier  # noqa: E402
+from benchmarks._common import mobilenet  # noqa: E402
 from keras_slim import datasets  # noqa: E402
 from keras_slim import litert  # noqa: E402
 from keras_slim import models  # noqa: E402
@@ -34,25 +35,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CALIBRATION = 300
 
 
-def _mobilenet():
-    model = keras.applications.MobileNetV2(
-        input_shape=(96, 96, 3),
-        alpha=0.35,
-        weights=None,
-        classes=10,
-        classifier_activation=None,
-    )
-    for layer in model.layers:  # few steps an epoch: see FINDINGS.md
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = 0.9
-    return model
-
-
 # name: (builder, image size, channels, epochs, quick epochs)
 MODELS = {
     "demo CNN (small_cnn, 32x32x1)": (models.small_cnn, 32, 1, 30, 3),
     "residual CNN (residual_cnn, 32x32x1)": (models.residual_cnn, 32, 1, 30, 3),
-    "MobileNetV2 0.35 (96x96x3, weights=None)": (_mobilenet, 96, 3, 8, 1),
+    "MobileNetV2 0.35 (96x96x3, weights=None)": (mobilenet, 96, 3, 8, 1),
 }
 
 

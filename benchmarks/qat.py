@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 import keras_slim  # noqa: E402
 from benchmarks._common import EpochTimer  # noqa: E402
 from benchmarks._common import compile_classifier  # noqa: E402
+from benchmarks._common import mobilenet  # noqa: E402
 from benchmarks._common import save_section  # noqa: E402
 from benchmarks._common import steady  # noqa: E402
 from keras_slim import datasets  # noqa: E402
@@ -183,20 +184,6 @@ def alternating_epochs(seed, rounds, epochs_base=5):
             for name in ("qat_bn_frozen", "qat_default")
         },
     }
-
-
-def mobilenet():
-    model = keras.applications.MobileNetV2(
-        input_shape=(96, 96, 3),
-        alpha=0.35,
-        weights=None,
-        classes=10,
-        classifier_activation=None,
-    )
-    for layer in model.layers:  # few steps an epoch: see FINDINGS.md
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = 0.9
-    return model
 
 
 def run_mobilenet(seed, base_epochs, epochs, folder):
