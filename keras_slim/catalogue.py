@@ -145,7 +145,7 @@ class LayerKind:
 
     >>> kind = get_layer_kind(keras.layers.SeparableConv2D)
     >>> kind.prunable, kind.channel_role, kind.quantization
-    (('depthwise_kernel', 'pointwise_kernel'), 'producer', None)
+    (('depthwise_kernel', 'pointwise_kernel'), 'producer', 'separable')
     """
 
     layer_class: type
