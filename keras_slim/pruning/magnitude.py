@@ -399,11 +399,9 @@ class MagnitudePruning(keras.callbacks.Callback):
         model = self.model
         step = model.train_step
         if getattr(step, _OWNER, None) is self:
-            model.train_step = step.wrapped
-            try:
-                del model.train_step  # the class's method again
-            except AttributeError:
-                pass
+            del model.train_step  # the class's method again, unless the
+            if model.train_step != step.wrapped:  # user had set their own
+                model.train_step = step.wrapped
 
     def _release(self, variables, masks):
         """Record un-pruned zero weights; True if the step must retrace."""
