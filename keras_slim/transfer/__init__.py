@@ -8,7 +8,7 @@ inference mode, recompiling after a change of `trainable`, finding the
 right layer to cut, and unfreezing gradually inside one `fit`.
 """
 
-from keras_slim.transfer._freezing import FreezeReport
+from keras_slim.transfer._freeze_report import FreezeReport
 from keras_slim.transfer._freezing import freeze
 from keras_slim.transfer._freezing import trainable_summary
 from keras_slim.transfer._freezing import unfreeze
