@@ -205,9 +205,10 @@ class TFLiteInfo:
             lines.append("  float ops: " + ", ".join(self.float_ops))
         return "\n".join(lines)
 
-    def print_summary(self):
-        """Print `summary()`."""
-        print(self.summary())
+    def print_summary(self, print_fn=print):
+        """Print `summary()`, line by line, with `print_fn`."""
+        for line in self.summary().splitlines():
+            print_fn(line)
 
     def __str__(self):
         return self.summary()
