@@ -6,6 +6,7 @@ import re
 import keras
 import numpy as np
 
+from keras_slim import _layers
 from keras_slim import _validation
 from keras_slim.transfer._freeze_report import FreezeReport
 
@@ -25,26 +26,14 @@ class _Leaf:
 
 def leaves(model):
     """Return the `_Leaf`s of `model` in the order of `_layers.iter_layers`."""
-    out, seen = [], set()
-
-    def walk(layer, path, ancestors):
-        if id(layer) in seen:
-            return
-        seen.add(id(layer))
-        children = []
-        if isinstance(layer, keras.Model) or hasattr(layer, "layers"):
-            try:
-                children = list(layer.layers)
-            except Exception:  # noqa: BLE001 - a custom `layers` property
-                children = []
-        if children:
-            for child in children:
-                walk(child, f"{path}/{child.name}", ancestors + (layer,))
-        elif not isinstance(layer, keras.Model):
-            out.append(_Leaf(path, layer, ancestors))
-
-    for child in model.layers:
-        walk(child, child.name, (model,))
+    out = []
+    for path, layer in _layers.iter_layers(model):
+        # The containers on the path, found again by name from the model.
+        ancestors, node = [model], model
+        for name in path.split("/")[:-1]:
+            node = next(c for c in node.layers if c.name == name)
+            ancestors.append(node)
+        out.append(_Leaf(path, layer, tuple(ancestors)))
     return out
 
 
