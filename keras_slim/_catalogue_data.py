@@ -22,6 +22,7 @@ QUANTIZATION_RULES = (
     "conv",
     "depthwise",
     "separable",
+    "transpose",
     "dense",
     "batchnorm",
     "activation",
@@ -225,7 +226,14 @@ KINDS = (
         int8_weights="per_channel",
     ),
     _row(
-        (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose),
+        (L.Conv2DTranspose,),
+        kernels=_TRANSPOSE,
+        macs=conv_transpose_macs,
+        quantization="transpose",
+        int8_weights="per_channel",
+    ),
+    _row(
+        (L.Conv1DTranspose, L.Conv3DTranspose),
         kernels=_TRANSPOSE,
         macs=conv_transpose_macs,
         int8_weights="per_channel",

@@ -9,6 +9,7 @@ import pytest
 import keras_slim
 from keras_slim import litert
 from keras_slim.quantization import QuantizationAwareTraining
+from keras_slim.quantization import _quantizers
 from keras_slim.quantization import quantize_model
 
 L = keras.layers
@@ -199,6 +200,17 @@ BODIES = {
     ),
     "concatenation_of_concatenations": _inception,
     "hard_swish_of_keras_ops": _hard_swish_ops,
+    "conv2d_transpose": lambda x: L.Conv2DTranspose(
+        8, 3, strides=2, padding="same", activation="relu"
+    )(L.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)),
+    # The keras.io U-Net's decoder: Conv2DTranspose, BatchNorm, ReLU.
+    "conv2d_transpose_batchnorm": lambda x: L.Activation("relu")(
+        L.BatchNormalization()(
+            L.Conv2DTranspose(8, 3, padding="same", use_bias=False)(
+                L.Conv2D(8, 3, activation="relu")(x)
+            )
+        )
+    ),
 }
 
 
@@ -217,7 +229,15 @@ def test_layer_kind_exports_all_int8_in_parity(body, digits_small, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "body", ["conv1d", "depthwise_conv1d", "separable_conv2d", "normalization"]
+    "body",
+    [
+        "conv1d",
+        "depthwise_conv1d",
+        "separable_conv2d",
+        "normalization",
+        "conv2d_transpose",
+        "conv2d_transpose_batchnorm",
+    ],
 )
 def test_quantize_model_twins_export_int8_and_reload(
     body, digits_small, tmp_path
@@ -227,3 +247,45 @@ def test_quantize_model_twins_export_int8_and_reload(
         model, digits_small, tmp_path / "m.tflite", route="quantize_model"
     )
     assert agreement >= 0.99
+
+
+def test_conv2d_transpose_kernel_is_quantized_per_output_channel():
+    # A Conv2DTranspose kernel is (h, w, out, in): its output channels are
+    # on axis -2. A per-tensor (or per-`in`) scale would round the small
+    # channel to zero.
+    kernel = np.ones((3, 3, 2, 4), "float32")
+    kernel[:, :, 1, :] *= 1e-3
+    kernel[0, 0, :, 0] *= 0.5
+    q = keras.ops.convert_to_numpy(
+        _quantizers.quantize_kernel(
+            keras.ops.convert_to_tensor(kernel), "transpose"
+        )
+    )
+    np.testing.assert_allclose(q, kernel, rtol=1e-2)
+    for channel in (0, 1):
+        values = q[:, :, channel, :]
+        scale = np.abs(values).max() / 127.0
+        np.testing.assert_allclose(
+            values / scale, np.round(values / scale), atol=1e-3
+        )
+
+
+def test_conv2d_transpose_exports_per_channel_int8_transpose_conv(
+    digits_small, tmp_path
+):
+    model = _body_model("conv2d_transpose")
+    path = tmp_path / "m.tflite"
+    agreement = _fit_export(model, digits_small, path)
+    assert agreement >= 0.99
+    assert keras_slim.inspect_tflite(path).ops.get("TRANSPOSE_CONV") == 1
+    from ai_edge_litert.interpreter import Interpreter
+
+    # The TRANSPOSE_CONV filter, (out, h, w, in) in the file: 8 scales.
+    (weights,) = [
+        t
+        for t in Interpreter(str(path)).get_tensor_details()
+        if tuple(t["shape"]) == (8, 3, 3, 8)
+    ]
+    assert weights["dtype"] == np.int8
+    assert len(weights["quantization_parameters"]["scales"]) == 8
+    assert weights["quantization_parameters"]["quantized_dimension"] == 0

@@ -44,6 +44,14 @@ def quantize_kernel(kernel, rule):
         return keras.quantizers.fake_quant_with_min_max_vars(
             kernel, -m, m, num_bits=NUM_BITS, narrow_range=True
         )
+    if rule == "transpose":
+        # (..., out, in): one scale per output channel, on axis -2.
+        rank = len(kernel.shape)
+        axes = tuple(i for i in range(rank) if i != rank - 2)
+        m = ops.max(ops.abs(kernel), axis=axes, keepdims=True)
+        scale = ops.stop_gradient(ops.maximum(m, MIN_WEIGHT_RANGE) / 127.0)
+        q = ops.clip(ops.round(kernel / scale), -127.0, 127.0) * scale
+        return kernel + ops.stop_gradient(q - kernel)
     shape = ops.shape(kernel)
     flat = kernel
     if rule == "depthwise":
@@ -85,6 +93,20 @@ def weight_forward(
     DEPTHWISE_CONV_2D, then a CONV_2D)."""
     if rule == "separable":
         outputs = _separable(layer, inputs, quantize, inner)
+        return _bias_activation(layer, outputs, pre_activation)
+    if rule == "transpose":
+        kernel = layer.kernel
+        if quantize:
+            kernel = quantize_kernel(kernel, rule)
+        outputs = ops.conv_transpose(
+            inputs,
+            kernel,
+            strides=layer.strides,
+            padding=layer.padding,
+            output_padding=layer.output_padding,
+            dilation_rate=layer.dilation_rate,
+            data_format=layer.data_format,
+        )
         return _bias_activation(layer, outputs, pre_activation)
     kernel = layer.kernel
     # A 1D convolution runs as a 2D one with a height of 1: the converter

@@ -1,7 +1,9 @@
 """How each layer takes part in int8 simulation (its quantization rule).
 
 A rule says how a layer takes part in int8 simulation:
-  "conv", "depthwise", "separable", "dense": weights fake-quantized;
+  "conv", "depthwise", "separable", "transpose", "dense": weights
+      fake-quantized (a transposed convolution's kernel per output
+      channel, its axis -2);
       output pending unless the layer's own activation is not linear (a
       separable convolution's depthwise output gets a range of its own).
   "batchnorm": fuses with a pending convolution/Dense output; output
@@ -31,10 +33,10 @@ from keras_slim.quantization import _quantizers
 # The rules a layer class can be given (the catalogue's list, less
 # "quantizer", which only keras_slim's own FakeQuant has).
 RULES = tuple(r for r in catalogue.QUANTIZATION_RULES if r != "quantizer")
-WEIGHT_RULES = ("conv", "depthwise", "separable", "dense")
+WEIGHT_RULES = ("conv", "depthwise", "separable", "transpose", "dense")
 # BatchNormalization folds into a convolution (per output channel); after a
 # Dense (quantized per tensor) or anything else it runs as int8 MUL and ADD.
-CONV_RULES = ("conv", "depthwise", "separable")
+CONV_RULES = ("conv", "depthwise", "separable", "transpose")
 FUSING_PRODUCERS = (*WEIGHT_RULES, "batchnorm", "add")
 # Concatenation runs in int8 with one scale for its inputs and output: the
 # converter gives the inputs the output's range, so they are not quantized

@@ -188,6 +188,14 @@ class QuantizedSeparableConv2D(
 
 
 @keras.saving.register_keras_serializable(package="keras_slim")
+class QuantizedConv2DTranspose(_WeightQuantMixin, keras.layers.Conv2DTranspose):
+    """`keras.layers.Conv2DTranspose` with int8 fake-quantized kernel, per
+    output channel (the kernel's axis -2: `(h, w, out, in)`)."""
+
+    weight_rule = "transpose"
+
+
+@keras.saving.register_keras_serializable(package="keras_slim")
 class QuantizedDense(_WeightQuantMixin, keras.layers.Dense):
     """`keras.layers.Dense` with int8 per-tensor fake-quantized kernel."""
 
@@ -255,6 +263,7 @@ TWINS = {
     keras.layers.DepthwiseConv2D: QuantizedDepthwiseConv2D,
     keras.layers.SeparableConv1D: QuantizedSeparableConv1D,
     keras.layers.SeparableConv2D: QuantizedSeparableConv2D,
+    keras.layers.Conv2DTranspose: QuantizedConv2DTranspose,
     keras.layers.Dense: QuantizedDense,
     keras.layers.BatchNormalization: FreezableBatchNormalization,
 }
@@ -265,6 +274,7 @@ WEIGHT_TWINS = (
     QuantizedDepthwiseConv2D,
     QuantizedSeparableConv1D,
     QuantizedSeparableConv2D,
+    QuantizedConv2DTranspose,
     QuantizedDense,
 )
 for _twin in WEIGHT_TWINS:
