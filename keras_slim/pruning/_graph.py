@@ -441,7 +441,9 @@ def keep_count(total, fraction, min_channels, round_to):
 def channel_variables(node):
     """Return `[(variable, role)]` for the per-channel weights of `node`.
 
-    Roles: "kernel" (input axis -2, output axis -1), "dw" (depthwise
+    Roles: "kernel" (input axis -2, output axis -1), "tkernel" (a
+    transposed convolution's `(..., out, in)` kernel: output axis -2,
+    input axis -1), "dw" (depthwise
     kernel: input axis -2, multiplier axis -1), "pw" (pointwise kernel of
     a separable conv: expanded input axis -2, output axis -1) and "vec"
     (one value per output channel). The kernels are the catalogue's, in
@@ -462,7 +464,9 @@ def channel_variables(node):
     depthwise = False
     for kernel in catalogue.get_layer_kind_by_name(node.kind).kernels:
         var = getattr(layer, kernel.name)
-        if role == "depthwise" or isinstance(kernel.output_axis, tuple):
+        if _transposed(kernel):
+            out.append((var, "tkernel"))
+        elif role == "depthwise" or isinstance(kernel.output_axis, tuple):
             out.append((var, "dw"))
             depthwise = True
         else:
@@ -476,7 +480,17 @@ def producer_kernel(node):
     """The kernel whose last axis indexes the producer's output channels.
 
     The catalogue's last kernel of the layer kind (the pointwise kernel of
-    a separable conv; the multiplier axis of a depthwise kernel).
+    a separable conv; the multiplier axis of a depthwise kernel; a
+    transposed convolution's kernel with its last two axes swapped).
     """
     kind = catalogue.get_layer_kind_by_name(node.kind)
-    return np.asarray(getattr(node.layer, kind.kernels[-1].name))
+    kernel = np.asarray(getattr(node.layer, kind.kernels[-1].name))
+    if _transposed(kind.kernels[-1]):
+        kernel = np.swapaxes(kernel, -1, -2)
+    return kernel
+
+
+def _transposed(kernel):
+    """Whether a catalogue kernel has its output channels on axis -2 and
+    its input channels on -1 (Conv1D/2D/3DTranspose)."""
+    return kernel.output_axis == -2 and kernel.input_axis == -1

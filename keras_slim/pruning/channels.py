@@ -105,6 +105,8 @@ def _slice(value, role, in_keep, out_keep):
         return value[out_keep]
     if role == "kernel":
         return value[..., in_keep, :][..., out_keep]
+    if role == "tkernel":  # (..., out, in)
+        return value[..., out_keep, :][..., in_keep]
     if role == "dw":
         return value[..., in_keep, :]
     # "pw": the expanded input axis of a separable conv's pointwise kernel.
