@@ -150,10 +150,14 @@ class Comparison:
     Attributes:
         agreement: Fraction of samples whose top-1 class is the same (for
             single-value outputs: within 10% of the largest expected
-            magnitude).
+            magnitude); with `positions`, the fraction of positions
+            (pixels, tokens) whose top-1 class over the last axis is the
+            same.
         max_abs_error: Largest absolute difference of any output value.
         mean_abs_error: Mean absolute difference of the output values.
         samples: Number of samples compared.
+        positions: Number of positions compared (`compare(...,
+            per_position=True)`), or `None` (one top-1 per sample).
 
     Example:
 
@@ -163,26 +167,34 @@ class Comparison:
     agreement 99.80% on 450 samples, max |error| 0.2, mean |error| 0.01
     """
 
-    def __init__(self, agreement, max_abs_error, mean_abs_error, samples):
+    def __init__(
+        self, agreement, max_abs_error, mean_abs_error, samples, positions=None
+    ):
         self.agreement = agreement
         self.max_abs_error = max_abs_error
         self.mean_abs_error = mean_abs_error
         self.samples = samples
+        self.positions = positions
 
     def __repr__(self):
+        positions = (
+            "" if self.positions is None else f", positions={self.positions}"
+        )
         return (
             f"Comparison(agreement={self.agreement:.4f}, "
             f"max_abs_error={self.max_abs_error:.4g}, "
             f"mean_abs_error={self.mean_abs_error:.4g}, "
-            f"samples={self.samples})"
+            f"samples={self.samples}{positions})"
         )
 
     def summary(self):
         """Return the comparison as one line of text."""
+        where = f"on {self.samples} samples"
+        if self.positions is not None:
+            where = f"on {self.positions} positions of {self.samples} samples"
         return (
-            f"agreement {100 * self.agreement:.2f}% on {self.samples} "
-            f"samples, max |error| {self.max_abs_error:.4g}, mean |error| "
-            f"{self.mean_abs_error:.4g}"
+            f"agreement {100 * self.agreement:.2f}% {where}, max |error| "
+            f"{self.max_abs_error:.4g}, mean |error| {self.mean_abs_error:.4g}"
         )
 
     def print_summary(self):
@@ -193,17 +205,24 @@ class Comparison:
         return self.summary()
 
 
-def _comparison(expected, actual):
+def _comparison(expected, actual, per_position=False):
     error = np.abs(expected.astype("float32") - actual.astype("float32"))
+    positions = None
+    if per_position:
+        same = np.argmax(expected, -1) == np.argmax(actual, -1)
+        agreement, positions = float(np.mean(same)), int(same.size)
+    else:
+        agreement = _top1(expected, actual)
     return Comparison(
-        agreement=_top1(expected, actual),
+        agreement=agreement,
         max_abs_error=float(error.max()),
         mean_abs_error=float(error.mean()),
         samples=len(expected),
+        positions=positions,
     )
 
 
-def compare(model, filepath, x, threads=None):
+def compare(model, filepath, x, threads=None, per_position=False):
     """Compare a `.tflite` file with the Keras model it was exported from.
 
     The check a mobile developer runs before shipping: on the same inputs,
@@ -212,21 +231,34 @@ def compare(model, filepath, x, threads=None):
     outputs take `x` as `model.predict` does and give one `Comparison` per
     output, in a list or dict as `model.predict` returns.
 
+    A segmentation model (one class score vector per pixel, `(n, h, w,
+    classes)`) or a per-token sequence model is compared with
+    `per_position=True`: the top-1 class over the last axis at every
+    position. Without it, each sample has one top-1 over all its values,
+    which for a dense prediction says little.
+
     Args:
         model: The Keras model.
         filepath: Path of the `.tflite` file.
         x: NumPy array of inputs, `(n, *input_shape)` (a list or dict of
             arrays for several inputs).
         threads: Number of CPU threads for LiteRT.
+        per_position: Whether agreement is per position: the fraction of
+            positions (every index but the last axis) whose top-1 class
+            over the last axis is the same. Each output needs a last axis
+            of at least 2 classes.
 
     Returns:
-        A `Comparison` (`agreement`, `max_abs_error`, `mean_abs_error`);
-        a list or dict of them for several outputs.
+        A `Comparison` (`agreement`, `max_abs_error`, `mean_abs_error`,
+        and `positions` when `per_position`); a list or dict of them for
+        several outputs.
 
     Raises:
-        TypeError: if `model` is not a Keras model.
-        ValueError: if `x` does not match the file's input shape, or the
-            model's and file's outputs differ in number or shape.
+        TypeError: if `model` is not a Keras model, or `per_position` is
+            not a bool.
+        ValueError: if `x` does not match the file's input shape, the
+            model's and file's outputs differ in number or shape, or
+            `per_position` is set for an output with no class axis.
 
     Example:
 
@@ -236,8 +268,20 @@ def compare(model, filepath, x, threads=None):
     >>> _ = export_tflite(model, "m.tflite", quantization="float32")
     >>> compare(model, "m.tflite", np.random.rand(20, 4)).agreement
     1.0
+
+    Per pixel, for a segmentation model with 3 classes:
+
+    >>> seg = keras.Sequential(
+    ...     [keras.Input((8, 8, 1)), keras.layers.Conv2D(3, 3, padding="same")]
+    ... )
+    >>> _ = export_tflite(seg, "seg.tflite", quantization="float32")
+    >>> result = compare(seg, "seg.tflite", np.random.rand(5, 8, 8, 1),
+    ...                  per_position=True)
+    >>> result.agreement, result.positions
+    (1.0, 320)
     """
     _validation.check_model(model)
+    _validation.check_type("per_position", per_position, bool, "a bool")
     file = _File(filepath, threads=threads)
     arrays = file.arrays(x)
     keras_x = (
@@ -253,7 +297,17 @@ def compare(model, filepath, x, threads=None):
             "The model's and the file's outputs differ in shape: "
             f"{shapes[0]} vs {shapes[1]}. Received: filepath={filepath!r}"
         )
-    return file.pack([_comparison(e, a) for e, a in zip(expected, actual)])
+    if per_position:
+        for shape in shapes[0]:
+            if len(shape) < 2 or shape[-1] < 2:
+                raise ValueError(
+                    "Expected outputs with a class axis last (at least 2 "
+                    "classes) for `per_position=True`. Received: output "
+                    f"shape {shape}, per_position=True"
+                )
+    return file.pack(
+        [_comparison(e, a, per_position) for e, a in zip(expected, actual)]
+    )
 
 
 class Latency:

@@ -68,3 +68,51 @@ def test_running_a_file_that_is_not_tflite_is_refused(tmp_path):
         litert.predict(str(bad), np.zeros((1, 4)))
     with pytest.raises(ValueError, match=r"latency|runs"):
         litert.latency(str(bad), runs=0)
+
+
+def _pixel_classifier(threshold):
+    """Two classes per pixel: class 0 where the pixel is above
+    `threshold` (logits `x - threshold` and `threshold - x`)."""
+    import keras
+
+    model = keras.Sequential(
+        [keras.Input((4, 4, 1)), keras.layers.Conv2D(2, 1)]
+    )
+    model.set_weights(
+        [np.array([[[[1.0, -1.0]]]]), np.array([-threshold, threshold])]
+    )
+    return model
+
+
+def test_compare_per_position_counts_every_pixel(tmp_path):
+    path = str(tmp_path / "seg.tflite")
+    export_tflite(_pixel_classifier(0.0), path, quantization="float32")
+    x = np.linspace(-1, 1, 3 * 16).reshape(3, 4, 4, 1).astype("float32")
+    # The Keras model moved its threshold: the pixels in (0, 0.5] change.
+    moved = _pixel_classifier(0.5)
+    expected = np.mean((x > 0) == (x > 0.5))
+    result = litert.compare(moved, path, x, per_position=True)
+    assert 0.6 < expected < 0.9
+    assert result.agreement == pytest.approx(expected)
+    assert result.positions == 48 and result.samples == 3
+    assert "on 48 positions of 3 samples" in str(result)
+    same = litert.compare(_pixel_classifier(0.0), path, x, per_position=True)
+    assert same.agreement == 1.0
+    # One top-1 over all 32 values of a sample is not a per-pixel figure.
+    assert litert.compare(moved, path, x).positions is None
+
+
+def test_compare_per_position_refuses_outputs_without_a_class_axis(
+    trained_cnn, float_file, tmp_path
+):
+    import keras
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    path = str(tmp_path / "reg.tflite")
+    export_tflite(model, path, quantization="float32")
+    with pytest.raises(ValueError, match=r"class axis last.*\(20, 1\)"):
+        litert.compare(model, path, np.zeros((20, 4)), per_position=True)
+    with pytest.raises(TypeError, match="Expected `per_position` to be a bool"):
+        litert.compare(
+            trained_cnn, float_file, np.zeros((2, 32, 32, 1)), per_position=1
+        )

@@ -289,3 +289,44 @@ def test_conv2d_transpose_exports_per_channel_int8_transpose_conv(
     assert weights["dtype"] == np.int8
     assert len(weights["quantization_parameters"]["scales"]) == 8
     assert weights["quantization_parameters"]["quantized_dimension"] == 0
+
+
+def _segmentation_unet():
+    # The keras.io U-Net's shape, small: strided convolutions down,
+    # Conv2DTranspose (+ BatchNorm) and UpSampling2D up, a skip
+    # concatenation, 2 logits per pixel.
+    inputs = keras.Input((16, 16, 1))
+    d1 = L.Conv2D(8, 3, strides=2, padding="same", activation="relu")(inputs)
+    d2 = L.Conv2D(16, 3, strides=2, padding="same", activation="relu")(d1)
+    u1 = L.Conv2DTranspose(8, 3, strides=2, padding="same", use_bias=False)(d2)
+    u1 = L.ReLU()(L.BatchNormalization()(u1))
+    u1 = L.Concatenate()([u1, d1])
+    u0 = L.UpSampling2D(2)(u1)
+    u0 = L.Conv2D(8, 3, padding="same", activation="relu")(u0)
+    return keras.Model(inputs, L.Conv2D(2, 1)(u0))
+
+
+@pytest.mark.parametrize("route", ["callback", "quantize_model"])
+def test_unet_segmentation_exports_int8_in_per_pixel_parity(route, tmp_path):
+    from keras_slim import datasets
+
+    (x, _), (x_test, _) = datasets.load_digits(image_size=16, seed=0)
+    x, x_test = x[:512], x_test[:128]
+    masks = (x > 0.5).astype("int32")[..., 0]
+    model = _segmentation_unet()
+    model.compile(
+        keras.optimizers.Adam(1e-2),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    callbacks = [QuantizationAwareTraining()]
+    if route == "quantize_model":
+        model, callbacks = quantize_model(model), []
+    model.fit(x, masks, batch_size=64, epochs=3, verbose=0, callbacks=callbacks)
+    path = tmp_path / "unet.tflite"
+    keras_slim.export_tflite(model, path, input_shape=(16, 16, 1))
+    info = keras_slim.inspect_tflite(path)
+    assert info.int8_only, info.float_ops
+    assert info.ops.get("TRANSPOSE_CONV") == 1
+    result = litert.compare(model, path, x_test, per_position=True)
+    assert result.positions == 128 * 16 * 16
+    assert result.agreement >= 0.99
