@@ -589,11 +589,19 @@ def test_gradual_unfreezing_scales_updates_of_unfrozen_layers():
 
 
 class _OptimizerState(keras.callbacks.Callback):
-    """The optimizer's step and variables at `on_train_begin` (after the
-    callbacks before it in the list) and at the end of the first batch."""
+    """The optimizer's step and variables at `on_train_begin`, at the end
+    of the first batch and of each epoch, and at the start of each epoch
+    (after the callbacks before it in the list)."""
 
     def on_train_begin(self, logs=None):
         self.begin = self._state()
+        self.epoch_begin, self.epoch_end = [], []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_begin.append(self._state())
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_end.append(self._state())
 
     def on_train_batch_end(self, batch, logs=None):
         if batch == 0 and not hasattr(self, "first_batch"):
@@ -634,12 +642,13 @@ def test_gradual_unfreezing_keeps_optimizer_state_from_an_earlier_fit(
         for v in model.get_layer("logits").trainable_weights
         for s in slots
     ]
-    body = [
+    body = [  # conv4 is frozen: its `weights`, not `trainable_weights`
         f"{v.path.replace('/', '_')}_{s}"
-        for v in model.get_layer("conv4").trainable_weights
+        for v in model.get_layer("conv4").weights
         for s in slots
     ]
     assert steps == 4
+    assert len(body) == len(slots)  # conv4: a kernel, no bias
     assert set(head) <= set(before) and not set(body) & set(before)
     assert all(np.abs(before[n]).max() > 0 for n in head)  # real state
 
@@ -656,14 +665,24 @@ def test_gradual_unfreezing_keeps_optimizer_state_from_an_earlier_fit(
     )
     assert model.optimizer is not old
     assert type(model.optimizer) is type(old)
-    # Carried over: the step and every slot of the head, unchanged.
+    # The fit starts on the earlier fit's optimizer, state and all.
     begin_steps, begin = state.begin
     assert begin_steps == steps
+    assert sorted(begin) == sorted(before)
     for name, value in before.items():
         np.testing.assert_array_equal(begin[name], value, err_msg=name)
-    # New slots for the layers the schedule unfreezes, from zero.
+    # At the stage (epoch 1) the replacement carries over the step and
+    # every slot as epoch 0 left them, and adds zero slots for conv4.
+    (end_steps, end), (stage_steps, stage) = (
+        state.epoch_end[0],
+        state.epoch_begin[1],
+    )
+    assert stage_steps == end_steps == steps + 4
+    assert set(stage) == set(end) | set(body)
+    for name, value in end.items():
+        np.testing.assert_array_equal(stage[name], value, err_msg=name)
     for name in body:
-        assert not np.any(begin[name]), name
+        assert not np.any(stage[name]), name
     # The step counts on from where the earlier fit left it.
     assert state.first_batch[0] == steps + 1
     assert int(model.optimizer.iterations) == steps + 8

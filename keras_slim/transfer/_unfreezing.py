@@ -57,18 +57,33 @@ class GradualUnfreezing(keras.callbacks.Callback):
 
     A Keras 3 optimizer only updates the variables it was built with, and
     cannot take on more: `build` does nothing once it is built, and
-    `apply` refuses an unknown variable. So the callback builds the
-    model's optimizer, in `on_train_begin`, on every variable the schedule
-    will unfreeze. An optimizer that was already built (by an earlier
-    `fit`, a distribution strategy, or the JAX and torch trainers, which
-    build it before `on_train_begin`) is replaced by one of the same
-    configuration built on that larger set, and its state carries over:
+    `apply` refuses an unknown variable. So when a stage unfreezes layers,
+    the callback replaces a built optimizer by one of the same
+    configuration built on the model's `trainable_variables` (exactly
+    those, in the model's order), and its state carries over:
     `iterations` (learning-rate schedules and step-based callbacks go on
     from where they were), the learning rate, and every slot of the
     variables it already trained (momentum, Adam's moments, averages and
     accumulators), matched by name. Newly trainable variables start with
     zero slots. `model.optimizer` is then a new object: read it again
     rather than keeping a reference to the old one.
+
+    Checkpoints: the optimizer always matches `trainable_variables`, which
+    is what Keras rebuilds when it loads a file. A `.keras` file
+    (`model.save`, `ModelCheckpoint`) saved at any step stores the
+    layers' `trainable` flags too: `keras.models.load_model` needs no
+    custom scope and restores weights, stage and optimizer state, and
+    `fit(initial_epoch=...)` with the same callback goes on from there. A
+    weights file (`save_weights`, `ModelCheckpoint(save_weights_only=True)`,
+    `BackupAndRestore`) has no `trainable` flags: loaded into the model as
+    the script freezes it, the weights come back, and `BackupAndRestore`
+    resumes at the right epoch with the stages reapplied, but once a stage
+    has unfrozen layers the optimizer holds more variables than the frozen
+    model trains, so Keras skips its state (it warns "Skipping variable
+    loading for optimizer") and the optimizer restarts from step 0 with
+    zero slots. To keep it with `load_weights`, unfreeze the model as it
+    was at the save and build the optimizer on its `trainable_variables`
+    before loading.
 
     Reference: Howard and Ruder, "Universal Language Model Fine-tuning for
     Text Classification", ACL 2018.
@@ -81,7 +96,10 @@ class GradualUnfreezing(keras.callbacks.Callback):
             `unfreeze` arguments (`up_to`, `fraction`, `filters`). Stages
             add up: nothing is frozen again.
         learning_rate_multiplier: `None`, or a float in (0, 1]: the
-            learning-rate factor per stage described above.
+            learning-rate factor per stage described above. Which layers
+            an earlier stage unfroze is not saved with the model, so a
+            `fit` that resumes after a stage's epoch (`initial_epoch`,
+            `BackupAndRestore`) is refused with a multiplier.
         keep_batchnorm_frozen: Leave BatchNormalization layers frozen
             (inference mode), as `unfreeze` does.
         verbose: 1 prints each stage.
@@ -92,7 +110,8 @@ class GradualUnfreezing(keras.callbacks.Callback):
     Raises:
         ValueError: if an epoch is negative or a value is invalid, or (at
             the start of `fit`, before any change) a layer name does not
-            exist.
+            exist, or (at the first epoch of `fit`, before any step) a
+            `fit` with a `learning_rate_multiplier` starts after a stage.
 
     Example:
 
@@ -178,26 +197,12 @@ class GradualUnfreezing(keras.callbacks.Callback):
         self._applied = 0
         self._scaled = []  # (variable, factor)
         self._snapshot = None
-        # Every variable this fit may train, in a stable order.
-        variables = list(model.trainable_variables)
-        known = {id(v) for v in variables}
-        for _, chosen in self._resolved:
-            for lf in chosen:
-                for v in _trainable_when_unfrozen(lf.layer):
-                    if id(v) not in known:
-                        known.add(id(v))
-                        variables.append(v)
-        optimizer = self.model.optimizer
-        if optimizer is None or _stateless():
-            return
-        with _layers.strategy_scope(self.model):
-            if optimizer.built:
-                self.model.optimizer = rebuild_optimizer(optimizer, variables)
-            else:
-                optimizer.build(variables)
-        self.model.make_train_function(force=True)
+        self._started = False
 
     def on_epoch_begin(self, epoch, logs=None):
+        if not self._started:
+            self._started = True
+            self._check_resume(epoch)
         changed = False
         while (
             self._applied < len(self._resolved)
@@ -225,11 +230,34 @@ class GradualUnfreezing(keras.callbacks.Callback):
                 )
         if changed:
             optimizer = self.model.optimizer
-            if _stateless() and optimizer is not None and optimizer.built:
-                self.model.optimizer = rebuild_optimizer(
-                    optimizer, list(self.model.trainable_variables)
-                )
+            if optimizer is not None and optimizer.built:
+                # Built on exactly the trainable variables, in the model's
+                # order: what `load_model` rebuilds from a checkpoint.
+                with _layers.strategy_scope(self.model):
+                    self.model.optimizer = rebuild_optimizer(
+                        optimizer, list(self.model.trainable_variables)
+                    )
             self.model.make_train_function(force=True)
+
+    def _check_resume(self, epoch):
+        """Refuse to resume past a stage with a learning-rate multiplier:
+        which layers that stage unfroze (and so their factor) is not
+        stored in the model, and the layers trainable before it would
+        be indistinguishable from them."""
+        if self.learning_rate_multiplier in (None, 1.0):
+            return
+        passed = [e for e, _ in self._resolved if e < epoch]
+        if passed:
+            raise ValueError(
+                "Expected a `fit` with `GradualUnfreezing("
+                "learning_rate_multiplier=...)` to start at or before its "
+                "first stage: which layers an earlier stage unfroze is not "
+                "saved with the model, so their learning-rate factor is "
+                "unknown on resume. Resume without "
+                "`learning_rate_multiplier`, or restart from epoch "
+                f"{passed[0]} or before. Received: a fit starting at epoch "
+                f"{epoch} after the stage(s) at epoch(s) {passed}"
+            )
 
     def on_train_batch_begin(self, batch, logs=None):
         if self._scaled:
@@ -248,28 +276,6 @@ class GradualUnfreezing(keras.callbacks.Callback):
             logs["trainable_params"] = _freezing._num(
                 self._target.trainable_weights
             )
-
-
-def _stateless():
-    """Whether the optimizer must be built on exactly the trained variables.
-
-    JAX's stateless train step passes the optimizer the current trainable
-    variables and requires them 1:1 with those it was built on, so there
-    the optimizer is rebuilt (its state carried over) at each stage rather
-    than built once on every variable the schedule will unfreeze.
-    """
-    return keras.backend.backend() == "jax"
-
-
-def _trainable_when_unfrozen(layer):
-    """The weights `layer` trains once unfrozen (Keras hides them while
-    it is frozen), read by flipping its public `trainable` flag."""
-    if layer.trainable:
-        return list(layer.trainable_weights)
-    layer.trainable = True
-    weights = list(layer.trainable_weights)
-    layer.trainable = False
-    return weights
 
 
 def rebuild_optimizer(optimizer, variables):
