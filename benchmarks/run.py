@@ -35,6 +35,7 @@ SECTIONS = [
     "transfer_caching",
     "channel_pruning",
     "channel_pruning_recipe",
+    "zoo",
 ]
 
 

@@ -74,7 +74,9 @@ def _first_line(error):
 
 
 def _agreement(model, path, x):
-    result = litert.compare(model, path, x)
+    # Dense predictions (the U-Net's logits per pixel): top-1 per position.
+    per_position = len(model.output_shape) > 2
+    result = litert.compare(model, path, x, per_position=per_position)
     if isinstance(result, dict):
         result = next(iter(result.values()))
     elif isinstance(result, list):

@@ -177,8 +177,9 @@ def quantize_model(model, filters=None):
     """Return a new quantization-aware model with serializable layers.
 
     Builds a copy of a Sequential or Functional model (nested ones
-    included) in which `Conv1D`/`Conv2D`, `DepthwiseConv2D` and `Dense`
-    become `QuantizedConv2D`, ... (the same layer, same config and
+    included) in which `Conv1D`/`Conv2D`, `DepthwiseConv1D`/`2D`,
+    `SeparableConv1D`/`2D`, `Conv2DTranspose` and `Dense` become
+    `QuantizedConv2D`, ... (the same layer, same config and
     weights, with its kernel fake-quantized to int8) and `FakeQuant`
     layers holding moving-average activation ranges are inserted where
     the TFLite converter keeps int8 tensors (see
