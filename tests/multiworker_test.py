@@ -11,8 +11,14 @@ verification runs `predict`, a collective step every worker must join).
 The test then checks that both workers hold the same arrays, bit for bit,
 and that the chief's file is int8 only and agrees with its Keras model.
 
+Checkpointing: pruning and QAT on one model with `BackupAndRestore` (a
+folder per worker) and `ModelCheckpoint` (the chief's `.keras` file kept),
+interrupted mid-epoch on both workers and resumed by new processes; the
+resumed run must end on the uninterrupted run's arrays, bit for bit.
+
 Run as a script, this module is one worker:
-`python multiworker_test.py <kind> <index> <outdir>`.
+`python multiworker_test.py <kind> <index> <outdir>` (kind `checkpoint1`
+or `checkpoint2` for the two phases of the checkpointing case).
 """
 
 import json
@@ -180,6 +186,155 @@ def _worker(kind, index, outdir):
         json.dump(result, f)
 
 
+# ------------------------------------------- checkpointing on two workers
+
+CHECKPOINT_EPOCHS = 2
+INTERRUPT = (1, 5)  # (epoch, batch): mid-epoch, after one epoch's backup
+
+
+def _interrupt(epoch, batch):
+    """A callback that stops `fit` at one batch, as a preempted job."""
+    import keras
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_begin(self, e, logs=None):
+            self.epoch = e
+
+        def on_train_batch_end(self, b, logs=None):
+            if (self.epoch, b) == (epoch, batch):
+                raise RuntimeError("interrupted")
+
+    return Interrupt()
+
+
+def _first_batch():
+    """A callback that records the epoch and the optimizer's step at the
+    first batch of `fit` (after the callbacks before it)."""
+    import keras
+
+    class FirstBatch(keras.callbacks.Callback):
+        seen = None
+
+        def on_epoch_begin(self, e, logs=None):
+            self.epoch = e
+
+        def on_train_batch_begin(self, b, logs=None):
+            if self.seen is None:
+                self.seen = {
+                    "epoch": self.epoch,
+                    "iterations": int(
+                        keras.ops.convert_to_numpy(
+                            self.model.optimizer.iterations
+                        )
+                    ),
+                }
+
+    return FirstBatch()
+
+
+def _checkpoint_worker(phase, index, outdir):
+    """Pruning and QAT on one model, with `BackupAndRestore` (a folder per
+    worker) and `ModelCheckpoint` (the chief's file kept).
+
+    Phase 1: an uninterrupted `fit` (the reference), then the same `fit`
+    from the same initial weights, stopped mid-epoch on every worker.
+    Phase 2 (new processes): the script again; `BackupAndRestore` resumes.
+    """
+    import keras
+    import tensorflow as tf
+
+    from keras_slim import datasets
+    from keras_slim.pruning import MagnitudePruning
+    from keras_slim.quantization import QuantizationAwareTraining
+    from keras_slim.schedules import ConstantSparsity
+
+    started = time.perf_counter()
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    _reduce_nests(strategy)
+    (x, y), _ = datasets.load_digits(image_size=8, seed=0)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA
+    )
+    data = (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .batch(GLOBAL_BATCH)
+        .with_options(options)
+    )
+    folder = os.path.join(outdir, "chief" if index == 0 else f"w{index}")
+    os.makedirs(folder, exist_ok=True)
+
+    def build():
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            return _compile(_small_model("model"))
+
+    def callbacks():
+        return [
+            keras.callbacks.BackupAndRestore(
+                os.path.join(outdir, f"backup{index}")
+            ),
+            keras.callbacks.ModelCheckpoint(os.path.join(folder, "m.keras")),
+            MagnitudePruning(ConstantSparsity(SPARSITY, 0)),
+            QuantizationAwareTraining(),
+        ]
+
+    def arrays(model):
+        return {
+            f"{v.path}:{i}": keras.ops.convert_to_numpy(v)
+            for i, v in enumerate(model.variables)
+        }
+
+    result = {"index": index, "phase": phase}
+    if phase == 1:
+        reference = build()
+        reference.fit(
+            data,
+            epochs=CHECKPOINT_EPOCHS,
+            verbose=0,
+            callbacks=[
+                MagnitudePruning(ConstantSparsity(SPARSITY, 0)),
+                QuantizationAwareTraining(),
+            ],
+        )
+        result["steps"] = int(
+            keras.ops.convert_to_numpy(reference.optimizer.iterations)
+        )
+        np.savez(
+            os.path.join(outdir, f"worker{index}.npz"), **arrays(reference)
+        )
+        model = build()
+        try:
+            model.fit(
+                data,
+                epochs=CHECKPOINT_EPOCHS,
+                verbose=0,
+                callbacks=[*callbacks(), _interrupt(*INTERRUPT)],
+            )
+        except RuntimeError as error:
+            result["interrupted"] = str(error)
+    else:
+        model = build()
+        first = _first_batch()
+        history = model.fit(
+            data,
+            epochs=CHECKPOINT_EPOCHS,
+            verbose=0,
+            callbacks=[*callbacks(), first],
+        )
+        result["first_batch"] = first.seen
+        result["history"] = {
+            k: [float(v) for v in vs] for k, vs in history.history.items()
+        }
+        result["steps"] = int(
+            keras.ops.convert_to_numpy(model.optimizer.iterations)
+        )
+        np.savez(os.path.join(outdir, f"worker{index}.npz"), **arrays(model))
+    result["seconds"] = time.perf_counter() - started
+    with open(os.path.join(outdir, f"worker{index}.json"), "w") as f:
+        json.dump(result, f)
+
+
 # ------------------------------------------------------------ the test
 
 
@@ -321,5 +476,67 @@ def test_two_workers_end_with_the_same_arrays_and_chief_exports_int8(
     _assert_same_arrays(chief["arrays"], other["arrays"])
 
 
+@pytest.mark.slow
+def test_two_workers_resume_pruning_and_qat_from_backup_and_checkpoint(
+    tmp_path,
+):
+    """Interrupted mid-epoch on both workers, resumed by `BackupAndRestore`
+    in new processes: the same masks, ranges and sparsity as an
+    uninterrupted `fit`, on both workers; the chief's `.keras` file loads
+    back with them."""
+    import keras
+
+    from keras_slim.quantization import is_quantization_aware
+
+    started = time.perf_counter()
+    phase1 = run_workers("checkpoint1", tmp_path)
+    reference = phase1[0]["arrays"]
+    for worker in phase1:
+        assert worker["interrupted"] == "interrupted"
+    _assert_same_arrays(reference, phase1[1]["arrays"])
+    steps_per_epoch = phase1[0]["steps"] // CHECKPOINT_EPOCHS
+    chief, other = run_workers("checkpoint2", tmp_path)
+    print(f"checkpoint: two phases {time.perf_counter() - started:.1f} s")
+
+    # Resumed at the start of epoch 1 (the backup of epoch 0's end), with
+    # the optimizer's step, on both workers.
+    for worker in (chief, other):
+        assert worker["first_batch"] == {
+            "epoch": INTERRUPT[0],
+            "iterations": INTERRUPT[0] * steps_per_epoch,
+        }
+        assert worker["steps"] == phase1[0]["steps"]
+    assert chief["history"] == other["history"]
+    assert len(chief["history"]["loss"]) == CHECKPOINT_EPOCHS - INTERRUPT[0]
+    # Both workers end on the uninterrupted run's arrays, bit for bit:
+    # weights, zeros, QAT ranges and phase, optimizer step included.
+    arrays = chief["arrays"]
+    _assert_same_arrays(arrays, other["arrays"])
+    _assert_same_arrays(arrays, reference)
+    kernels = [
+        a for n, a in arrays.items() if n.split(":")[0].endswith("kernel")
+    ]
+    assert len(kernels) == 3
+    for kernel in kernels:
+        assert np.mean(kernel == 0) == pytest.approx(SPARSITY, abs=0.01)
+    initialized = [n for n in arrays if "_initialized" in n]
+    assert initialized
+    for name in initialized:
+        assert arrays[name] > 0, name
+
+    # The chief's `.keras` file (its last epoch) loads here with only
+    # keras_slim imported, quantization-aware, with the same variables.
+    loaded = keras.models.load_model(tmp_path / "chief" / "m.keras")
+    assert is_quantization_aware(loaded)
+    values = [keras.ops.convert_to_numpy(v) for v in loaded.variables]
+    assert len(values) == len(arrays)
+    for value, (name, array) in zip(values, arrays.items()):
+        np.testing.assert_array_equal(value, array, err_msg=name)
+
+
 if __name__ == "__main__":
-    _worker(sys.argv[1], int(sys.argv[2]), sys.argv[3])
+    if sys.argv[1].startswith("checkpoint"):
+        phase = int(sys.argv[1][len("checkpoint") :])
+        _checkpoint_worker(phase, int(sys.argv[2]), sys.argv[3])
+    else:
+        _worker(sys.argv[1], int(sys.argv[2]), sys.argv[3])
