@@ -1308,6 +1308,48 @@ ops stay float and the target runs them); the input scale and zero point
 match how the app feeds pixels (same [0, 1] preprocessing as training);
 `litert.compare` agreement is close to 1 on held-out data; latency is
 measured on the target device, not on a laptop.
+
+## 7. The same on JAX or PyTorch
+
+keras_slim's callbacks run on every Keras 3 backend (TensorFlow, JAX,
+PyTorch), and `export_tflite` gives the same verified int8 file from a
+JAX or torch model: it rebuilds the model from its `.keras` file under
+the TensorFlow backend in a child process and converts there. A Python
+process picks its backend once, when it first imports Keras (the
+`KERAS_BACKEND` environment variable), so this notebook runs the JAX
+version as a script in a child process. In your own script, set
+`KERAS_BACKEND=jax` (or `torch`) before `import keras`.
+"""),
+        code("""
+import importlib.util, subprocess, sys, textwrap
+
+JAX_SCRIPT = textwrap.dedent(f'''
+    import keras, keras_slim
+    from keras_slim.quantization import QuantizationAwareTraining
+    (x, y), (x_test, y_test) = keras_slim.datasets.load_digits(32)
+    model = keras_slim.models.small_cnn()
+    model.compile(keras.optimizers.Adam(1e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    model.fit(x, y, batch_size=64, epochs={EPOCHS}, verbose=0)
+    model.fit(x, y, batch_size=64, epochs={QAT_EPOCHS}, verbose=0,
+              callbacks=[QuantizationAwareTraining()])
+    path = {os.path.join(WORKDIR, "model_jax_int8.tflite")!r}
+    keras_slim.export_tflite(model, path)
+    info = keras_slim.inspect_tflite(path)
+    check = keras_slim.litert.compare(model, path, x_test)
+    print(f"trained on {{keras.backend.backend()}}; int8 only: "
+          f"{{info.int8_only}}; agreement with Keras {{check.agreement:.3f}}")
+''')
+if importlib.util.find_spec("jax") is None:
+    print("JAX is not installed here: pip install jax")
+else:
+    run = subprocess.run([sys.executable, "-c", JAX_SCRIPT],
+                         env={**os.environ, "KERAS_BACKEND": "jax"},
+                         capture_output=True, text=True)
+    print(run.stdout.strip().splitlines()[-1] if run.returncode == 0
+          else run.stderr[-2000:])
+    assert run.returncode == 0
 """),
     ],
 )
