@@ -612,3 +612,79 @@ def test_schedules_count_optimizer_steps_with_steps_per_execution(
     else:
         assert history.history["quantization_active"] == [0.0, 1.0, 1.0]
         assert_ranges_learned(model)
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Stops `fit` at one batch of one epoch, as a preempted job."""
+
+    def __init__(self, epoch, batch):
+        super().__init__()
+        self.at = (epoch, batch)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            raise RuntimeError("interrupted")
+
+
+def _variables(case):
+    """Every variable of the trained model (the student for the
+    Distiller), QAT ranges and phase included, and the optimizer's."""
+    model = case.student if case.kind == "distiller" else case.model
+    return [keras.ops.convert_to_numpy(v) for v in model.variables] + [
+        keras.ops.convert_to_numpy(v) for v in case.model.optimizer.variables
+    ]
+
+
+@pytest.mark.parametrize(
+    "kind", ["pruning", "channel_pruning", "qat", "distiller"]
+)
+def test_interrupted_fit_resumed_by_backup_ends_like_an_uninterrupted_one(
+    kind, digits_small, tmp_path
+):
+    """`BackupAndRestore` (a backup per epoch), interrupted in the middle
+    of epoch 1, run again on a new model object: the same weights, zeros,
+    ranges and optimizer state as a `fit` never interrupted. (Keras 3's
+    `BackupAndRestore(save_freq=<steps>)` restarts the saved epoch from its
+    first batch with mid-epoch weights, so only a per-epoch backup can end
+    the same. GradualUnfreezing: tests/unfreezing_checkpoint_test.py.)"""
+    (x, y), _ = digits_small
+    x, y = x[:640], y[:640]  # 10 steps an epoch
+
+    def run(*extra, backup=True):
+        keras.utils.set_random_seed(0)
+        case = _Case(kind)
+        callbacks = list(extra)
+        if backup:
+            callbacks.insert(
+                0, keras.callbacks.BackupAndRestore(tmp_path / "backup")
+            )
+        history = case.model.fit(
+            x,
+            y,
+            batch_size=BATCH,
+            epochs=EPOCHS,
+            shuffle=False,
+            verbose=0,
+            callbacks=[*callbacks, *case.callbacks()],
+        )
+        return case, history
+
+    reference, _ = run(backup=False)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run(_Interrupt(epoch=1, batch=4))
+    resumed, history = run()
+    assert len(history.history["loss"]) == EPOCHS - 1  # from epoch 1
+    assert int(resumed.model.optimizer.iterations.numpy()) == EPOCHS * 10
+    ends, expected = _variables(resumed), _variables(reference)
+    assert len(ends) == len(expected)
+    for a, b in zip(ends, expected):
+        np.testing.assert_array_equal(a, b)
+    if kind == "pruning":
+        assert_pruned(resumed.model)
+    elif kind == "channel_pruning":
+        assert_channels_zeroed(resumed.model)
+    elif kind == "qat":
+        assert_ranges_learned(resumed.model)
