@@ -155,10 +155,12 @@ def data(name, n_train=512, n_test=256):
 
 def compile_model(model, name):
     """Adam and sparse cross-entropy; keras.applications classifiers end
-    in softmax, the examples in logits."""
+    in softmax, the examples in logits. The U-Net learns at 1e-2: at 1e-3
+    its 16 steps leave it predicting background everywhere (70% of the
+    pixels), which any int8 file agrees with."""
     from_logits = name not in APPLICATIONS
     model.compile(
-        keras.optimizers.Adam(1e-3),
+        keras.optimizers.Adam(1e-2 if name == "UNet" else 1e-3),
         keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
         metrics=["accuracy"],
     )

@@ -292,10 +292,14 @@ def _cell(data):
 
 
 def table(rows, epochs):
+    names = [row["name"] for row in rows]
+    models = "" if names == list(zoo.ALL) else f" --models {','.join(names)}"
+    left = [name for name in zoo.ALL if name not in names]
     lines = [
         "## Zoo: every keras.applications family and keras.io examples",
         "",
-        f"`python -m benchmarks.zoo --epochs {epochs}` on "
+        f"`python -m benchmarks.zoo{models} --epochs {epochs}`, "
+        f"{time.strftime('%Y-%m-%d', time.gmtime())}, on "
         f"{platform.processor() or platform.machine()}, keras "
         f"{keras.__version__}. Each model trained {epochs} epochs on "
         "512 offline samples (digits for images, synthetic token "
@@ -305,7 +309,8 @@ def table(rows, epochs):
         "gzipped over the dense int8 file gzipped. `macs_x`: channel-"
         "pruned MACs over the original's. `epoch_x`: steady epoch time "
         "with the callback over plain `fit`. Each model runs in its own "
-        "process; `crash` is a process killed by a signal.",
+        "process; `crash` is a process killed by a signal."
+        + (f" Not run this time: {', '.join(left)}." if left else ""),
         "",
         "| model | float acc | PTQ int8 | QAT int8 | pruned 50% | "
         "channels 50% | swap_head | s |",
@@ -327,6 +332,11 @@ def main():
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--one", help="sweep one model in this process")
     parser.add_argument("--capabilities", default=",".join(CAPABILITIES))
+    parser.add_argument(
+        "--rows",
+        help="a JSON file: rows of earlier runs are read from it (their "
+        "models are not run again) and this run's rows are added to it",
+    )
     args = parser.parse_args()
     capabilities = tuple(args.capabilities.split(","))
     if args.one:
@@ -334,9 +344,19 @@ def main():
         print(_MARK + json.dumps(row), flush=True)
         return
     rows = []
+    if args.rows and os.path.exists(args.rows):
+        with open(args.rows) as f:
+            rows = json.load(f)
+    done = {row["name"] for row in rows}
     for name in args.models.split(","):
+        if name in done:
+            continue
         rows.append(sweep_in_child(name, args.epochs))
         print(name, rows[-1]["cells"], flush=True)
+        if args.rows:
+            with open(args.rows, "w") as f:
+                json.dump(rows, f)
+    rows.sort(key=lambda row: zoo.ALL.index(row["name"]))
     save_section(
         os.path.join(HERE, "results", "zoo.md"), table(rows, args.epochs)
     )
