@@ -23,6 +23,7 @@ from conftest import compile_classifier
 
 from keras_slim.transfer import GradualUnfreezing
 from keras_slim.transfer import freeze
+from keras_slim.transfer import unfreeze
 
 SCHEDULE = {1: "hidden2", 2: "hidden"}
 BATCH = 64
@@ -283,14 +284,18 @@ def test_backup_and_restore_resumes_epoch_and_stages_but_resets_optimizer(
     assert int(fresh.optimizer.iterations) == steps
 
 
-def test_resuming_past_a_stage_with_learning_rate_multiplier_is_refused(
+def test_multiplier_resume_on_a_model_a_stage_already_unfroze_is_refused(
     digits_small,
 ):
+    """As a `.keras` file saved after stage 1 loads: hidden2 trainable.
+    Whether hidden2 was trainable from the start or unfrozen by stage 1
+    (factor 0.5) is not in the model: refused before any step."""
     (x, y), _ = digits_small
     model = _model()
+    unfreeze(model, up_to="hidden2")
     before = model.get_weights()
     callback = GradualUnfreezing(SCHEDULE, learning_rate_multiplier=0.5)
-    with pytest.raises(ValueError, match="initial_epoch|start at or before"):
+    with pytest.raises(ValueError, match=r"stage\(s\) at epoch\(s\) \[1\]"):
         model.fit(
             x[:128],
             y[:128],
@@ -300,17 +305,56 @@ def test_resuming_past_a_stage_with_learning_rate_multiplier_is_refused(
             verbose=0,
             callbacks=[callback],
         )
-    # Refused before any step.
     for a, b in zip(model.get_weights(), before):
         np.testing.assert_array_equal(a, b)
-    # From the start (or up to the first stage) it trains.
+    # Without the multiplier the same resume trains.
     history = model.fit(
         x[:128],
         y[:128],
         batch_size=BATCH,
-        epochs=2,
-        initial_epoch=1,
+        epochs=3,
+        initial_epoch=2,
         verbose=0,
-        callbacks=[callback],
+        callbacks=[GradualUnfreezing(SCHEDULE)],
     )
-    assert history.history["trainable_params"] == [170 + 528]
+    assert history.history["trainable_params"] == [170 + 528 + 2080]
+
+
+def test_multiplier_resume_on_the_scripts_frozen_model_replays_the_factors(
+    digits_small,
+):
+    """`BackupAndRestore` resumes on the model frozen as the script froze
+    it: starting at epoch 2 applies stage 1 (factor 0.5 for hidden2) and
+    stage 2 (0.25 for hidden), as the uninterrupted fit did."""
+    (x, y), _ = digits_small
+    deltas = {}
+    for multiplier in (None, 0.5):
+        keras.utils.set_random_seed(0)
+        model = _model()
+        model.compile(
+            keras.optimizers.SGD(0.1),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        before = {n: _kernel(model, n) for n in ("hidden", "hidden2", "head")}
+        model.fit(
+            x[:BATCH],
+            y[:BATCH],
+            batch_size=BATCH,
+            epochs=3,
+            initial_epoch=2,  # one step
+            verbose=0,
+            callbacks=[
+                GradualUnfreezing(SCHEDULE, learning_rate_multiplier=multiplier)
+            ],
+        )
+        deltas[multiplier] = {n: _kernel(model, n) - before[n] for n in before}
+    plain, scaled = deltas[None], deltas[0.5]
+    for name, factor in (("head", 1.0), ("hidden2", 0.5), ("hidden", 0.25)):
+        assert np.abs(plain[name]).max() > 0, name
+        np.testing.assert_allclose(
+            scaled[name], factor * plain[name], rtol=1e-4, atol=1e-7
+        )
+
+
+def _kernel(model, name):
+    return keras.ops.convert_to_numpy(model.get_layer(name).kernel).copy()

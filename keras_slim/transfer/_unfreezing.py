@@ -96,10 +96,12 @@ class GradualUnfreezing(keras.callbacks.Callback):
             `unfreeze` arguments (`up_to`, `fraction`, `filters`). Stages
             add up: nothing is frozen again.
         learning_rate_multiplier: `None`, or a float in (0, 1]: the
-            learning-rate factor per stage described above. Which layers
-            an earlier stage unfroze is not saved with the model, so a
-            `fit` that resumes after a stage's epoch (`initial_epoch`,
-            `BackupAndRestore`) is refused with a multiplier.
+            learning-rate factor per stage described above. A `fit` that
+            resumes after a stage (`initial_epoch`, `BackupAndRestore`)
+            replays the stages on the model frozen as the script froze
+            it; one that starts on a model that stage already unfroze (a
+            `.keras` file saved after it) is refused, since which layers
+            the stage unfroze is not saved with the model.
         keep_batchnorm_frozen: Leave BatchNormalization layers frozen
             (inference mode), as `unfreeze` does.
         verbose: 1 prints each stage.
@@ -111,7 +113,8 @@ class GradualUnfreezing(keras.callbacks.Callback):
         ValueError: if an epoch is negative or a value is invalid, or (at
             the start of `fit`, before any change) a layer name does not
             exist, or (at the first epoch of `fit`, before any step) a
-            `fit` with a `learning_rate_multiplier` starts after a stage.
+            `fit` with a `learning_rate_multiplier` starts after a stage
+            on a model that stage already unfroze.
 
     Example:
 
@@ -198,6 +201,9 @@ class GradualUnfreezing(keras.callbacks.Callback):
         self._scaled = []  # (variable, factor)
         self._snapshot = None
         self._started = False
+        self._trainable_at_begin = {
+            id(lf.layer) for lf in self._leaves if lf.effectively_trainable
+        }
 
     def on_epoch_begin(self, epoch, logs=None):
         if not self._started:
@@ -240,23 +246,33 @@ class GradualUnfreezing(keras.callbacks.Callback):
             self.model.make_train_function(force=True)
 
     def _check_resume(self, epoch):
-        """Refuse to resume past a stage with a learning-rate multiplier:
-        which layers that stage unfroze (and so their factor) is not
-        stored in the model, and the layers trainable before it would
-        be indistinguishable from them."""
+        """Refuse to resume past a stage that already acted on the model,
+        with a learning-rate multiplier: the model (from a `.keras` file)
+        does not record which of its trainable layers that stage unfroze,
+        so their factor is unknown. A model frozen as the script froze it
+        (`BackupAndRestore`, `load_weights`) replays the stages exactly."""
         if self.learning_rate_multiplier in (None, 1.0):
             return
-        passed = [e for e, _ in self._resolved if e < epoch]
-        if passed:
+        applied = [
+            stage_epoch
+            for stage_epoch, chosen in self._resolved
+            if stage_epoch < epoch
+            and chosen
+            and all(id(lf.layer) in self._trainable_at_begin for lf in chosen)
+        ]
+        if applied:
             raise ValueError(
                 "Expected a `fit` with `GradualUnfreezing("
-                "learning_rate_multiplier=...)` to start at or before its "
-                "first stage: which layers an earlier stage unfroze is not "
+                "learning_rate_multiplier=...)` that starts after a stage "
+                "to start on the model frozen as before that stage (as "
+                "`BackupAndRestore` or `load_weights` into the script's "
+                "model give it): which layers the stage unfroze is not "
                 "saved with the model, so their learning-rate factor is "
-                "unknown on resume. Resume without "
-                "`learning_rate_multiplier`, or restart from epoch "
-                f"{passed[0]} or before. Received: a fit starting at epoch "
-                f"{epoch} after the stage(s) at epoch(s) {passed}"
+                "unknown. Freeze the model as the script did before "
+                "loading the weights, or resume without "
+                "`learning_rate_multiplier`. Received: a fit starting at "
+                f"epoch {epoch} on a model whose layers the stage(s) at "
+                f"epoch(s) {applied} had already unfrozen"
             )
 
     def on_train_batch_begin(self, batch, logs=None):
