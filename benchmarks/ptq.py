@@ -1,7 +1,8 @@
 """Issue 22 benchmark: post-training quantization, the converter route vs
 the LiteRT Quantizer route, side by side on the same trained models.
 
-    python -m benchmarks.ptq [--seeds 0 1 2] [--quick] [--cache DIR]
+    python -m benchmarks.ptq [--seeds 0 1 2] [--models NAME ...] [--quick]
+        [--no-selective] [--cache DIR] [--output FILE]
 
 Per model and seed: int8 by each route (accuracy vs Keras, agreement,
 bytes, LiteRT latency), int16x8 by each route (agreement), and the
@@ -30,6 +31,7 @@ from benchmarks._common import mobilenet  # noqa: E402
 from keras_slim import datasets  # noqa: E402
 from keras_slim import litert  # noqa: E402
 from keras_slim import models  # noqa: E402
+from keras_slim.quantization import _equalize  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CALIBRATION = 300
@@ -80,7 +82,19 @@ def _row(model, path, report, xt, yt, keras_acc):
     )
 
 
-def measure(model, data, folder):
+def _prepared(model, rep):
+    """The model after each pre-conversion step (issue 22, item 5)."""
+    equalized = _equalize.equalize_ranges(model, rep).model
+    return {
+        "equalize_ranges": equalized,
+        "correct_bias": _equalize.correct_bias(model, rep)[0],
+        "equalize_ranges + correct_bias": _equalize.correct_bias(
+            equalized, rep
+        )[0],
+    }
+
+
+def measure(model, data, folder, selective=True):
     """Every route and precision on one trained model."""
     (x, _), (xt, yt) = data
     rep = x[:CALIBRATION]
@@ -99,6 +113,18 @@ def measure(model, data, folder):
             out[f"{quantizer} {q}"] = _row(
                 model, path, report, xt, yt, keras_acc
             )
+    # Pre-conversion steps, converter int8; compared with the original
+    # model (not the rescaled one).
+    for step, prepared in _prepared(model, rep).items():
+        path = os.path.join(folder, "prepared.tflite")
+        report = keras_slim.export_tflite(
+            prepared, path, representative_data=rep
+        )
+        out[f"{step}, converter int8"] = _row(
+            model, path, report, xt, yt, keras_acc
+        )
+    if not selective:
+        return out
     # Select on the first half of the test images, report the second.
     half = len(xt) // 2
     keras_half = float(model.evaluate(xt[half:], yt[half:], verbose=0)[1])
@@ -120,7 +146,6 @@ def measure(model, data, folder):
         row["selection_agreement"] = sel.agreement
         out[f"selective {precision}"] = row
         print(sel.summary(), flush=True)
-    return out
     return out
 
 
@@ -187,6 +212,12 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", default=None)
     parser.add_argument("--train-only", action="store_true")
     parser.add_argument(
+        "--no-selective",
+        action="store_true",
+        help="skip select_precision (the slowest rows)",
+    )
+    parser.add_argument("--output", default=None)
+    parser.add_argument(
         "--cache", default=os.path.join(tempfile.gettempdir(), "ptq_models")
     )
     args = parser.parse_args(argv)
@@ -197,6 +228,9 @@ def main(argv=None):
         str(s) for s in args.seeds
     )
     command += " --quick" if args.quick else ""
+    command += " --no-selective" if args.no_selective else ""
+    if args.models:
+        command += " --models " + " ".join(args.models)
     results = {}
     for name in names:
         results[name] = []
@@ -205,13 +239,16 @@ def main(argv=None):
             if args.train_only:
                 continue
             with tempfile.TemporaryDirectory() as folder:
-                results[name].append(measure(model, data, folder))
+                results[name].append(
+                    measure(model, data, folder, not args.no_selective)
+                )
             print(name, seed, results[name][-1], flush=True)
     if args.train_only:
         return
     text = to_markdown(results, command, args.seeds)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "ptq.md"), "w") as f:
+    output = args.output or os.path.join(HERE, "results", "ptq.md")
+    with open(output, "w") as f:
         f.write(text)
     print(text)
     np.set_printoptions()

@@ -307,3 +307,121 @@ def litert_file_run(data, x):
 
     file = _litert_file.File(content=data)
     return file.run([x])[0]
+
+
+# ------------------------------------------- range equalisation (issue 22)
+
+
+def _mobile_block_model():
+    """A small MobileNetV2-style model: Conv-BN-ReLU6, an inverted
+    residual block (expand, depthwise, linear projection, Add), GAP,
+    Dense."""
+    import keras
+
+    inputs = keras.Input((32, 32, 1))
+    x = keras.layers.Conv2D(16, 3, strides=2, use_bias=False)(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU(6.0, name="stem_relu")(x)
+    h = keras.layers.Conv2D(48, 1, use_bias=False)(x)
+    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.ReLU(6.0, name="expand_relu")(h)
+    h = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False)(h)
+    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.ReLU(6.0, name="depthwise_relu")(h)
+    h = keras.layers.Conv2D(16, 1, use_bias=False)(h)
+    h = keras.layers.BatchNormalization()(h)
+    x = keras.layers.Add()([x, h])
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(10, name="logits")(x)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.fixture(scope="module")
+def trained_block_weights(digits):
+    import keras
+    from conftest import compile_classifier
+
+    (x, y), _ = digits
+    keras.utils.set_random_seed(0)
+    model = compile_classifier(_mobile_block_model())
+    model.fit(x, y, batch_size=64, epochs=6, verbose=0)
+    return model.get_weights()
+
+
+@pytest.fixture
+def trained_block(trained_block_weights):
+    model = _mobile_block_model()
+    model.set_weights(trained_block_weights)
+    return model
+
+
+def test_equalized_model_gives_the_same_float_outputs_and_evener_ranges(
+    trained_block, digits
+):
+    import keras
+
+    from keras_slim.quantization import equalize_ranges
+
+    (x, _), (x_test, _) = digits
+    before = trained_block.get_weights()
+    report = equalize_ranges(trained_block, x[:300])
+    assert [relu for _, relu, _ in report.chains] == [
+        "expand_relu",
+        "depthwise_relu",
+    ]
+    # The stem's ReLU also feeds the residual Add: not rescaled.
+    assert "stem_relu" in report.skipped
+    # The input model is untouched; the new one computes the same.
+    for a, b in zip(before, trained_block.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    expected = trained_block.predict(x_test, verbose=0)
+    np.testing.assert_allclose(
+        report.model.predict(x_test, verbose=0), expected, atol=1e-4
+    )
+
+    def spread(model, name):
+        out = keras.Model(model.inputs, model.get_layer(name).output)
+        m = out.predict(x[:300], verbose=0).max(axis=(0, 1, 2))
+        m = m[m > 0]
+        return float(m.min() / m.max())
+
+    for name in ("expand_relu", "depthwise_relu"):
+        s = report.scales[name]
+        assert s.min() > 0 and s.max() <= 1.0
+        assert spread(report.model, name) > spread(trained_block, name)
+
+
+def test_equalized_model_int8_file_agrees_at_least_as_often(
+    trained_block, digits, tmp_path
+):
+    from keras_slim.quantization import equalize_ranges
+
+    (x, _), (x_test, _) = digits
+    plain = export_tflite(
+        trained_block, str(tmp_path / "plain.tflite"), representative_data=x
+    )
+    equalized = equalize_ranges(trained_block, x[:300]).model
+    report = export_tflite(
+        equalized, str(tmp_path / "eq.tflite"), representative_data=x[:300]
+    )
+    assert report.int8_only
+    # Compared with the original model, not the rescaled one.
+    base = litert.compare(trained_block, plain.filepath, x_test).agreement
+    eq = litert.compare(trained_block, report.filepath, x_test).agreement
+    assert eq >= base and eq >= 0.97, (eq, base)
+
+
+def test_equalize_ranges_refuses_subclassed_models_and_bad_data(digits):
+    from conftest import subclassed_model
+
+    from keras_slim.quantization import equalize_ranges
+
+    model = subclassed_model()
+    model(np.zeros((1, 8, 8, 1), "float32"))
+    with pytest.raises(ValueError, match="Functional or Sequential"):
+        equalize_ranges(model, np.zeros((4, 8, 8, 1), "float32"))
+    functional = _mobile_block_model()
+    with pytest.raises(ValueError, match=r"representative_data.*shape"):
+        equalize_ranges(functional, np.zeros((4, 8, 8, 1), "float32"))
+    with pytest.raises(TypeError):
+        equalize_ranges("model", np.zeros((4, 8, 8, 1), "float32"))
