@@ -16,6 +16,7 @@ from keras_slim.pruning import shrink
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import _zoo_models as zoo  # noqa: E402
+from benchmarks import zoo as zoo_benchmark  # noqa: E402
 
 L = keras.layers
 
@@ -66,4 +67,30 @@ def test_shrink_removes_zeroed_conv2d_transpose_channels_exactly():
         small.predict(x, verbose=0),
         model.predict(x, verbose=0),
         atol=1e-5,
+    )
+
+
+@pytest.mark.slow
+def test_unet_sweep_passes_every_capability_but_swap_head():
+    # The zoo's per-model sweep, each capability in a child process as
+    # `python -m benchmarks.zoo` runs it (a converter crash is a cell).
+    row = zoo_benchmark.sweep_in_child("UNet", epochs=2, timeout=900)
+    cells = row["cells"]
+    assert set(cells) == set(zoo_benchmark.CAPABILITIES)
+    # Per-pixel accuracy of the float model: 70% of the pixels are
+    # background, which an untrained U-Net predicts everywhere.
+    assert row["accuracy"] > 0.85
+    for capability in ("ptq", "qat", "prune", "channels"):
+        cell = cells[capability]
+        assert cell["status"] == "ok", (capability, cell["reason"])
+        assert cell["figures"]["int8_only"], capability
+        # Per pixel: the top-1 of the 2 logits at each of 32 x 32 pixels.
+        assert cell["figures"]["agreement"] >= 0.99, capability
+    assert cells["prune"]["figures"]["sparsity"] == pytest.approx(0.5, 0.01)
+    assert cells["prune"]["figures"]["gzip_x"] < 0.9
+    assert cells["channels"]["figures"]["macs_x"] < 0.6
+    # A segmentation model has no classification head to swap.
+    assert cells["swap_head"]["status"] == "refused"
+    assert (
+        "no recognisable classification head" in (cells["swap_head"]["reason"])
     )
