@@ -425,3 +425,28 @@ def test_equalize_ranges_refuses_subclassed_models_and_bad_data(digits):
         equalize_ranges(functional, np.zeros((4, 8, 8, 1), "float32"))
     with pytest.raises(TypeError):
         equalize_ranges("model", np.zeros((4, 8, 8, 1), "float32"))
+
+
+def test_linear_batch_norm_to_conv_chain_is_equalized_exactly():
+    import keras
+
+    from keras_slim.quantization import equalize_ranges
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.BatchNormalization(name="bn")(inputs)
+    outputs = keras.layers.Conv2D(4, 1, name="conv")(x)
+    model = keras.Model(inputs, outputs)
+    bn = model.get_layer("bn")
+    bn.gamma.assign(np.array([1.0, 0.05, -0.5], "float32"))
+    bn.beta.assign(np.array([0.1, 0.0, 0.2], "float32"))
+    data = np.random.default_rng(0).random((32, 8, 8, 3), "float32")
+    report = equalize_ranges(model, data)
+    assert report.chains == [("bn", None, "conv")]
+    s = report.scales["bn"]
+    # The widest channel keeps its scale; the narrow ones are enlarged.
+    assert s[0] == 1.0 and s[1] < s[2] < 1.0
+    np.testing.assert_allclose(
+        report.model.predict(data, verbose=0),
+        model.predict(data, verbose=0),
+        atol=1e-5,
+    )

@@ -95,12 +95,23 @@ def _chains(model):
     inputs, consumers = _graph(model)
     chains, skipped = [], {}
     for name, layer in layers.items():
+        if (
+            isinstance(layer, keras.layers.BatchNormalization)
+            and layer.scale
+            and layer.center
+        ):
+            # A linear chain (MobileNetV2's first projection): exact for
+            # any scale.
+            consumer, _ = _consumer_of(name, layers, consumers)
+            if consumer is not None:
+                chains.append((name, None, consumer.name))
+            continue
         if not isinstance(layer, keras.layers.ReLU):
             continue
         if layer.negative_slope or layer.threshold:
             skipped[name] = "leaky or thresholded ReLU"
             continue
-        parents, children = inputs.get(name, []), consumers.get(name, [])
+        parents = inputs.get(name, [])
         if len(parents) != 1 or not isinstance(
             layers.get(parents[0]), keras.layers.BatchNormalization
         ):
@@ -112,33 +123,46 @@ def _chains(model):
         if len(consumers.get(parents[0], [])) != 1:
             skipped[name] = "its BatchNormalization has other readers"
             continue
-        if len(children) != 1 or not isinstance(
-            layers.get(children[0]), _CONSUMERS
-        ):
-            skipped[name] = "not read by exactly one Conv2D, Dense or "
-            skipped[name] += "DepthwiseConv2D"
-            continue
-        consumer = layers[children[0]]
-        if isinstance(consumer, keras.layers.Conv2D) and consumer.groups != 1:
-            skipped[name] = "grouped convolution"
+        consumer, reason = _consumer_of(name, layers, consumers)
+        if consumer is None:
+            skipped[name] = reason
             continue
         chains.append((parents[0], name, consumer.name))
     return chains, skipped
 
 
-def _scales(relu_output, max_value):
-    """Per-channel `s_c` from a ReLU's outputs on the representative
-    data (channels last)."""
-    axes = tuple(range(relu_output.ndim - 1))
-    m = relu_output.max(axis=axes).astype("float64")
+def _consumer_of(name, layers, consumers):
+    """`(layer, None)`: the one layer reading `name`'s output, if it can
+    take a scale on its input channels; else `(None, reason)`."""
+    children = consumers.get(name, [])
+    if len(children) != 1 or not isinstance(
+        layers.get(children[0]), _CONSUMERS
+    ):
+        return None, (
+            "not read by exactly one Conv2D, Dense or DepthwiseConv2D"
+        )
+    consumer = layers[children[0]]
+    if isinstance(consumer, keras.layers.Conv2D) and consumer.groups != 1:
+        return None, "grouped convolution"
+    return consumer, None
+
+
+def _scales(output, max_value, linear):
+    """Per-channel `s_c` from a chain's outputs on the representative
+    data (channels last): `sqrt(m_c / M)`, and for a ReLU with
+    `max_value`, no less than `2 m_c / max_value` (the clip stays at
+    least twice above the channel's largest value, for unseen data)."""
+    axes = tuple(range(output.ndim - 1))
+    output = np.abs(output) if linear else output
+    m = output.max(axis=axes).astype("float64")
     top = m.max()
     s = np.ones_like(m)
     if top <= 0:
         return s
     grow = m > 0
-    if max_value is not None:
-        grow &= m < 0.999 * float(max_value)
     s[grow] = np.sqrt(m[grow] / top)
+    if max_value is not None:
+        s = np.maximum(s, np.minimum(1.0, 2.0 * m / float(max_value)))
     return s
 
 
@@ -223,7 +247,8 @@ def equalize_ranges(model, representative_data, batch_size=32):
         return EqualizationReport(clone, [], {}, skipped)
     layers = {layer.name: layer for layer in clone.layers}
     probe = keras.Model(
-        clone.inputs, [layers[relu].output for _, relu, _ in chains]
+        clone.inputs,
+        [layers[relu or bn].output for bn, relu, _ in chains],
     )
     outputs = probe.predict(
         representative_data, batch_size=batch_size, verbose=0
@@ -232,8 +257,13 @@ def equalize_ranges(model, representative_data, batch_size=32):
         outputs = [outputs]
     scales = {}
     for (bn_name, relu_name, consumer_name), out in zip(chains, outputs):
-        s = _scales(np.asarray(out), layers[relu_name].max_value)
-        scales[relu_name] = s
+        linear = relu_name is None
+        s = _scales(
+            np.asarray(out),
+            None if linear else layers[relu_name].max_value,
+            linear,
+        )
+        scales[relu_name or bn_name] = s
         _rescale_bn_output(layers[bn_name], 1.0 / s)
         consumer = layers[consumer_name]
         # The consumer's input channel c (a DepthwiseConv2D's too: axis
