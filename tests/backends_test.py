@@ -265,6 +265,126 @@ def test_channel_pruning_then_shrink_gives_the_same_outputs(backend, tmp_path):
     assert result["gap"] < 1e-5
 
 
+_CHANNEL_SCHEDULE = _PRELUDE + textwrap.dedent(
+    """
+    from keras_slim.pruning import ChannelPruning
+    from keras_slim.schedules import PolynomialDecay
+
+    def channel_weights(model):
+        layer, bn = model.get_layer("c1"), model.get_layer("bn1")
+        kernel = numpy(layer.kernel).reshape(-1, 16)
+        return kernel, numpy(layer.bias), numpy(bn.gamma), numpy(bn.beta)
+
+    def dead(model):
+        return np.flatnonzero(np.all(channel_weights(model)[0] == 0, axis=0))
+
+    class Check(keras.callbacks.Callback):
+        # After every execution (2 steps, 1 on PyTorch): a channel once
+        # zeroed stays zeroed in c1's kernel and bias, bn1's gamma, beta.
+        def __init__(self):
+            super().__init__()
+            self.dead, self.leaked, self.snapshots = set(), 0, []
+
+        def on_train_batch_end(self, batch, logs=None):
+            kernel, *vectors = channel_weights(self.model)
+            now = set(dead(self.model).tolist())
+            self.leaked += len(self.dead - now)
+            for v in vectors:
+                self.leaked += int(np.sum(v[sorted(now)] != 0))
+            self.dead = now
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.snapshots.append([numpy(w) for w in self.model.weights])
+            logs["rank"] = -epoch  # for EarlyStopping: epoch 0 is best
+
+    def schedule():
+        # 8 steps an epoch: the target rises at steps 0, 4, 8 and 12.
+        return PolynomialDecay(0.0, 0.5, begin_step=0, end_step=12,
+                               frequency=4)
+
+    model = cnn()
+    # PyTorch takes one step an execution.
+    torch = keras.backend.backend() == "torch"
+    model.compile("adam", LOSS, steps_per_execution=1 if torch else 2)
+    check = Check()
+    # The best epoch is the first, so training stops after three epochs
+    # and epoch 0's weights come back.
+    stop = keras.callbacks.EarlyStopping(
+        monitor="rank", mode="max", patience=2, restore_best_weights=True)
+    history = model.fit(
+        x, y, batch_size=16, epochs=4, verbose=0,
+        callbacks=[ChannelPruning(schedule(), min_channels=4), check, stop])
+    restored = all(np.array_equal(numpy(a), b)
+                   for a, b in zip(model.weights, check.snapshots[0]))
+
+    # The same run without observers: state syncs only at epoch starts
+    # and schedule changes, not at every batch (counted against plain fit).
+    def count_syncs(model, callbacks):
+        model.compile("adam", LOSS)
+        syncs = [0]
+        if hasattr(model, "jax_state_sync"):
+            sync = model.jax_state_sync
+
+            def counting():
+                syncs[0] += 1
+                sync()
+
+            model.jax_state_sync = counting
+        history = model.fit(x, y, batch_size=16, epochs=3, verbose=0,
+                            callbacks=callbacks)
+        return history, syncs[0]
+
+    _, plain_syncs = count_syncs(cnn(), [])
+    quiet = cnn()
+    quiet_history, syncs = count_syncs(
+        quiet, [ChannelPruning(schedule(), min_channels=4)])
+    kernel, bias, gamma, beta = channel_weights(quiet)
+    live = np.any(kernel != 0, axis=0)
+    print(json.dumps({
+        "backend": keras.backend.backend(),
+        "sparsity": history.history["channel_sparsity"],
+        "epochs": len(history.history["loss"]),
+        "leaked": check.leaked,
+        "restored": restored,
+        "quiet_sparsity": quiet_history.history["channel_sparsity"],
+        "quiet_dead": int(np.sum(~live)),
+        "quiet_dead_zero": bool(np.all(bias[~live] == 0)
+                                and np.all(gamma[~live] == 0)
+                                and np.all(beta[~live] == 0)),
+        "live_bias_moved": bool(np.all(bias[live] != 0)),
+        "extra_syncs": syncs - plain_syncs,
+        "wrapped_after": "train_step" in vars(quiet),
+    }))
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", *BACKENDS])
+def test_channel_pruning_holds_zeros_on_schedule_without_per_batch_syncs(
+    backend, tmp_path
+):
+    result = _run(backend, _CHANNEL_SCHEDULE, tmp_path)
+    assert result["backend"] == backend
+    # Epochs end at steps 8, 16, 24: the targets 0.5 * (1 - (1 - s/12)^3)
+    # at steps 4, 8 and 12 (c1 and c2 are two groups of 16).
+    assert result["sparsity"] == pytest.approx([0.3125, 0.5, 0.5])
+    assert result["epochs"] == 3
+    # No zeroed channel ever moved, across schedule updates, two steps an
+    # execution and the jitted JAX step; EarlyStopping's best weights
+    # (epoch 0) came back exactly.
+    assert result["leaked"] == 0
+    assert result["restored"]
+    assert result["quiet_sparsity"] == pytest.approx([0.3125, 0.5, 0.5])
+    assert result["quiet_dead"] == 8 and result["quiet_dead_zero"]
+    # Biases start at zero; those of live channels trained (a step that
+    # held every zero would have kept them).
+    assert result["live_bias_moved"]
+    # 24 steps: at most one sync when training starts, one each epoch
+    # start and one per schedule change (a sync every batch: >= 24).
+    assert result["extra_syncs"] <= 8
+    assert not result["wrapped_after"]
+
+
 _DISTILL_AND_TRANSFER = _PRELUDE + textwrap.dedent(
     """
     from keras_slim import distillation, transfer
@@ -437,3 +557,110 @@ def test_export_from_another_backend_gives_a_verified_int8_file(
     assert not result["bad_written"]
     assert result["learned_int8_only"]
     assert result["learned_ranges"] == "learned"
+
+
+_DATA_PARALLEL = (
+    'import os\nos.environ["XLA_FLAGS"] = '
+    '"--xla_force_host_platform_device_count=2"\n'
+    + _PRELUDE
+    + textwrap.dedent(
+        """
+    import jax
+    from keras_slim import litert
+    from keras_slim.export import export_tflite
+    from keras_slim.pruning import MagnitudePruning
+    from keras_slim.quantization import QuantizationAwareTraining
+    from keras_slim.quantization import is_quantization_aware
+    from keras_slim.schedules import PolynomialDecay
+
+    x = rng.random((256, 8, 8, 1)).astype("float32")
+    y = (x.mean(axis=(1, 2, 3)) > 0.5).astype("int32")
+    NAMES = ("c1", "c2", "head")
+
+    def train(devices):
+        keras.distribution.set_distribution(
+            keras.distribution.DataParallel(devices=devices)
+            if len(devices) > 1 else None)
+        model = cnn()
+        model.compile("adam", LOSS)
+        kernels = [model.get_layer(n).kernel for n in NAMES]
+        leaked = []
+
+        class Check(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                leaked.append(sum(
+                    int(np.sum((numpy(k.constraint.mask) == 0)
+                               & (numpy(k) != 0)))
+                    for k in kernels))
+
+        # 8 steps an epoch; masks update every 4 steps up to step 16.
+        schedule = PolynomialDecay(0.0, 0.75, begin_step=0, end_step=16,
+                                   frequency=4)
+        history = model.fit(
+            x, y, batch_size=32, epochs=4, verbose=0,
+            callbacks=[MagnitudePruning(schedule),
+                       QuantizationAwareTraining(), Check()])
+        ranges = {v.name: v for v in model.non_trainable_variables
+                  if v.name.startswith("qat_") and v.name.endswith("max")}
+        return model, history, leaked, kernels, ranges
+
+    devices = jax.devices()
+    one, one_history, _, one_kernels, one_ranges = train(devices[:1])
+    model, history, leaked, kernels, ranges = train(devices)
+    # Each range variable: its value on every device.
+    shards = {
+        name: [float(numpy(s.data)) for s in v.value.addressable_shards]
+        for name, v in ranges.items()
+    }
+    one_values = [float(numpy(v)) for v in one_ranges.values()]
+    values = [float(numpy(v)) for v in ranges.values()]
+    report = export_tflite(model, "model.tflite")
+    keras_top = numpy(model.predict(x, verbose=0)).argmax(-1)
+    file_top = np.asarray(litert.predict("model.tflite", x)).argmax(-1)
+    print(json.dumps({
+        "devices": len(devices),
+        "sharded": "batch" in str(kernels[0].value.sharding),
+        "sparsity": history.history["sparsity"],
+        "one_sparsity": one_history.history["sparsity"],
+        "leaked": leaked,
+        "same_zeros": all(
+            np.array_equal(numpy(a) == 0, numpy(b) == 0)
+            for a, b in zip(kernels, one_kernels)),
+        "aware": bool(is_quantization_aware(model)),
+        "input_max": shards["qat_input_max"],
+        "learned": sum(1 for v in values if v != 6.0),
+        "shards_equal": all(len(set(v)) == 1 for v in shards.values()),
+        "range_gap": float(np.max(np.abs(np.subtract(values, one_values)))),
+        "int8_only": bool(report.int8_only),
+        "agreement": min(report.agreement.values()),
+        "parity": float(np.mean(keras_top == file_top)),
+    }))
+    """
+    )
+)
+
+
+@pytest.mark.slow
+def test_data_parallel_on_two_jax_devices_prunes_learns_ranges_exports(
+    tmp_path,
+):
+    result = _run("jax", _DATA_PARALLEL, tmp_path, timeout=900)
+    assert result["devices"] == 2
+    # The variables live on a mesh of two devices, replicated.
+    assert result["sharded"]
+    # Masks exact: no masked weight moved, the schedule's 0.75 reached on
+    # time, and the same weights pruned as on one device.
+    assert result["leaked"] == [0, 0, 0, 0]
+    assert result["sparsity"] == result["one_sparsity"]
+    assert result["sparsity"][1:] == [pytest.approx(0.75, abs=0.002)] * 3
+    assert result["same_zeros"]
+    # Ranges learned (the inputs are in [0, 1)), identical on both
+    # devices, and those of one device up to the order of the sums.
+    assert result["aware"]
+    assert 0.9 < result["input_max"][0] <= 1.0
+    assert result["learned"] >= 5
+    assert result["shards_equal"]
+    assert result["range_gap"] < 1e-2
+    assert result["int8_only"]
+    assert result["agreement"] >= 0.99
+    assert result["parity"] >= 0.99

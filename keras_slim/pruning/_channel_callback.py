@@ -12,7 +12,10 @@ from keras_slim import _validation
 from keras_slim import schedules
 from keras_slim.pruning import _constants
 from keras_slim.pruning import _graph
+from keras_slim.pruning import _masks
 from keras_slim.pruning import _selection
+
+_KIND = "channel"  # the kind of this callback's `_masks.MaskConstraint`s
 
 
 class ChannelPruning(keras.callbacks.Callback):
@@ -25,8 +28,12 @@ class ChannelPruning(keras.callbacks.Callback):
     its update steps (`begin_step`, every `frequency` steps, `end_step`),
     as `MagnitudePruning` reads it; a plain callable at every step. A
     zeroed channel has its filter, bias, BatchNorm scale and offset and
-    DepthwiseConv2D slice set to zero, and is kept at zero after every
-    batch, so the rest of the network learns to do without it.
+    DepthwiseConv2D slice set to zero, and is kept at zero inside the
+    compiled train step, as `MagnitudePruning` keeps its zeros (a mask
+    attached to each of those variables as its Keras constraint; on JAX
+    also a wrapped `train_step`, restored when `fit` ends), so the rest
+    of the network learns to do without it. Nothing runs on the host
+    between schedule changes.
     `shrink(model)` then removes those channels exactly.
     The callback acts on the model being trained, in place; zeroed channels
     are found again from the weights, so training can resume.
@@ -105,7 +112,8 @@ class ChannelPruning(keras.callbacks.Callback):
         return float(self.schedule)
 
     def on_train_begin(self, logs=None):
-        model = _layers.target_model(self.model)
+        self._trained = self.model
+        model = _layers.target_model(self._trained)
         self._analysis, self._scores, _ = _selection.analyse(
             model, self.filters, self.criterion
         )
@@ -115,10 +123,18 @@ class ChannelPruning(keras.callbacks.Callback):
         self._pruned = {r for r in self._prunable if r not in live}
         self._fraction_now = None
         self._last_step = None
-        self._masks = []
-        self._update_masks()
+        self._epoch_start = self._step()
+        # Every channel variable gets its mask now, so that mask updates
+        # during `fit` only assign it (no new constraint, no retrace).
+        changed = self._hold(attach=True)
+        self._maybe_update(self._epoch_start, exact=True)
+        if changed or _masks.masks_are_traced():
+            # `fit` built its train function before `on_train_begin`.
+            _masks.rebuild_train_function(self._trained)
 
     def _step(self):
+        # `self.model` syncs a JAX `fit`'s state into the variables: read
+        # only at epoch starts and where the schedule may change.
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def _due(self, step):
@@ -127,10 +143,25 @@ class ChannelPruning(keras.callbacks.Callback):
             return True
         if isinstance(self.schedule, schedules.PruningSchedule):
             return self.schedule.updates_between(self._last_step, step)
-        return True
+        return step != self._last_step
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = self._step()
 
     def on_train_batch_begin(self, batch, logs=None):
-        step = self._step()
+        # `batch` is the first step of the coming execution, so the
+        # optimizer has done about `epoch start + batch` steps; the exact
+        # count (a host read, and a JAX state sync) is taken only when the
+        # schedule would change there.
+        self._maybe_update(self._epoch_start + batch, exact=False)
+
+    def _maybe_update(self, estimate, exact):
+        if not self._due(estimate):
+            return
+        if self._fraction(estimate) == self._fraction_now and not exact:
+            self._last_step = estimate
+            return
+        step = estimate if exact else self._step()
         if not self._due(step):
             return
         self._last_step = step
@@ -149,54 +180,71 @@ class ChannelPruning(keras.callbacks.Callback):
             pruned=self._pruned,
         )
         if len(self._pruned) != before:
-            self._update_masks()
-            self._apply()
+            self._hold(attach=False)
             if self.verbose:
                 print(
-                    f"ChannelPruning: step {self._step()}, fraction "
+                    f"ChannelPruning: step {step}, fraction "
                     f"{fraction:.3f}, {len(self._pruned)} channels zeroed"
                 )
 
-    def _update_masks(self):
+    def _channel_masks(self):
+        """`[(variable, mask)]` for every channel variable of a node with
+        prunable channels (mask 0 on the pruned channels, 1 elsewhere)."""
         analysis, pruned = self._analysis, self._pruned
-        self._masks = []
+        prunable = set(self._prunable)
+        masks = {}
         for node in analysis.nodes:
             variables = _graph.channel_variables(node)
             if not variables:
                 continue
-            out = np.array(
-                [
-                    analysis.find(int(e)) in pruned
-                    for e in analysis.elems[node.key]
-                ],
-                bool,
-            )
-            if not out.any():
+            roots = [analysis.find(int(e)) for e in analysis.elems[node.key]]
+            if not any(r in prunable for r in roots):
                 continue
+            out = np.array([r in pruned for r in roots], bool)
             for var, role in variables:
                 if node.role == "norm" and not any(
                     var is getattr(node.layer, attr, None)
                     for attr in ("gamma", "beta")
                 ):
                     continue
-                mask = np.ones(var.shape, var.dtype)
-                if role == "dw" and node.role == "depthwise":
+                if role == "dw" and node.role != "depthwise":
+                    continue  # a separable conv's depthwise: input axis
+                key = id(var)
+                if key not in masks:
+                    masks[key] = (var, np.ones(var.shape, np.float32))
+                mask = masks[key][1]
+                if role == "dw":
                     m = var.shape[-1]
                     flat = mask.reshape(-1, var.shape[-2] * m)
                     flat[:, out] = 0
-                    mask = flat.reshape(var.shape)
-                elif role == "dw" and node.role != "depthwise":
-                    continue  # a separable conv's depthwise: input axis
+                elif role == "tkernel":
+                    mask[..., out, :] = 0
                 else:
                     mask[..., out] = 0
-                self._masks.append((var, mask))
+        return list(masks.values())
 
-    def _apply(self):
-        # `self.model` syncs a JAX `fit`'s state back into the variables,
-        # which it otherwise leaves detached until the epoch ends.
-        _layers.sync_state(self.model)
-        for var, mask in self._masks:
-            var.assign(keras.ops.multiply(var.value, mask))
+    def _hold(self, attach):
+        """Assign the masks and zero the masked weights, on the host.
+
+        With `attach`, also give each channel variable its mask
+        constraint; returns whether one was new. Then (JAX) whether the
+        traced step releases the right zeros: if not, the train step is
+        rebuilt.
+        """
+        masks = self._channel_masks()
+        model = self._trained
+        changed = False
+        with _layers.strategy_scope(model):
+            for var, mask in masks:
+                if attach or _masks.find_mask(var, _KIND) is not None:
+                    changed = _masks.hold(var, mask, _KIND) or changed
+                if not mask.all():
+                    value = keras.ops.convert_to_numpy(var)
+                    var.assign((value * mask).astype(value.dtype))
+        variables = [var for var, _ in masks]
+        if _masks.refresh_released(variables) and not attach:
+            _masks.rebuild_train_function(model)
+        return changed
 
     def _log(self, logs):
         if logs is not None:
@@ -204,14 +252,13 @@ class ChannelPruning(keras.callbacks.Callback):
             logs["channel_sparsity"] = len(self._pruned) / total
 
     def on_train_batch_end(self, batch, logs=None):
-        self._apply()
         self._log(logs)
 
     def on_epoch_end(self, epoch, logs=None):
         self._log(logs)
 
     def on_train_end(self, logs=None):
-        self._apply()
+        _masks.restore_train_step(self._trained)
 
     def get_config(self):
         return {

@@ -1,12 +1,16 @@
-"""Which weights magnitude pruning acts on, and how masks are computed.
+"""Which weights magnitude pruning acts on, how masks are computed, and
+the one way pruning holds weights at zero during `fit`.
 
 Kept free of callbacks so that `MagnitudePruning` and `sparsity_report`
-select exactly the same weights and give the same skip reasons.
+select exactly the same weights and give the same skip reasons, and so
+that `MagnitudePruning` and `ChannelPruning` keep zeros the same way
+(`MaskConstraint`, `hold`, `rebuild_train_function`).
 """
 
 import dataclasses
 import re
 
+import keras
 import numpy as np
 
 from keras_slim import _layers
@@ -274,3 +278,189 @@ def compute_masks(weights, input_axes, pattern, sparsity, scope):
             for u, w in zip(units, weights)
         ]
     return [_keep_one(u, m) for u, m in zip(units, masks)]
+
+
+# ------------------------------------------------------------ holding zeros
+#
+# One mechanism on every backend. A mask is attached to each held variable
+# as its Keras constraint (`MaskConstraint`), which the optimizer applies
+# right after each update inside the compiled train step: TensorFlow's
+# `tf.function` and PyTorch read the mask variable at every step. A jitted
+# JAX step is a pure function of the model's and the optimizer's state and
+# reads the mask only when traced, so on JAX `rebuild_train_function` also
+# wraps the model's `train_step`: a held weight that was exactly zero
+# before a step is zero after it. Masks then change on the host only at
+# mask updates (the caller assigns the newly masked weights to zero there)
+# and never need a retrace, except when a zero weight is released (see
+# `refresh_released`). Nothing runs on the host between updates.
+
+
+class MaskConstraint(keras.constraints.Constraint):
+    """`w -> inner(w) * mask`: applied by the optimizer after each update.
+
+    Keras 3 optimizers apply `variable.constraint` to every trainable
+    variable right after its update, inside the compiled train step, so the
+    masked weights stay exactly zero with any optimizer state, under
+    `steps_per_execution > 1`, XLA, mixed precision and distribution.
+    A `keras.constraints.Constraint`: Keras 3.12-3.14 accept nothing else
+    as `variable.constraint`. `kind` names who holds the mask
+    (`"magnitude"`, `"channel"`); masks of several kinds chain through
+    `inner`. `released` (JAX only) marks the unmasked weights that were
+    exactly zero when the train step was last traced: the traced step lets
+    those move.
+    """
+
+    def __init__(self, mask, inner=None, kind="magnitude"):
+        self.mask = mask
+        self.inner = inner
+        self.kind = kind
+        self.released = None
+
+    def __call__(self, w):
+        if self.inner is not None:
+            w = self.inner(w)
+        return keras.ops.multiply(w, keras.ops.cast(self.mask, w.dtype))
+
+
+def mask_constraints(variable):
+    """The `MaskConstraint`s chained on `variable`, outermost first."""
+    out = []
+    constraint = getattr(variable, "constraint", None)
+    while isinstance(constraint, MaskConstraint):
+        out.append(constraint)
+        constraint = constraint.inner
+    return out
+
+
+def find_mask(variable, kind):
+    """`variable`'s `MaskConstraint` of `kind`, or `None`."""
+    for constraint in mask_constraints(variable):
+        if constraint.kind == kind:
+            return constraint
+    return None
+
+
+def hold(variable, keep, kind):
+    """Attach (or update) `variable`'s mask of `kind` to `keep` (0/1).
+
+    Call it in the model's strategy scope. Returns `True` when a new
+    constraint was attached (a compiled train step must be rebuilt to see
+    it), `False` when an existing mask variable was assigned.
+    """
+    keep = np.asarray(keep, dtype=np.float32)
+    constraint = find_mask(variable, kind)
+    if constraint is not None:
+        constraint.mask.assign(keep)
+        return False
+    mask = keras.Variable(
+        keep,
+        trainable=False,
+        dtype="float32",
+        name=f"{variable.name}_{kind}_mask",
+    )
+    variable.constraint = MaskConstraint(mask, variable.constraint, kind)
+    return True
+
+
+def masks_are_traced():
+    """Whether the compiled train step holds the masks as constants (JAX)."""
+    return keras.backend.backend() == "jax"
+
+
+def refresh_released(variables):
+    """Record, on JAX, which zero weights the next trace must let move.
+
+    A weight that is exactly zero and unmasked (by every mask on it) is
+    released; the traced step keeps every other zero at zero. Returns
+    `True` when the current trace disagrees with the masks on a weight
+    that is zero now (a newly masked weight it releases, or a newly
+    released one it holds): the train step must then be rebuilt.
+    Released weights that have moved off zero since need no retrace.
+    Always `False` on TensorFlow and PyTorch.
+    """
+    if not masks_are_traced():
+        return False
+    retrace = False
+    for variable in variables:
+        chain = mask_constraints(variable)
+        if not chain:
+            continue
+        zero = keras.ops.convert_to_numpy(variable) == 0
+        for constraint in chain:
+            masked = keras.ops.convert_to_numpy(constraint.mask) == 0
+            wanted = zero & ~masked
+            traced = constraint.released
+            if traced is None:
+                traced = np.zeros_like(wanted)
+            if np.any(zero & (traced != wanted)):
+                constraint.released = wanted
+                retrace = True
+    return retrace
+
+
+_WRAPPED = "_keras_slim_keeps_zeros"
+
+
+def _keep_zeros_step(model, step):
+    """`model.train_step` (JAX: state in, state out) keeping zeros at zero.
+
+    Each trainable variable with a `MaskConstraint` that was exactly zero
+    before the optimizer's step is zero after it (`where(old == 0, 0,
+    new)`), except the weights its constraints mark as released (a
+    trace-time constant: `refresh_released` asks for a retrace when they
+    change). The masks themselves are not in the traced state.
+    """
+
+    def train_step(state, data):
+        logs, new_state = step(state, data)
+        old, new = state[0], list(new_state[0])
+        for i, variable in enumerate(model.trainable_variables):
+            chain = mask_constraints(variable)
+            if not chain:
+                continue
+            frozen = keras.ops.equal(old[i], 0)
+            released = [c.released for c in chain]
+            if all(r is not None and r.any() for r in released):
+                free = np.logical_and.reduce(released)
+                frozen = keras.ops.logical_and(
+                    frozen, keras.ops.convert_to_tensor(~free)
+                )
+            new[i] = keras.ops.where(
+                frozen, keras.ops.zeros_like(new[i]), new[i]
+            )
+        return logs, (new, *new_state[1:])
+
+    setattr(train_step, _WRAPPED, True)
+    train_step.wrapped = step
+    return train_step
+
+
+def rebuild_train_function(model):
+    """Make `fit` use a new train function that sees the current masks.
+
+    `fit` builds its train function before `on_train_begin`; a constraint
+    attached later is not in it. On JAX the new function also keeps zeros
+    at zero (`_keep_zeros_step`), and it is a new Python function each
+    time, as JAX caches a trace per function. Tracing happens at the next
+    step, so rebuilding twice before it costs nothing.
+    """
+    if masks_are_traced():
+        step = model.train_step
+        step = getattr(step, "wrapped", step)
+        model.train_step = _keep_zeros_step(model, step)
+    model.make_train_function(force=True)
+
+
+def restore_train_step(model):
+    """Give `model` back its own `train_step` once `fit` ends.
+
+    The compiled step of this `fit` keeps the zeros; a later `fit` builds
+    a new one, whose constraints read the masks afresh. Does nothing if
+    the step is not wrapped (another callback restored it already).
+    """
+    step = model.train_step
+    if not getattr(step, _WRAPPED, False):
+        return
+    del model.train_step  # the class's method again, unless the
+    if model.train_step != step.wrapped:  # user had set their own
+        model.train_step = step.wrapped

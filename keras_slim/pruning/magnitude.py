@@ -10,65 +10,7 @@ from keras_slim.pruning import _masks
 
 __all__ = ["MagnitudePruning"]
 
-
-class _MaskConstraint(keras.constraints.Constraint):
-    """`w -> inner(w) * mask`: applied by the optimizer after each update.
-
-    Keras 3 optimizers apply `variable.constraint` to every trainable
-    variable right after its update, inside the compiled train step, so the
-    masked weights stay exactly zero with any optimizer state, under
-    `steps_per_execution > 1`, XLA, mixed precision and distribution.
-    A `keras.constraints.Constraint`: Keras 3.12-3.14 accept nothing else
-    as `variable.constraint`.
-    """
-
-    def __init__(self, mask, inner=None):
-        self.mask = mask
-        self.inner = inner
-
-    def __call__(self, w):
-        if self.inner is not None:
-            w = self.inner(w)
-        return keras.ops.multiply(w, keras.ops.cast(self.mask, w.dtype))
-
-
-def _masks_are_traced():
-    """Whether the compiled train step holds the masks as constants.
-
-    A jitted JAX train step is a pure function of the model's and the
-    optimizer's variables, and the optimizer applies constraints with only
-    those in its state: a mask variable is read once, when the step is
-    traced (a new trace costs seconds on a small CNN). On JAX the callback
-    therefore also wraps the model's `train_step` (see `_keep_zeros_step`)
-    so that weights that were zero before a step stay zero after it,
-    whatever the traced mask. TensorFlow's `tf.function` and PyTorch read
-    the mask variable at every step.
-    """
-    return keras.backend.backend() == "jax"
-
-
-_OWNER = "_keras_slim_magnitude_pruning"
-
-
-def _keep_zeros_step(model, step):
-    """`model.train_step` (JAX state in, state out) keeping zeros at zero.
-
-    Each pruned kernel that was exactly zero before the optimizer's step
-    is zero after it (`where(old == 0, 0, new)`), which needs no mask in
-    the traced state: masks change on the host between steps, and the
-    callback assigns the pruned weights to zero there. Weights a schedule
-    un-prunes (a falling target) are listed as `released`, a trace-time
-    constant; the callback retraces when that list changes.
-    """
-
-    def train_step(state, data):
-        logs, new_state = step(state, data)
-        owner = getattr(train_step, _OWNER)
-        return logs, owner._keep_zeros(model, state, new_state)
-
-    setattr(train_step, _OWNER, None)
-    train_step.wrapped = step
-    return train_step
+_KIND = "magnitude"  # the kind of this callback's `_masks.MaskConstraint`s
 
 
 def _sample_steps(schedule):
@@ -244,7 +186,6 @@ class MagnitudePruning(keras.callbacks.Callback):
             )
 
     def _reset(self):
-        self._released = {}
         self._targets = []
         self._skipped = []
         self._zeros = []
@@ -275,9 +216,11 @@ class MagnitudePruning(keras.callbacks.Callback):
             for path, reason in self._skipped:
                 print(f"MagnitudePruning: skipped {path}: {reason}")
         changed = self._attach_masks()
-        if changed or _masks_are_traced():
+        variables = [t.variable for t in self._targets]
+        released = _masks.refresh_released(variables)
+        if changed or released or _masks.masks_are_traced():
             # `fit` built its train function before `on_train_begin`.
-            self._rebuild_train_function()
+            _masks.rebuild_train_function(self.model)
         step = self._step()
         self._last_step = step
         if self.schedule.updates_between(step - 1, step):
@@ -330,7 +273,7 @@ class MagnitudePruning(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._maybe_update(None)
-        self._remove_keep_zeros()
+        _masks.restore_train_step(self.model)
 
     # -------------------------------------------------------------- helpers
 
@@ -349,94 +292,30 @@ class MagnitudePruning(keras.callbacks.Callback):
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def _attach_masks(self):
-        """Give each kernel a mask constraint; masks = its non-zeros."""
+        """Give each kernel a mask constraint; masks = its non-zeros.
+
+        Returns whether a compiled train step must be rebuilt: a new
+        constraint, or (JAX, whose traced step holds the old mask) a mask
+        that changed.
+        """
         changed = False
         with _layers.strategy_scope(self.model):
             for target in self._targets:
                 variable = target.variable
                 keep = (variable.numpy() != 0).astype(np.float32)
-                constraint = variable.constraint
-                if not isinstance(constraint, _MaskConstraint):
-                    mask = keras.Variable(
-                        keep,
-                        trainable=False,
-                        dtype="float32",
-                        name=f"{variable.name}_pruning_mask",
+                old = _masks.find_mask(variable, _KIND)
+                if old is not None and _masks.masks_are_traced():
+                    same = np.array_equal(
+                        keras.ops.convert_to_numpy(old.mask), keep
                     )
-                    variable.constraint = _MaskConstraint(mask, constraint)
-                    changed = True
-                else:
-                    old = keras.ops.convert_to_numpy(constraint.mask)
-                    # A traced JAX step holds the old mask: retrace if it
-                    # differs.
-                    changed = changed or not np.array_equal(old, keep)
-                    constraint.mask.assign(keep)
+                    changed = changed or not same
+                changed = _masks.hold(variable, keep, _KIND) or changed
         self._zeros = [self._count_zeros(t) for t in self._targets]
         self._refresh_sparsity()
         return changed
 
-    def _rebuild_train_function(self):
-        """Make `fit` use a new train function (a new trace on JAX).
-
-        JAX caches a trace per Python function: the wrapped `train_step`
-        is a new function each time, or the old trace (and its masks)
-        would be reused.
-        """
-        if _masks_are_traced():
-            model = self.model
-            step = getattr(model.train_step, "wrapped", model.train_step)
-            wrapped = _keep_zeros_step(model, step)
-            setattr(wrapped, _OWNER, self)
-            model.train_step = wrapped
-        self.model.make_train_function(force=True)
-
-    def _remove_keep_zeros(self):
-        """Give the model back its own `train_step` once `fit` ends.
-
-        Its compiled step (the last trace) keeps the zeros; a later `fit`
-        that builds a new one reads the masks afresh from the constraints.
-        """
-        model = self.model
-        step = model.train_step
-        if getattr(step, _OWNER, None) is self:
-            del model.train_step  # the class's method again, unless the
-            if model.train_step != step.wrapped:  # user had set their own
-                model.train_step = step.wrapped
-
-    def _release(self, variables, masks):
-        """Record un-pruned zero weights; True if the step must retrace."""
-        released = {}
-        for variable, mask in zip(variables, masks):
-            value = keras.ops.convert_to_numpy(variable)
-            free = (mask != 0) & (value == 0)
-            if free.any():
-                released[id(variable)] = free
-        same = released.keys() == self._released.keys() and all(
-            np.array_equal(released[k], self._released[k]) for k in released
-        )
-        self._released = released
-        return not same
-
-    def _keep_zeros(self, model, old_state, new_state):
-        """The new JAX state with each pruned kernel's zeros kept."""
-        targets = {id(t.variable) for t in self._targets}
-        old, new = old_state[0], list(new_state[0])
-        for i, variable in enumerate(model.trainable_variables):
-            if id(variable) not in targets:
-                continue
-            frozen = keras.ops.equal(old[i], 0)
-            if id(variable) in self._released:
-                free = keras.ops.convert_to_tensor(self._released[id(variable)])
-                frozen = keras.ops.logical_and(
-                    frozen, keras.ops.logical_not(free)
-                )
-            new[i] = keras.ops.where(
-                frozen, keras.ops.zeros_like(new[i]), new[i]
-            )
-        return (new, *new_state[1:])
-
     def _count_zeros(self, target):
-        mask = target.variable.constraint.mask
+        mask = _masks.find_mask(target.variable, _KIND).mask
         return int(np.sum(keras.ops.convert_to_numpy(mask) == 0))
 
     def _refresh_sparsity(self):
@@ -458,10 +337,10 @@ class MagnitudePruning(keras.callbacks.Callback):
         )
         with _layers.strategy_scope(self.model):
             for variable, w, mask in zip(variables, weights, masks):
-                variable.constraint.mask.assign(mask)
+                _masks.hold(variable, mask, _KIND)
                 variable.assign((w * mask).astype(w.dtype))
-        if _masks_are_traced() and self._release(variables, masks):
-            self._rebuild_train_function()
+        if _masks.refresh_released(variables):
+            _masks.rebuild_train_function(self.model)
         self._zeros = [int(np.sum(m == 0)) for m in masks]
         self._refresh_sparsity()
         if self.verbose:
