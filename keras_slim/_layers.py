@@ -59,17 +59,23 @@ def leaf_layers(model):
     return [layer for _, layer in iter_layers(model)]
 
 
+TARGET_METHOD = "compression_target"
+
+
 def target_model(model):
     """Return the model that compression callbacks should act on.
 
-    A wrapper model that trains another model (such as
-    `keras_slim.distillation.Distiller`, whose teacher is frozen) exposes
-    the trained model as a `student` attribute; callbacks then act on the
-    student. Any other model is its own target.
+    The protocol: a wrapper model that trains another model (its training
+    loop, losses or frozen parts being no business of a compression
+    callback) defines a method `compression_target()` returning that
+    inner `keras.Model`; callbacks then act on it. Any other model is its
+    own target.
     """
-    student = getattr(model, "student", None)
-    if isinstance(student, keras.Model):
-        return student
+    method = getattr(model, TARGET_METHOD, None)
+    if callable(method):
+        target = method()
+        if isinstance(target, keras.Model):
+            return target
     return model
 
 

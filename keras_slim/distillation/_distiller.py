@@ -44,7 +44,8 @@ class Distiller(keras.Model):
     (`teacher.trainable` is set to `False`) and always runs in inference
     mode. After training, `distiller.student` is the trained student, a
     plain Keras model; compression callbacks given to the distiller's
-    `fit` (`MagnitudePruning`, `QuantizationAwareTraining`) act on it.
+    `fit` (`MagnitudePruning`, `QuantizationAwareTraining`) act on it
+    (the distiller names it through `compression_target()`).
 
     Logits or probabilities: each model's last layer is read. A model
     that ends in a softmax (`Dense(10, activation="softmax")`, the
@@ -253,6 +254,15 @@ class Distiller(keras.Model):
 
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
+
+    def compression_target(self):
+        """The model compression callbacks act on: the student.
+
+        `MagnitudePruning`, `ChannelPruning`, `QuantizationAwareTraining`
+        and `GradualUnfreezing` given to the distiller's `fit` prune,
+        quantize or unfreeze `student`, never the frozen teacher.
+        """
+        return self.student
 
     def _split_targets(self, y):
         if not isinstance(y, dict):
