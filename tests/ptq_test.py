@@ -360,7 +360,7 @@ def test_equalized_model_gives_the_same_float_outputs_and_evener_ranges(
 ):
     import keras
 
-    from keras_slim.quantization import equalize_ranges
+    from keras_slim.quantization._equalize import equalize_ranges
 
     (x, _), (x_test, _) = digits
     before = trained_block.get_weights()
@@ -394,7 +394,7 @@ def test_equalized_model_gives_the_same_float_outputs_and_evener_ranges(
 def test_equalized_model_int8_file_agrees_at_least_as_often(
     trained_block, digits, tmp_path
 ):
-    from keras_slim.quantization import equalize_ranges
+    from keras_slim.quantization._equalize import equalize_ranges
 
     (x, _), (x_test, _) = digits
     plain = export_tflite(
@@ -414,7 +414,7 @@ def test_equalized_model_int8_file_agrees_at_least_as_often(
 def test_equalize_ranges_refuses_subclassed_models_and_bad_data(digits):
     from conftest import subclassed_model
 
-    from keras_slim.quantization import equalize_ranges
+    from keras_slim.quantization._equalize import equalize_ranges
 
     model = subclassed_model()
     model(np.zeros((1, 8, 8, 1), "float32"))
@@ -430,7 +430,7 @@ def test_equalize_ranges_refuses_subclassed_models_and_bad_data(digits):
 def test_linear_batch_norm_to_conv_chain_is_equalized_exactly():
     import keras
 
-    from keras_slim.quantization import equalize_ranges
+    from keras_slim.quantization._equalize import equalize_ranges
 
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.BatchNormalization(name="bn")(inputs)

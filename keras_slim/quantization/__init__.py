@@ -6,8 +6,6 @@ all-int8 TFLite file that agrees with the Keras model.
   saving, reloading and resuming quantization-aware training.
 - `is_quantization_aware`: whether a model carries learned int8 ranges.
 - `error_report`: a quantized file's error at each layer's output.
-- `equalize_ranges`: rescale ReLU output channels (and the next layer's
-  weights) so one int8 scale serves them all, before post-training int8.
 - `select_precision`: an int8 file that keeps its most sensitive layers in
   int16 (or float), as few as reach a target agreement.
 - `register_quantization_rule`: deprecated, use
@@ -23,8 +21,6 @@ from keras_slim import _validation
 from keras_slim import catalogue
 from keras_slim.quantization import _in_place
 from keras_slim.quantization import _twins
-from keras_slim.quantization._equalize import EqualizationReport
-from keras_slim.quantization._equalize import equalize_ranges
 from keras_slim.quantization._error_report import ErrorReport
 from keras_slim.quantization._error_report import LayerError
 from keras_slim.quantization._error_report import error_report
@@ -35,8 +31,6 @@ from keras_slim.quantization.qat import QuantizationAwareTraining
 
 # Public here; their docstring examples run here.
 for _name in (
-    EqualizationReport,
-    equalize_ranges,
     ErrorReport,
     LayerError,
     SelectionReport,
@@ -47,12 +41,10 @@ for _name in (
 del _name
 
 __all__ = [
-    "EqualizationReport",
     "ErrorReport",
     "LayerError",
     "QuantizationAwareTraining",
     "SelectionReport",
-    "equalize_ranges",
     "error_report",
     "select_precision",
     "is_quantization_aware",
