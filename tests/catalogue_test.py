@@ -74,6 +74,7 @@ _QUANTIZATION_RULES = {
     L.DepthwiseConv2D: "depthwise",
     L.SeparableConv1D: "separable",
     L.SeparableConv2D: "separable",
+    L.Conv2DTranspose: "transpose",
     L.Dense: "dense",
     L.BatchNormalization: "batchnorm",
     L.Add: "add",
@@ -148,7 +149,8 @@ def test_channel_roles_and_pooling_points():
     assert role("BatchNormalization") == "norm"
     assert role("Add") == role("Multiply") == "merge"
     assert role("UpSampling2D") == role("GlobalMaxPooling3D") == "pass"
-    assert role("Conv2DTranspose") is None and role("Softmax") is None
+    assert role("Conv2DTranspose") == "producer"
+    assert role("Softmax") is None
     pooling = {k.name for k in catalogue.supported_layers() if k.pooling}
     assert pooling == {
         "Flatten",
