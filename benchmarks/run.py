@@ -35,6 +35,8 @@ SECTIONS = [
     "transfer_caching",
     "channel_pruning",
     "channel_pruning_recipe",
+    "ptq",
+    "backends",
     "zoo",
 ]
 
