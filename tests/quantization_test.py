@@ -348,6 +348,32 @@ def test_subclassed_model_keeps_ranges_outside_and_refuses_saving(
         model.save(tmp_path / "m.keras")
 
 
+@pytest.mark.parametrize("saver", ["checkpoint", "backup"])
+def test_subclassed_model_with_a_checkpoint_is_refused_before_any_step(
+    saver, digits_small, tmp_path
+):
+    # Never at the first save, mid-training: before the first step.
+    (x, y), _ = digits_small
+    model = compile_classifier(subclassed_model())
+    model.predict(x[:2], verbose=0)
+    callback = (
+        keras.callbacks.ModelCheckpoint(tmp_path / "m.keras")
+        if saver == "checkpoint"
+        else keras.callbacks.BackupAndRestore(tmp_path / "backup")
+    )
+    name = type(callback).__name__
+    with pytest.raises(ValueError, match=f"subclassed model.*has {name}"):
+        model.fit(
+            x,
+            y,
+            epochs=1,
+            verbose=0,
+            callbacks=[callback, QuantizationAwareTraining()],
+        )
+    assert int(model.optimizer.iterations) == 0
+    assert not (tmp_path / "m.keras").exists()
+
+
 def _qat_state(model):
     """The QAT variables of a model in creation order: (name, value)."""
     return [

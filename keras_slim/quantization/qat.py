@@ -258,6 +258,9 @@ class QuantizationAwareTraining(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._attach(_layers.target_model(self.model))
+        awareness = _in_place.awareness_of(self.target)
+        if awareness is not None and not awareness.owned:
+            _refuse_checkpoints(self.target, _sibling_callbacks())
         self.step = self._current_step()
         # A model changed just now runs functions traced before the change.
         self.state = None if self._fresh else self._current_state()
@@ -279,6 +282,40 @@ class QuantizationAwareTraining(keras.callbacks.Callback):
             logs["quantization_active"] = float(active)
             logs["quantization_ranges_frozen"] = float(frozen)
             logs["batchnorm_frozen"] = float(bn_frozen)
+
+
+def _sibling_callbacks():
+    """The callbacks of the `fit` now starting, or `[]` if not found.
+
+    A callback is not given its siblings; Keras calls `on_train_begin`
+    from `CallbackList.on_train_begin`, whose frame holds the list.
+    """
+    frame = inspect.currentframe()
+    try:
+        for _ in range(8):
+            frame = frame.f_back
+            if frame is None:
+                return []
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, keras.callbacks.CallbackList):
+                return list(owner.callbacks)
+        return []
+    finally:
+        del frame
+
+
+def _refuse_checkpoints(model, callbacks):
+    """Refuse, before any step, a `fit` that would save a model whose
+    ranges cannot be saved (a subclassed model: see `_in_place`)."""
+    savers = (keras.callbacks.ModelCheckpoint, keras.callbacks.BackupAndRestore)
+    found = [type(c).__name__ for c in callbacks if isinstance(c, savers)]
+    if found:
+        raise ValueError(
+            _in_place.SAVE_REFUSAL.format(name=model.name)
+            + f" This `fit` has {', '.join(found)}, which would fail at its "
+            "first save: remove it, or write the model with the Functional "
+            f"API. Received: callbacks with {', '.join(found)}"
+        )
 
 
 def _already_quantized(model):
