@@ -26,12 +26,12 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_slim  # noqa: E402
+from benchmarks import _equalize  # noqa: E402
 from benchmarks._common import compile_classifier  # noqa: E402
 from benchmarks._common import mobilenet  # noqa: E402
 from keras_slim import datasets  # noqa: E402
 from keras_slim import litert  # noqa: E402
 from keras_slim import models  # noqa: E402
-from keras_slim.quantization import _equalize  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CALIBRATION = 300

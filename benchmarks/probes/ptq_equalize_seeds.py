@@ -17,9 +17,9 @@ import tempfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras_slim  # noqa: E402
+from benchmarks import _equalize  # noqa: E402
 from benchmarks import ptq  # noqa: E402
 from keras_slim import litert  # noqa: E402
-from keras_slim.quantization import _equalize  # noqa: E402
 
 NAME = "MobileNetV2 0.35 (96x96x3, weights=None)"
 

@@ -23,13 +23,13 @@ rescaled the same way on absolute values, exactly for any scale.
 `correct_bias` takes the mean error of int8 weights off the biases
 (section 4.2 of the same paper).
 
-Private, not exported: measured on MobileNetV2-0.35 at 96x96 (3 seeds,
-converter int8, benchmarks/results/ptq.md), neither step raised the
-median agreement with Keras (94.22% plain, 94.00% equalised, 93.78% bias
-corrected). The probe found the error in activations, not weights (int8
-weights with float activations agree 100%), so bias correction has
-little to correct, and per-channel weight scales already absorb what
-cross-layer equalisation balances for weights.
+Kept in benchmarks/, not in the package: measured on MobileNetV2-0.35 at
+96x96 (3 seeds, converter int8, benchmarks/results/ptq.md), neither step
+raised the median agreement with Keras (94.22% plain, 94.00% equalised,
+93.78% bias corrected). The probe found the error in activations, not
+weights (int8 weights with float activations agree 100%), so bias
+correction has little to correct, and per-channel weight scales already
+absorb what cross-layer equalisation balances for weights.
 """
 
 import keras
