@@ -16,6 +16,10 @@ import textwrap
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.backends(
+    "tensorflow", reason="starts a child process per other backend"
+)
+
 _HAS_TORCH = importlib.util.find_spec("torch") is not None
 BACKENDS = [
     "jax",

@@ -6,6 +6,10 @@ import pytest
 from keras_slim import cli
 from keras_slim import inspect_tflite
 
+pytestmark = pytest.mark.backends(
+    "tensorflow", reason="the command line converts with TensorFlow"
+)
+
 
 @pytest.fixture
 def saved_cnn(trained_cnn, tmp_path):

@@ -476,6 +476,18 @@ def _mode_params():
                 "distiller",
             )
             marks = [pytest.mark.slow] if heavy else []
+            if mode == "mirrored":
+                marks.append(
+                    pytest.mark.backends("tensorflow", reason="tf.distribute")
+                )
+            if mode == "steps_per_execution":
+                marks.append(
+                    pytest.mark.backends(
+                        "tensorflow",
+                        "jax",
+                        reason="Keras refuses steps_per_execution on torch",
+                    )
+                )
             out.append(pytest.param(mode, kind, marks=marks))
     return out
 

@@ -1,5 +1,13 @@
 """Shared fixtures: offline digits, a trained demo CNN, a model zoo, and a
-`MirroredStrategy` over two virtual CPUs."""
+`MirroredStrategy` over two virtual CPUs.
+
+The suite runs on the backend `KERAS_BACKEND` names (TensorFlow when it is
+unset): `KERAS_BACKEND=jax python -m pytest -m "not slow"`. A test that
+holds on some backends only says which with
+`@pytest.mark.backends("tensorflow", reason=...)` (the TFLite converter,
+`tf.distribute`, `tf.function`); on the others it is skipped with that
+reason.
+"""
 
 import os
 
@@ -9,17 +17,48 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
-# Two logical CPUs so that MirroredStrategy tests have replicas to mirror.
-# This must run before TensorFlow initialises its devices.
-_cpus = tf.config.list_physical_devices("CPU")
-try:
-    tf.config.set_logical_device_configuration(
-        _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
+BACKEND = keras.backend.backend()
+
+if BACKEND == "tensorflow":
+    import tensorflow as tf
+
+    # Two logical CPUs so that MirroredStrategy tests have replicas to
+    # mirror. This must run before TensorFlow initialises its devices.
+    _cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(
+            _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
+        )
+    except RuntimeError:  # already initialised (e.g. by a plugin)
+        pass
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "backends(*names, reason): runs only on these Keras backends "
+        "(skipped, with the reason, on the others)",
     )
-except RuntimeError:  # already initialised (e.g. by a plugin)
-    pass
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "mirrored_strategy" in getattr(item, "fixturenames", ()):
+            item.add_marker(
+                pytest.mark.backends("tensorflow", reason="tf.distribute")
+            )
+        marker = item.get_closest_marker("backends")
+        if marker is None or BACKEND in marker.args:
+            continue
+        reason = marker.kwargs.get("reason", "")
+        item.add_marker(
+            pytest.mark.skip(
+                reason=f"{BACKEND} backend: runs on {', '.join(marker.args)} "
+                f"only ({reason})"
+            )
+        )
+
 
 from keras_slim import datasets  # noqa: E402
 from keras_slim import models  # noqa: E402
@@ -166,6 +205,10 @@ def mirrored_strategy():
     same process reuses collective instance keys, and its all-reduces then
     fail with "Shape mismatch in the collective instance".
     """
+    if BACKEND != "tensorflow":
+        pytest.fail(
+            "mirrored_strategy needs @pytest.mark.backends('tensorflow')"
+        )
     devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
     if len(devices) < 2:
         pytest.fail("two virtual CPUs were not configured")

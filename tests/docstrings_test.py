@@ -9,6 +9,10 @@ import pytest
 
 import keras_slim
 
+pytestmark = pytest.mark.backends(
+    "tensorflow", reason="the examples export with the TFLite converter"
+)
+
 
 def _public_modules():
     names = ["keras_slim"]

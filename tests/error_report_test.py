@@ -12,6 +12,10 @@ from keras_slim import inspect_tflite
 from keras_slim.quantization import error_report
 from keras_slim.quantization import select_precision
 
+pytestmark = pytest.mark.backends(
+    "tensorflow", reason="reads converter files against a TensorFlow model"
+)
+
 needs_quantizer = pytest.mark.skipif(
     not _litert_quantizer.available(),
     reason="the third-party package litert-quantizer is not installed "

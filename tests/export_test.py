@@ -15,6 +15,11 @@ from keras_slim import inspect_tflite
 from keras_slim import litert
 from keras_slim import profile
 
+pytestmark = pytest.mark.backends(
+    "tensorflow",
+    reason="the TFLite converter (JAX and torch export: backends_test)",
+)
+
 
 @pytest.fixture
 def exported(trained_cnn, digits, tmp_path):

@@ -25,6 +25,10 @@ from keras_slim import export_tflite
 from keras_slim import inspect_tflite
 from keras_slim import litert
 
+pytestmark = pytest.mark.backends(
+    "tensorflow", reason="the TFLite converter and its input checks"
+)
+
 # ---------------------------------------------------------------- helpers
 
 

@@ -6,6 +6,10 @@ import pytest
 from keras_slim import export_tflite
 from keras_slim import litert
 
+pytestmark = pytest.mark.backends(
+    "tensorflow", reason="files made by the TFLite converter"
+)
+
 
 @pytest.fixture
 def float_file(trained_cnn, tmp_path):

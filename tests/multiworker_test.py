@@ -31,6 +31,8 @@ import time
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.backends("tensorflow", reason="tf.distribute")
+
 KINDS = ["pruning", "qat", "distiller"]
 SPARSITY = 0.75
 EPOCHS = 4

@@ -7,6 +7,10 @@ import re
 import nbformat
 import pytest
 
+pytestmark = pytest.mark.backends(
+    "tensorflow", reason="the notebooks set their own backend"
+)
+
 NOTEBOOKS_DIR = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = [
     "01_pruning.ipynb",

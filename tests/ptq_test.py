@@ -13,6 +13,10 @@ from keras_slim import export_tflite
 from keras_slim import inspect_tflite
 from keras_slim import litert
 
+pytestmark = pytest.mark.backends(
+    "tensorflow", reason="post-training quantization is the TFLite converter's"
+)
+
 needs_quantizer = pytest.mark.skipif(
     not __import__("keras_slim")._litert_quantizer.available(),
     reason="the third-party package litert-quantizer is not installed "
