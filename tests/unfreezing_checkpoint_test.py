@@ -106,7 +106,13 @@ _RESUME = textwrap.dedent(
 
 
 def _run_fresh_process(script, *args):
-    env = dict(os.environ, KERAS_BACKEND="tensorflow", CUDA_VISIBLE_DEVICES="")
+    # The fresh process runs on this process's backend: the resumed fit
+    # must end on the weights of the uninterrupted one, to the last bits.
+    env = dict(
+        os.environ,
+        KERAS_BACKEND=keras.backend.backend(),
+        CUDA_VISIBLE_DEVICES="",
+    )
     done = subprocess.run(
         [sys.executable, "-c", script, *args],
         env=env,

@@ -240,9 +240,11 @@ class GradualUnfreezing(keras.callbacks.Callback):
                 # Built on exactly the trainable variables, in the model's
                 # order: what `load_model` rebuilds from a checkpoint.
                 with _layers.strategy_scope(self.model):
-                    self.model.optimizer = rebuild_optimizer(
+                    fresh = rebuild_optimizer(
                         optimizer, list(self.model.trainable_variables)
                     )
+                self.model.optimizer = fresh
+                _replace_compiled_optimizer(self.model, optimizer, fresh)
             self.model.make_train_function(force=True)
 
     def _check_resume(self, epoch):
@@ -321,5 +323,18 @@ def rebuild_optimizer(optimizer, variables):
                     f"{variable.name!r} of shape {tuple(source.shape)} "
                     f"before and {tuple(variable.shape)} after"
                 )
-            variable.assign(source)
+            # A copy, not the old buffer: JAX donates the optimizer's
+            # buffers to each jitted step, which would delete the old
+            # optimizer's values under it (the model's compile config
+            # still reads them when it is saved).
+            variable.assign(keras.ops.copy(source.value))
     return fresh
+
+
+def _replace_compiled_optimizer(model, old, new):
+    """Make the model's compile config (what `model.save` writes and
+    `load_model` compiles with) name the optimizer that now trains it."""
+    config = getattr(model, "_compile_config", None)
+    config = getattr(config, "config", None)
+    if isinstance(config, dict) and config.get("optimizer") is old:
+        config["optimizer"] = new
