@@ -26,7 +26,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import BACKEND, compile_classifier
+from conftest import BACKEND
+from conftest import compile_classifier
 
 from keras_slim import litert
 from keras_slim.distillation import Distiller
@@ -35,6 +36,7 @@ from keras_slim.export import inspect_tflite
 from keras_slim.pruning import ChannelPruning
 from keras_slim.pruning import MagnitudePruning
 from keras_slim.pruning import shrink
+from keras_slim.pruning import sparsity_report
 from keras_slim.quantization import QuantizationAwareTraining
 from keras_slim.quantization import is_quantization_aware
 from keras_slim.quantization import quantize_model
@@ -784,3 +786,45 @@ def test_int8_file_of_a_checkpoint_reloaded_in_a_new_process_is_the_same(
             kind,
             comparison,
         )
+
+
+@pytest.mark.parametrize("start_from_epoch", [0, 2])
+def test_early_stopping_restores_a_pruned_model_from_the_schedules_end(
+    digits_small, start_from_epoch
+):
+    """README: `restore_best_weights` brings back the best epoch, which on a
+    trained model being pruned is an early, less sparse one; with
+    `start_from_epoch` set to the epochs the schedule spans, the restored
+    model is at the target sparsity."""
+    (x, y), _ = digits_small
+    model = compile_classifier(_model())
+    model.fit(x, y, batch_size=BATCH, epochs=30, verbose=0)
+    compile_classifier(model)  # a new optimizer: the schedule counts from 0
+    steps = -(-int(len(x) * 0.8) // BATCH)
+    target = 0.9
+    pruning = MagnitudePruning(
+        PolynomialDecay(
+            0.0, target, begin_step=0, end_step=2 * steps, frequency=4
+        )
+    )
+    stop = keras.callbacks.EarlyStopping(
+        "val_loss",
+        patience=10,
+        restore_best_weights=True,
+        start_from_epoch=start_from_epoch,
+    )
+    history = model.fit(
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=4,
+        validation_split=0.2,
+        verbose=0,
+        callbacks=[pruning, stop],
+    )
+    assert history.history["sparsity"][1] == pytest.approx(target, abs=0.01)
+    restored = sparsity_report(model).sparsity
+    if start_from_epoch:
+        assert restored == pytest.approx(target, abs=0.01)
+    else:  # the first epoch, half-way through the schedule, had the best loss
+        assert restored < target - 0.05
