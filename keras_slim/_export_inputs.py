@@ -9,6 +9,7 @@ reach it.
 """
 
 import itertools
+import sys
 
 import keras
 import numpy as np
@@ -172,13 +173,12 @@ def _per_input(input_shape, names):
 def samples(data, sig, limit):
     """Return a list (one per input, Keras's order) of arrays `(n, *shape)`
     holding at most `limit` calibration samples, checked."""
-    import tensorflow as tf
-
-    if isinstance(data, tf.data.Dataset):
+    if _is_dataset(data):
         batches = _from_dataset(data, sig, limit)
     else:
         if callable(data) and not isinstance(data, np.ndarray):
             data = data()
+        data = _as_array(data)
         if not isinstance(data, (np.ndarray, list, tuple, dict)) and hasattr(
             data, "__next__"
         ):
@@ -197,6 +197,27 @@ def samples(data, sig, limit):
     for name, array in zip(sig.input_names, arrays):
         check_finite_samples(array, None if sig.single_input else name)
     return [a.astype(d) for a, d in zip(arrays, sig.dtypes)]
+
+
+def _is_dataset(data):
+    """Whether `data` is a `tf.data.Dataset` (without importing TensorFlow
+    under another backend: a dataset's owner has imported it)."""
+    tf = sys.modules.get("tensorflow")
+    data_module = getattr(tf, "data", None)
+    return data_module is not None and isinstance(data, data_module.Dataset)
+
+
+def _as_array(value):
+    """A TensorFlow, JAX or PyTorch tensor as a NumPy array, or `value`."""
+    if isinstance(value, (np.ndarray, list, tuple, dict)) or not (
+        hasattr(value, "shape") and hasattr(value, "dtype")
+    ):
+        return value
+    if hasattr(value, "detach"):  # a torch tensor, maybe on a device
+        return value.detach().cpu().numpy()
+    if hasattr(value, "numpy"):
+        return value.numpy()
+    return np.asarray(value)
 
 
 def _expected(sig):
@@ -221,8 +242,7 @@ def _fail(sig, received):
 
 def _as_inputs(element, sig, where):
     """Turn one batch (array, list or dict) into a list of arrays."""
-    if hasattr(element, "numpy") and not isinstance(element, np.ndarray):
-        element = element.numpy()
+    element = _as_array(element)
     if isinstance(element, dict):
         missing = [n for n in sig.input_names if n not in element]
         if missing:
@@ -246,7 +266,7 @@ def _as_inputs(element, sig, where):
     for name, shape, dtype, part in zip(
         sig.input_names, sig.shapes, sig.dtypes, parts
     ):
-        part = np.asarray(part.numpy() if hasattr(part, "numpy") else part)
+        part = np.asarray(_as_array(part))
         if part.shape == shape:
             part = part[None]
         label = "" if sig.single_input else f"input {name!r}: "

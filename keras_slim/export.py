@@ -343,16 +343,6 @@ def export_tflite(
     filepath = _check_arguments(
         model, filepath, options, calibration_steps, min_agreement
     )
-    if keras.backend.backend() != "tensorflow":  # JAX or PyTorch
-        return _cross_backend.export_tflite_in_tensorflow(
-            model,
-            filepath,
-            representative_data=representative_data,
-            calibration_steps=calibration_steps,
-            input_shape=input_shape,
-            min_agreement=min_agreement,
-            **options,
-        )
     sig = _export_inputs.signature(model, input_shape, representative_data)
     learned = _check_ranges_source(model, quantization, representative_data)
     if learned and quantizer == "litert":
@@ -369,6 +359,18 @@ def export_tflite(
     _export_inputs.check_weights(model)
     if not learned:
         _export_inputs.check_calibratable(model, quantization)
+    if keras.backend.backend() != "tensorflow":  # JAX or PyTorch
+        return _cross_backend.export_tflite_in_tensorflow(
+            model,
+            filepath,
+            sig,
+            samples,
+            learned=learned,
+            calibration_steps=calibration_steps,
+            input_shape=input_shape,
+            min_agreement=min_agreement,
+            **options,
+        )
 
     # ---- convert, then verify the bytes before anything is written.
     start = time.perf_counter()

@@ -510,28 +510,28 @@ _EXPORT = _PRELUDE + textwrap.dedent(
     """
     import time
     from keras_slim import litert
-    from keras_slim._cross_backend import export_tflite_in_tensorflow
+    from keras_slim.export import export_tflite
     from keras_slim.quantization import quantize_model
 
     model = cnn()
     model.compile("adam", LOSS)
     model.fit(x, y, batch_size=32, epochs=3, verbose=0)
     start = time.perf_counter()
-    report = export_tflite_in_tensorflow(
+    report = export_tflite(
         model, "model.tflite", representative_data=x[:64])
     seconds = time.perf_counter() - start
     keras_top = numpy(model.predict(x, verbose=0)).argmax(-1)
     file_top = np.asarray(
         litert.predict("model.tflite", x)).argmax(-1)
     try:
-        export_tflite_in_tensorflow(model, "bad.tflite", quantization="int9")
+        export_tflite(model, "bad.tflite", quantization="int9")
         error = None
     except ValueError as e:
         error = str(e)
     twin = quantize_model(model)
     twin.compile("adam", LOSS)
     twin.fit(x, y, batch_size=32, epochs=1, verbose=0)
-    learned = export_tflite_in_tensorflow(twin, "qat.tflite")
+    learned = export_tflite(twin, "qat.tflite")
     print(json.dumps({
         "backend": keras.backend.backend(),
         "int8_only": bool(report.int8_only),

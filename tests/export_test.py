@@ -15,9 +15,13 @@ from keras_slim import inspect_tflite
 from keras_slim import litert
 from keras_slim import profile
 
-pytestmark = pytest.mark.backends(
+# Under JAX and PyTorch each export runs in a TensorFlow child process
+# (10-30 s): the tests that export many files run on TensorFlow only; the
+# checks before any work, and a few exports that cross, run everywhere.
+_MANY_EXPORTS = pytest.mark.backends(
     "tensorflow",
-    reason="the TFLite converter (JAX and torch export: backends_test)",
+    reason="exports several files, each a TensorFlow child process under "
+    "jax/torch (that route: backends_test and the tests below)",
 )
 
 
@@ -37,6 +41,7 @@ def exported(trained_cnn, digits, tmp_path):
     return paths
 
 
+@_MANY_EXPORTS
 def test_float32_file_matches_keras_exactly(trained_cnn, digits, exported):
     _, (x_test, _) = digits
     c = litert.compare(trained_cnn, exported["float32"], x_test)
@@ -44,6 +49,7 @@ def test_float32_file_matches_keras_exactly(trained_cnn, digits, exported):
     assert c.max_abs_error < 1e-4
 
 
+@_MANY_EXPORTS
 def test_int8_file_is_int8_only_small_and_as_accurate(
     trained_cnn, digits, exported
 ):
@@ -68,6 +74,7 @@ def test_int8_file_is_int8_only_small_and_as_accurate(
     )
 
 
+@_MANY_EXPORTS
 def test_signature_has_batch_one_and_float_io_by_default(exported):
     info = inspect_tflite(exported["int8"])
     assert info.inputs[0]["shape"] == (1, 32, 32, 1)
@@ -76,6 +83,11 @@ def test_signature_has_batch_one_and_float_io_by_default(exported):
     assert "int8_only: True" in str(info)
 
 
+@pytest.mark.backends(
+    "tensorflow",
+    reason="exports two files (one per io_dtype), each a TensorFlow child "
+    "process under jax/torch",
+)
 @pytest.mark.parametrize("io_dtype", ["int8", "uint8"])
 def test_full_integer_io_quantizes_inputs_and_outputs(
     trained_cnn, digits, tmp_path, io_dtype
@@ -94,6 +106,7 @@ def test_full_integer_io_quantizes_inputs_and_outputs(
     assert abs(litert.evaluate(path, x_test, y_test) - keras_acc) <= 0.015
 
 
+@_MANY_EXPORTS
 @pytest.mark.parametrize(
     "quantization,ratio", [("float16", 0.6), ("dynamic", 0.4)]
 )
@@ -111,6 +124,7 @@ def test_float16_and_dynamic_shrink_and_keep_predictions(
     assert litert.compare(trained_cnn, path, x_test).agreement >= 0.99
 
 
+@_MANY_EXPORTS
 def test_per_tensor_dense_gives_one_scale_for_fully_connected_weights(
     trained_cnn, digits, tmp_path
 ):
@@ -136,6 +150,7 @@ def test_per_tensor_dense_gives_one_scale_for_fully_connected_weights(
     assert isinstance(dense_weight_scales(False), float)
 
 
+@_MANY_EXPORTS
 def test_dynamic_batch_runs_whole_arrays(trained_cnn, digits, tmp_path):
     _, (x_test, _) = digits
     path = str(tmp_path / "dyn.tflite")
@@ -144,6 +159,7 @@ def test_dynamic_batch_runs_whole_arrays(trained_cnn, digits, tmp_path):
     assert c.samples == 100 and c.agreement == 1.0
 
 
+@_MANY_EXPORTS
 @pytest.mark.parametrize("kind", sorted(ZOO))
 def test_every_kind_of_model_exports_int8_only(kind, digits_small, tmp_path):
     (x, y), (x_test, _) = digits_small
@@ -158,6 +174,7 @@ def test_every_kind_of_model_exports_int8_only(kind, digits_small, tmp_path):
     assert litert.compare(model, float_path, x_test[:50]).max_abs_error < 1e-4
 
 
+@_MANY_EXPORTS
 @pytest.mark.slow
 def test_keras_applications_backbone_exports_int8_only(tmp_path):
     model = keras.applications.MobileNetV2(
@@ -173,6 +190,11 @@ def test_keras_applications_backbone_exports_int8_only(tmp_path):
     assert 0.75 * report.info.bytes <= estimate <= report.info.bytes
 
 
+@pytest.mark.backends(
+    "tensorflow",
+    reason="a tf.data.Dataset, and three exports (children under jax/torch); "
+    "generators cross: cross_backend tests below",
+)
 def test_representative_data_as_dataset_generator_or_function(
     trained_cnn, digits, tmp_path
 ):
@@ -333,6 +355,11 @@ def test_inspect_refuses_missing_and_non_tflite_files(tmp_path):
         inspect_tflite(str(text))
 
 
+@pytest.mark.backends(
+    "tensorflow",
+    reason="monkeypatches the write, which under jax/torch runs in the "
+    "TensorFlow child process",
+)
 def test_failed_export_leaves_no_temporary_files(
     trained_cnn, tmp_path, monkeypatch
 ):
@@ -355,6 +382,10 @@ def test_failed_export_leaves_no_temporary_files(
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.backends(
+    "tensorflow",
+    reason="the converter's sparse encoding, two exports",
+)
 def test_sparse_int8_encoding_that_litert_cannot_run_is_refused(
     trained_cnn, digits, tmp_path
 ):
@@ -382,3 +413,78 @@ def test_sparse_int8_encoding_that_litert_cannot_run_is_refused(
     report = export_tflite(trained_cnn, str(path), representative_data=x[:100])
     assert report.int8_only
     assert report.info.gzip_bytes < 0.5 * report.info.bytes
+
+
+# ------------------------------------------- JAX and PyTorch: the crossing
+
+_CROSSING = pytest.mark.backends(
+    "jax",
+    "torch",
+    reason="only a JAX or PyTorch export crosses to a TensorFlow process",
+)
+
+
+@_CROSSING
+def test_subclassed_model_and_generator_cross_to_tensorflow(
+    digits_small, tmp_path
+):
+    # The class lives in conftest, which the TensorFlow child imports; the
+    # generator is drawn here, checked, and handed over as arrays.
+    (x, _), _ = digits_small
+    model = ZOO["subclassed"]()
+
+    def batches():
+        for i in range(0, 64, 16):
+            yield x[i : i + 16]
+
+    path = str(tmp_path / "m.tflite")
+    report = export_tflite(
+        model, path, representative_data=batches(), input_shape=(8, 8, 1)
+    )
+    assert report.int8_only and report.calibration_samples == 64
+
+
+@_CROSSING
+def test_classes_another_process_cannot_import_are_refused(
+    tmp_path, existing_file
+):
+    class Local(keras.layers.Layer):
+        def call(self, x):
+            return x * 2.0
+
+    for layer, match in [
+        (Local(), r"class 'Local'.*inside a function.*register_keras_ser"),
+        (keras.layers.Lambda(lambda t: t * 2.0), r"Lambda layer 'lambda"),
+    ]:
+        model = keras.Sequential([keras.Input((4,)), layer])
+        with pytest.raises(ValueError, match=match):
+            export_tflite(model, str(existing_file), quantization="float32")
+        _assert_untouched(existing_file)
+
+
+def test_parity_check_allows_one_step_on_rounding_ties_only():
+    from keras_slim._cross_backend import check_parity
+
+    # Measured under JAX: a quantization-aware model's output, on a grid
+    # of step 0.0122, rebuilt under TensorFlow: 1 value of 80 one step off.
+    step = 0.0122
+    expected = np.round(
+        np.random.default_rng(0).normal(size=(8, 10)) / step
+    ).astype("float32") * np.float32(step)
+    tie = expected.copy()
+    tie[0, 5] += step
+    check_parity(expected, tie, "jax", quantized=True)
+    with pytest.raises(ValueError, match=r"difference 0\.0122"):
+        check_parity(expected, tie, "jax")  # a float model: strict
+    shifted = expected + step * (np.arange(80).reshape(8, 10) % 2)
+    with pytest.raises(ValueError, match=r"40 of 80 values differ"):
+        check_parity(expected, shifted, "jax", quantized=True)
+    two_steps = tie.copy()
+    two_steps[0, 5] += step
+    with pytest.raises(ValueError, match=r"difference 0\.0244"):
+        check_parity(expected, two_steps, "jax", quantized=True)
+    nan = expected.copy()
+    nan[1, 1] = np.nan
+    with pytest.raises(ValueError, match=r"difference inf"):
+        check_parity(expected, nan, "jax")
+    check_parity(nan, nan, "jax")
