@@ -18,6 +18,11 @@ from keras_slim.schedules import PolynomialDecay
 
 KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
 
+# Keras refuses `steps_per_execution > 1` under the torch backend.
+ON_STEPS_PER_EXECUTION = pytest.mark.backends(
+    "tensorflow", "jax", reason="Keras refuses steps_per_execution on torch"
+)
+
 
 def kernels(model):
     """`{variable path: numpy kernel}` for every pruned-by-default kernel."""
@@ -191,7 +196,13 @@ def _assert_masks_kept(masks, before, after):
 
 
 @pytest.mark.parametrize(
-    "mode", ["adam", "steps_per_execution", "jit_compile", "mixed_precision"]
+    "mode",
+    [
+        "adam",
+        pytest.param("steps_per_execution", marks=ON_STEPS_PER_EXECUTION),
+        "jit_compile",
+        "mixed_precision",
+    ],
 )
 def test_masked_weights_stay_zero_under_training_mode(mode, digits_small):
     policy = keras.mixed_precision.global_policy().name
@@ -229,6 +240,7 @@ def test_masked_weights_stay_zero_under_mirrored_strategy(
                 assert np.all(replica.numpy()[masks[variable.path]] == 0)
 
 
+@ON_STEPS_PER_EXECUTION
 def test_steps_per_execution_reaches_the_same_schedule(digits_small):
     (x, y), _ = digits_small
     model = compile_classifier(ZOO["sequential"](), steps_per_execution=4)
