@@ -1,17 +1,22 @@
 """Export a model trained on JAX or PyTorch through the TensorFlow backend.
 
 The TFLite converter needs the TensorFlow backend, and Keras fixes its
-backend when it is first imported. A model trained under
-`KERAS_BACKEND=jax` or `torch` is therefore saved to a temporary `.keras`
-file and rebuilt in a child `python` process under
+backend when it is first imported. `export_tflite` checks the arguments,
+the calibration data and the weights in the calling process, as under
+TensorFlow and with the same messages; the model is then saved to a
+temporary `.keras` file and rebuilt in a child `python` process under
 `KERAS_BACKEND=tensorflow`, where `keras_slim.export.export_tflite` runs
-with the same arguments: the same checks, verification and atomic write,
-and the same `ExportReport`. The child first runs the rebuilt model on a few
-inputs and refuses it, before converting, unless it computes what the
-trained model computed on them (a custom layer whose `call` differs
-between backends would otherwise export silently wrong). An error in the
-child is raised again in the parent with its type and message.
-"""
+with the checked calibration samples (NumPy arrays in the model's input
+structure): the same conversion, verification and atomic write, and the
+same `ExportReport`. The child imports the model's custom classes from
+their modules (with the parent's `sys.path`); a class it could not import
+(defined in `__main__` or inside a function) and a `Lambda` layer are
+refused by name before anything is saved. The child first runs the
+rebuilt model on a few inputs and refuses it, before converting, unless
+it computes what the trained model computed on them (a custom layer whose
+`call` differs between backends would otherwise export silently wrong).
+An error in the child is raised again in the parent with its type and
+message."""
 
 import importlib
 import os
