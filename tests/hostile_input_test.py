@@ -214,19 +214,21 @@ def test_float32_file_with_nan_outputs_is_refused(existing):
     _assert_untouched(existing)
 
 
-@pytest.mark.backends(
-    "tensorflow",
-    reason="its near ties (2 of 64 top-1 picks moved) were measured with "
-    "TensorFlow's seed-0 initialization; other backends draw other weights",
-)
 def test_low_agreement_is_refused_and_the_threshold_can_be_lowered(
     existing, tmp_path
 ):
-    # 50 near-tied classes: int8 moves a few top-1 picks (measured: 2 of
-    # the 64 samples with seed 0).
-    keras.utils.set_random_seed(0)
+    # 50 near-tied classes: int8 moves a few top-1 picks (measured: 1 of
+    # the 64 samples, on TensorFlow and JAX). The weights come from NumPy,
+    # so that every backend exports the same model.
     model = keras.Sequential(
         [keras.Input((16,)), keras.layers.Dense(50, name="logits")]
+    )
+    limit = np.sqrt(6 / (16 + 50))  # Glorot uniform
+    model.set_weights(
+        [
+            np.random.default_rng(0).uniform(-limit, limit, (16, 50)),
+            np.zeros(50),
+        ]
     )
     data = np.random.default_rng(0).random((64, 16), "float32")
     ok = export_tflite(
