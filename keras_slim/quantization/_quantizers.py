@@ -14,7 +14,8 @@
   initialised from the first batch.
 
 Everything here is `keras.ops` (and `keras.quantizers`), so it runs on
-every Keras backend.
+every Keras backend. Fake quantization rounds as TensorFlow's kernel, and
+so the int8 file, does on every backend (`fake_quant`).
 """
 
 import keras
@@ -36,14 +37,76 @@ FIXED_RANGES = {
 }
 
 
+def fake_quant(x, lo, hi, narrow_range=False, axis=None):
+    """`keras.quantizers.fake_quant_with_min_max_vars` at 8 bits, rounded as
+    TensorFlow rounds on every backend.
+
+    On TensorFlow it is that function (its `FakeQuantWithMinMaxVars` op is
+    what the converter reads the int8 ranges from). Keras's `keras.ops`
+    version for the other backends rounds differently at exact ties: it
+    multiplies by `255 / (hi - lo)` where TensorFlow divides by the scale
+    `(hi - lo) / 255`, and rounds the zero point half to even where
+    TensorFlow rounds it half away from zero. On the digits, whose pixels
+    are multiples of 1/16, the input range [0, 1] puts the 0.5 pixel on a
+    tie (127.5): JAX rounded it up and TensorFlow, like the int8 file,
+    down, in 852 of 28,800 input values. This is TensorFlow's kernel in
+    `keras.ops`, with the same rounding decisions and a straight-through
+    gradient inside the nudged range; the range gets no gradient (every
+    range here is a moving average or a weight's max |w|).
+
+    Args:
+        x: Float tensor.
+        lo: Minimum, a scalar or one per channel of `axis`.
+        hi: Maximum, same shape as `lo`.
+        narrow_range: Whether the integer range is [1, 255] instead of
+            [0, 255].
+        axis: The channel axis of per-channel `lo` and `hi`: -1 or None.
+
+    Returns:
+        `x` fake-quantized, of its dtype.
+    """
+    if keras.backend.backend() == "tensorflow":
+        return keras.quantizers.fake_quant_with_min_max_vars(
+            x,
+            lo,
+            hi,
+            num_bits=NUM_BITS,
+            narrow_range=narrow_range,
+            axis=axis,
+        )
+    dtype = x.dtype
+    x = ops.cast(x, "float32")
+    lo = ops.stop_gradient(ops.cast(lo, "float32"))
+    hi = ops.stop_gradient(ops.cast(hi, "float32"))
+    # TensorFlow's `Nudge`: the zero point is an integer, rounded half
+    # away from zero (it is >= 0 here: `floor(z) + 1` from a half up).
+    q_min = 1.0 if narrow_range else 0.0
+    q_max = float(2**NUM_BITS - 1)
+    scale = (hi - lo) / (q_max - q_min)
+    zero = ops.clip(q_min - lo / scale, q_min, q_max)
+    whole = ops.floor(zero)
+    zero = ops.where(zero - whole >= 0.5, whole + 1.0, whole)
+    nudged_min = (q_min - zero) * scale
+    nudged_max = (q_max - zero) * scale
+    shifted = ops.clip(ops.stop_gradient(x), nudged_min, nudged_max)
+    shifted = shifted - nudged_min
+    steps = ops.floor(shifted / scale + 0.5)
+    quantized = ops.stop_gradient(steps * scale + nudged_min)
+    # The value is `quantized` exactly (`x - x` is 0); the gradient is 1
+    # where TensorFlow's is, inside [nudged_min, nudged_max].
+    inside = ops.logical_and(
+        ops.greater_equal(x, nudged_min), ops.less_equal(x, nudged_max)
+    )
+    straight = (x - ops.stop_gradient(x)) * ops.cast(inside, "float32")
+    return ops.cast(quantized + straight, dtype)
+
+
 def quantize_kernel(kernel, rule):
     """Symmetric narrow-range int8 fake quantization of a kernel."""
     if rule == "dense":
         m = ops.max(ops.abs(kernel))
         m = ops.stop_gradient(ops.maximum(m, MIN_WEIGHT_RANGE))
-        return keras.quantizers.fake_quant_with_min_max_vars(
-            kernel, -m, m, num_bits=NUM_BITS, narrow_range=True
-        )
+        return fake_quant(kernel, -m, m, narrow_range=True)
     if rule == "transpose":
         # (..., out, in): one scale per output channel, on axis -2.
         rank = len(kernel.shape)
@@ -60,22 +123,15 @@ def quantize_kernel(kernel, rule):
     axes = tuple(range(len(flat.shape) - 1))
     m = ops.max(ops.abs(flat), axis=axes)
     m = ops.stop_gradient(ops.maximum(m, MIN_WEIGHT_RANGE))
-    out = keras.quantizers.fake_quant_with_min_max_vars(
-        flat, -m, m, num_bits=NUM_BITS, narrow_range=True, axis=-1
-    )
+    out = fake_quant(flat, -m, m, narrow_range=True, axis=-1)
     return ops.reshape(out, shape) if rule == "depthwise" else out
 
 
 def fake_quant_fixed(x, fixed):
     """Fake quantization with a fixed `(min, max)` range."""
     dtype = x.dtype
-    out = keras.quantizers.fake_quant_with_min_max_vars(
-        ops.cast(x, "float32"),
-        fixed[0],
-        fixed[1],
-        num_bits=NUM_BITS,
-        narrow_range=False,
-    )
+    lo, hi = (ops.convert_to_tensor(v, "float32") for v in fixed)
+    out = fake_quant(ops.cast(x, "float32"), lo, hi)
     return ops.cast(out, dtype)
 
 
@@ -222,9 +278,7 @@ def fake_quant_activation(x, min_var, max_var, init_var, update, momentum):
         hi = ops.stop_gradient(hi)
     else:
         lo, hi = ops.cast(min_var, "float32"), ops.cast(max_var, "float32")
-    out = keras.quantizers.fake_quant_with_min_max_vars(
-        x32, lo, hi, num_bits=NUM_BITS, narrow_range=False
-    )
+    out = fake_quant(x32, lo, hi)
     return ops.cast(out, dtype)
 
 
