@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+from conftest import BACKEND
 from conftest import ZOO
 from conftest import accuracy
 from conftest import compile_classifier
@@ -15,6 +16,12 @@ A = keras.applications
 
 def _weights(layer):
     return [np.array(w) for w in layer.get_weights()]
+
+
+def _numpy(tensor):
+    # A model called eagerly on torch returns a tensor that requires grad,
+    # which NumPy cannot read directly.
+    return keras.ops.convert_to_numpy(tensor)
 
 
 def _same(a, b):
@@ -86,8 +93,9 @@ def test_frozen_weights_and_batchnorm_statistics_unchanged_after_fit(
     assert history.history["accuracy"][-1] > 0.25
 
 
-def test_freeze_without_recompile_keeps_training_old_weights_in_keras():
-    # Why freeze recompiles: Keras keeps using the traced train function.
+def test_freeze_without_recompile_leaves_keras_on_its_old_train_step():
+    # Why freeze recompiles: without it, Keras goes on with the state of
+    # the last compile, and what a fit then does depends on the backend.
     x = np.random.default_rng(0).random((64, 32, 32, 1), "float32")
     y = np.arange(64) % 10
     model = compile_classifier(models.small_cnn())
@@ -95,8 +103,22 @@ def test_freeze_without_recompile_keeps_training_old_weights_in_keras():
     report = transfer.freeze(model, up_to="bn4", recompile=False)
     assert not report.recompiled
     before = _weights(model.get_layer("conv1"))
+    if BACKEND == "jax":
+        # The jitted step takes the trainable variables as arguments: the
+        # optimizer, built on the 14 of the compile, refuses the 2 left.
+        with pytest.raises(ValueError, match="optimizer was built with 14"):
+            model.fit(x, y, epochs=1, verbose=0)
+        return
     model.fit(x, y, epochs=1, verbose=0)
-    assert not _same(before, _weights(model.get_layer("conv1")))
+    after = _weights(model.get_layer("conv1"))
+    if BACKEND == "tensorflow":
+        # The traced train function captured the weights trainable at the
+        # time, and goes on training the frozen ones.
+        assert not _same(before, after)
+    else:
+        # torch runs the train step eagerly, on `trainable_weights` as
+        # they are at each step: the freeze holds at once.
+        assert _same(before, after)
 
 
 def test_uncompiled_model_report_says_to_compile():
@@ -364,7 +386,7 @@ def test_swap_head_replaces_keras_applications_head_input_untouched(name):
     kept = keras.Model(
         new.inputs, new.get_layer(model.layers[pooled].name).output
     )
-    np.testing.assert_allclose(kept(x), reference(x), atol=1e-5)
+    np.testing.assert_allclose(_numpy(kept(x)), _numpy(reference(x)), atol=1e-5)
 
 
 def test_training_the_swapped_model_leaves_the_input_model_untouched(
@@ -430,7 +452,10 @@ def test_extract_features_then_attach_head_gives_one_equivalent_model(
     assert features.shape == (50, 64)
     head = keras.Sequential([keras.Input((64,)), keras.layers.Dense(5)])
     compile_classifier(head, 1e-2)
-    head.fit(np.tile(features, (10, 1)), np.tile(y, 10), epochs=10, verbose=0)
+    # Trained to fit its 50 images (10 epochs left it underfit, and the
+    # test accuracy at the mercy of the body's random init: 0.63 to 0.83
+    # over 4 seeds and 3 backends; 60 epochs: 0.78 to 0.89).
+    head.fit(np.tile(features, (10, 1)), np.tile(y, 10), epochs=60, verbose=0)
     model = transfer.attach_head(source, head)
     assert model.input_shape == (None, 32, 32, 1)
     test_features = transfer.extract_features(source, x_test)
@@ -457,14 +482,14 @@ def test_extract_features_of_headless_backbone_is_its_output():
     )
     x = np.random.default_rng(0).random((3, 32, 32, 3), "float32")
     np.testing.assert_allclose(
-        transfer.extract_features(base, x, batch_size=2), base(x), atol=1e-5
+        transfer.extract_features(base, x, batch_size=2),
+        _numpy(base(x)),
+        atol=1e-5,
     )
 
 
-def test_extract_features_traces_once_for_ragged_batches_and_repeat_calls():
-    import gc
-    import weakref
-
+def _ragged_extraction():
+    """A model and its body after two extractions with ragged batches."""
     from keras_slim.transfer import _heads
 
     keras.utils.set_random_seed(0)
@@ -475,15 +500,28 @@ def test_extract_features_traces_once_for_ragged_batches_and_repeat_calls():
     second = transfer.extract_features(model, x[7:], batch_size=3)
     gap = keras.Model(model.inputs[0], model.get_layer("gap").output)
     np.testing.assert_allclose(
-        np.concatenate([first, second]), gap(x), atol=1e-5
+        np.concatenate([first, second]), _numpy(gap(x)), atol=1e-5
     )
     [body] = _heads._BODIES[model].values()
-    assert body.predict_function.experimental_get_tracing_count() == 1
+    return model, body
+
+
+def test_extract_features_of_ragged_batches_and_repeat_calls():
+    import gc
+    import weakref
+
+    model, body = _ragged_extraction()
     # The cache does not keep the model alive.
     ref = weakref.ref(model)
     del model, body
     gc.collect()
     assert ref() is None
+
+
+@pytest.mark.backends("tensorflow", reason="counts the traces of a tf.function")
+def test_extract_features_traces_once_for_ragged_batches_and_repeat_calls():
+    _, body = _ragged_extraction()
+    assert body.predict_function.experimental_get_tracing_count() == 1
 
 
 # ------------------------------------------------------ transfer_weights
@@ -706,14 +744,16 @@ def test_optimizer_is_rebuilt_with_its_state_in_keras_3_terms():
 
     a = keras.Variable(np.ones(3, "float32"), name="a")
     b = keras.Variable(np.ones(2, "float32"), name="b")
+    # Gradients as backend tensors (the torch optimizer takes no arrays).
+    ones = keras.ops.ones
     optimizer = keras.optimizers.Adam(0.1)
     optimizer.build([a])
-    optimizer.apply([np.ones(3, "float32")], [a])
+    optimizer.apply([ones(3)], [a])
     names = [v.name for v in optimizer.variables]
     optimizer.build([a, b])
     assert [v.name for v in optimizer.variables] == names
     with pytest.raises(ValueError, match="Unknown variable"):
-        optimizer.apply([np.ones(3, "float32"), np.ones(2, "float32")], [a, b])
+        optimizer.apply([ones(3), ones(2)], [a, b])
 
     fresh = rebuild_optimizer(optimizer, [a, b])
     old = {v.name: v.numpy() for v in optimizer.variables}
@@ -722,7 +762,7 @@ def test_optimizer_is_rebuilt_with_its_state_in_keras_3_terms():
     for name, value in old.items():
         np.testing.assert_array_equal(new[name], value, err_msg=name)
     assert not np.any(new["b_momentum"]) and not np.any(new["b_velocity"])
-    fresh.apply([np.ones(3, "float32"), np.ones(2, "float32")], [a, b])
+    fresh.apply([ones(3), ones(2)], [a, b])
     assert int(fresh.iterations) == 2
 
 
