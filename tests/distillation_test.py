@@ -422,7 +422,7 @@ def test_softmax_headed_models_distill_exactly_as_their_logits(
     """A teacher and student ending in `Dense(10, activation="softmax")`
     learn what their logits twins learn; probabilities taken as logits
     (what `from_logits=True` did to them) give near-uniform soft targets
-    and a student that learns less and stays unsure."""
+    and a student that stays unsure."""
     (x, _), (x_test, y_test) = digits_small
     teachers = {
         "logits": trained_dense,
@@ -465,8 +465,11 @@ def test_softmax_headed_models_distill_exactly_as_their_logits(
     assert softmax["confidence"] == pytest.approx(
         logits["confidence"], abs=0.01
     )
-    # The failure the head detection prevents, measured by the same test.
-    assert broken["accuracy"] < logits["accuracy"] - 0.03, results
+    # The failure the head detection prevents, measured by the same test:
+    # a student that stays unsure. Its accuracy is no sign: over student
+    # seeds 1-3 it was 0.86 to 0.95 on JAX (0.018 above the logits
+    # student's for seed 1, 0.026 to 0.062 below for the others), 0.88 on
+    # TensorFlow (seed 1); its confidence 0.16 to 0.20 everywhere.
     assert broken["confidence"] < 0.5 < logits["confidence"], results
 
 
@@ -741,6 +744,11 @@ def test_config_round_trip_keeps_every_argument(pair):
 # ------------------------------------------------ execution and strategy
 
 
+@pytest.mark.backends(
+    "tensorflow",
+    "jax",
+    reason="Keras refuses steps_per_execution > 1 on torch",
+)
 def test_steps_per_execution_gives_the_same_training(digits_small):
     (x, y), _ = digits_small
     weights = []

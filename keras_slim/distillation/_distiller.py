@@ -377,8 +377,26 @@ class Distiller(keras.Model):
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         labels, _ = self._split_targets(y)
         if labels is None:
+            # The JAX and torch trainers build the metrics (this call)
+            # before the loss: refuse here as `compute_loss` would.
+            self._check_labels(labels)
             return self.get_metrics_result()
         return super().compute_metrics(x, labels, y_pred, sample_weight)
+
+    def get_metrics_result(self):
+        """The metrics' values as a dict, as Keras returns them, without
+        the compiled metrics no label has built (in a label-free `fit`
+        they have nothing to report)."""
+        results = {}
+        for metric in self.metrics:
+            if not getattr(metric, "built", True):
+                continue
+            result = metric.result()
+            if isinstance(result, dict):
+                results.update(result)
+            else:
+                results[metric.name] = result
+        return results
 
     def get_config(self):
         return {
