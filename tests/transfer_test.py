@@ -79,7 +79,10 @@ def test_frozen_weights_and_batchnorm_statistics_unchanged_after_fit(
     assert report.trainable_params == 650
     frozen = {n: _weights(model.get_layer(n)) for n in report.layers}
     head = _weights(model.get_layer("logits"))
-    history = model.fit(x, y, batch_size=64, epochs=2, verbose=0)
+    # 5 epochs: after 2, the head's accuracy was 0.17 to 0.40 depending on
+    # the backend's random init (measured on TensorFlow and torch); after
+    # 5, 0.57 to 0.63.
+    history = model.fit(x, y, batch_size=64, epochs=5, verbose=0)
     for name, before in frozen.items():
         assert _same(before, _weights(model.get_layer(name))), name
     # BatchNorm: gamma, beta, moving mean, moving variance bit for bit.
@@ -89,7 +92,7 @@ def test_frozen_weights_and_batchnorm_statistics_unchanged_after_fit(
     assert type(model.optimizer).__name__ == "Adam"
     assert float(model.optimizer.learning_rate) == pytest.approx(1e-3)
     # Only the head trains, from a body that never saw digits 5-9.
-    assert history.history["loss"][1] < history.history["loss"][0]
+    assert history.history["loss"][-1] < history.history["loss"][0]
     assert history.history["accuracy"][-1] > 0.25
 
 
