@@ -220,10 +220,21 @@ def _body_model(body):
     return keras.Model(inputs, L.Dense(10)(x))
 
 
+# The DenseNet transition's file departs from its simulation by a mean
+# |logit error| of 0.02-0.04 on every backend (TensorFlow's own rebuilt
+# model, same weights); after 3 epochs the PyTorch-trained weights left
+# near-tied logits: agreement 0.984 (TensorFlow's weights: 0.998). Two
+# more epochs separate them: 0.993 on PyTorch.
+EPOCHS = {"average_pooling_transition": 5}
+
+
 @pytest.mark.parametrize("body", sorted(BODIES))
 def test_layer_kind_exports_all_int8_in_parity(body, digits_small, tmp_path):
     agreement = _fit_export(
-        _body_model(body), digits_small, tmp_path / "m.tflite"
+        _body_model(body),
+        digits_small,
+        tmp_path / "m.tflite",
+        epochs=EPOCHS.get(body, 3),
     )
     assert agreement >= 0.99
 
