@@ -213,9 +213,18 @@ def test_trained_model_pruned_and_fine_tuned_recovers_accuracy(
 ):
     (x, y), (x_test, y_test) = digits
     base = accuracy(trained_cnn.predict(x_test, verbose=0), y_test)
-    small = compile_classifier(prune_channels(trained_cnn, 0.5))
+    # Half the channels gone leaves the digits near chance: fine-tuning
+    # nearly retrains the model. At a constant 1e-3 for 8 epochs the test
+    # accuracy still swings by +-0.05 between epochs, and where it lands
+    # depends on the backend's initialisation (measured, seed 0: 0.92 on
+    # TensorFlow, 0.85 on JAX, 0.86-0.91 on torch; from the same weights
+    # and batches the three backends agree within 0.005). 16 epochs with a
+    # cosine-decayed rate settle it: 0.94 / 0.91 / 0.93.
+    steps = 16 * -(-len(x) // 64)
+    rate = keras.optimizers.schedules.CosineDecay(1e-3, steps)
+    small = compile_classifier(prune_channels(trained_cnn, 0.5), rate)
     pruned = accuracy(small.predict(x_test, verbose=0), y_test)
-    small.fit(x, y, batch_size=64, epochs=8, verbose=0)
+    small.fit(x, y, batch_size=64, epochs=16, verbose=0)
     tuned = accuracy(small.predict(x_test, verbose=0), y_test)
     assert base > 0.93
     assert tuned > pruned + 0.1, (pruned, tuned)
