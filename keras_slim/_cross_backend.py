@@ -84,6 +84,8 @@ def _pack(sig, arrays):
     """One array per input, in the structure `model.predict` takes."""
     if sig.input_structure is None:
         return arrays[0]
+    if isinstance(sig.input_structure, (list, tuple)) and len(arrays) == 1:
+        return arrays[0]  # a Functional model built on `[input]`
     return keras.tree.pack_sequence_as(sig.input_structure, list(arrays))
 
 
