@@ -482,6 +482,15 @@ def _mode_params():
                 marks.append(
                     pytest.mark.backends("tensorflow", reason="tf.distribute")
                 )
+            if mode == "jit_compile" and kind == "qat":
+                marks.append(
+                    pytest.mark.backends(
+                        "tensorflow",
+                        "jax",
+                        reason="QAT refuses jit_compile=True on torch "
+                        "(test_qat_refuses_torch_compile)",
+                    )
+                )
             if mode == "steps_per_execution":
                 marks.append(
                     pytest.mark.backends(
@@ -828,3 +837,21 @@ def test_early_stopping_restores_a_pruned_model_from_the_schedules_end(
         assert restored == pytest.approx(target, abs=0.01)
     else:  # the first epoch, half-way through the schedule, had the best loss
         assert restored < target - 0.05
+
+
+@pytest.mark.backends("torch", reason="torch.compile")
+def test_qat_refuses_torch_compile_before_the_first_step(digits_small):
+    """torch.compile cannot trace the in-place QAT calls (dynamo fails in
+    `Dense.call`, measured): refused before any step."""
+    (x, y), _ = digits_small
+    model = compile_classifier(_model(), jit_compile=True)
+    with pytest.raises(ValueError, match="jit_compile=True.*torch"):
+        model.fit(
+            x,
+            y,
+            batch_size=BATCH,
+            epochs=1,
+            verbose=0,
+            callbacks=[QuantizationAwareTraining()],
+        )
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 0

@@ -257,6 +257,7 @@ class QuantizationAwareTraining(keras.callbacks.Callback):
         self._fresh = True
 
     def on_train_begin(self, logs=None):
+        _refuse_torch_compile(self.model)
         self._attach(_layers.target_model(self.model))
         awareness = _in_place.awareness_of(self.target)
         if awareness is not None and not awareness.owned:
@@ -282,6 +283,22 @@ class QuantizationAwareTraining(keras.callbacks.Callback):
             logs["quantization_active"] = float(active)
             logs["quantization_ranges_frozen"] = float(frozen)
             logs["batchnorm_frozen"] = float(bn_frozen)
+
+
+def _refuse_torch_compile(model):
+    """torch.compile (dynamo) fails inside the in-place layer calls, at the
+    first step; refuse before it."""
+    if keras.backend.backend() == "torch" and getattr(
+        model, "jit_compile", False
+    ):
+        raise ValueError(
+            "QuantizationAwareTraining cannot run in place on a model "
+            "compiled with `jit_compile=True` on the torch backend: "
+            "torch.compile cannot trace its quantization-aware layer calls. "
+            "Compile with `jit_compile=False` (the torch default). "
+            f"Received: jit_compile={model.jit_compile!r} for model "
+            f"{model.name!r}."
+        )
 
 
 def _sibling_callbacks():
