@@ -597,6 +597,9 @@ def test_distiller_fit_drives_compression_callbacks_on_the_student(
     assert max(assert_no_zeros) < 0.05
 
 
+@pytest.mark.backends(
+    "tensorflow", "jax", reason="Keras refuses steps_per_execution on torch"
+)
 @pytest.mark.parametrize("kind", ["pruning", "channel_pruning", "qat"])
 def test_schedules_count_optimizer_steps_with_steps_per_execution(
     kind, digits_small
