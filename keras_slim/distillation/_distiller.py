@@ -6,6 +6,22 @@ from keras_slim import _validation
 from keras_slim.distillation import _checks
 from keras_slim.distillation import _losses
 
+# Keras before 3.14 returns Python floats from `get_metrics_result`;
+# from 3.14 on it returns the tensors and converts later.
+_BASE_RETURNS_FLOATS = tuple(
+    int(part) for part in keras.version().split(".")[:2]
+) < (3, 14)
+
+
+def _to_float(value):
+    try:
+        if keras.ops.is_tensor(value):
+            value = keras.ops.convert_to_numpy(value)
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
 LABELS = "labels"
 TEACHER_OUTPUTS = "teacher_outputs"
 
@@ -387,6 +403,8 @@ class Distiller(keras.Model):
         """The metrics' values as a dict, as Keras returns them, without
         the compiled metrics no label has built (in a label-free `fit`
         they have nothing to report)."""
+        if all(getattr(m, "built", True) for m in self.metrics):
+            return super().get_metrics_result()
         results = {}
         for metric in self.metrics:
             if not getattr(metric, "built", True):
@@ -396,6 +414,8 @@ class Distiller(keras.Model):
                 results.update(result)
             else:
                 results[metric.name] = result
+        if _BASE_RETURNS_FLOATS:
+            results = {k: _to_float(v) for k, v in sorted(results.items())}
         return results
 
     def get_config(self):
