@@ -12,6 +12,10 @@ Converter facts this module handles (measured with TensorFlow 2.21):
   two-output model came out reversed); the wrapper names them `input_i`
   and `output_i` so that `_tflite_file.relabel` can restore Keras's order
   and names from the signature.
+- Keras's `LayerNormalization` traces to a NEG op and `RMSNormalization`
+  to a SQUARE op, neither of which the converter can quantize; int8
+  conversions trace them in equivalent forms without those ops
+  (`_export_rewrites`).
 """
 
 import contextlib
@@ -20,6 +24,7 @@ import warnings
 
 import keras
 
+from keras_slim import _export_rewrites
 from keras_slim import _tflite_file
 
 
@@ -81,11 +86,19 @@ def convert(model, sig, options, samples):
         converter.target_spec.supported_types = [tf.float16]
     if quantization in ("int8", "int16x8"):
         _int8_options(converter, options, samples)
+    rewrite = contextlib.nullcontext()
+    # `quantized_later`: the target of a float file that the LiteRT
+    # Quantizer quantizes next. Only int8 gains: for int16x8 the converter
+    # refuses NEG cleanly, but quantizes the rewrite's SQUARED_DIFFERENCE
+    # to int16, which LiteRT cannot run.
+    if options.get("quantized_later", quantization) == "int8":
+        rewrite = _export_rewrites.int8_normalization()
     try:
         # `from_keras_model` exports a SavedModel and prints its signature.
         # It also warns that the (float) input has no statistics, which is
         # expected: the first QUANTIZE op takes the calibrated input range.
         with (
+            rewrite,
             contextlib.redirect_stdout(io.StringIO()),
             warnings.catch_warnings(),
         ):

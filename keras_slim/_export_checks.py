@@ -11,6 +11,18 @@ from keras_slim import _validation
 CALIBRATED = ("int8", "int16x8")
 _CALIBRATED = CALIBRATED
 
+# Float ops the converter cannot quantize (`tfl.neg` and `tfl.square` are
+# float-only in its op definitions), that a model can avoid, and how.
+# Keras's LayerNormalization and RMSNormalization are rewritten at export
+# (`_export_rewrites`); these hints are for the same ops written by hand.
+_NO_INT8_KERNEL = {
+    "NEG": "The TFLite converter cannot quantize NEG (its NEG op takes "
+    "float32, int32 and int64 only): write `-x` as `x * -1.0`, or "
+    "`b - a` for `-a + b`",
+    "SQUARE": "The TFLite converter cannot quantize SQUARE (its SQUARE op "
+    "is float only): write `ops.square(x)` as `x * x`",
+}
+
 
 def check_quantizer(model, options, quantizers):
     quantizer = options["quantizer"]
@@ -75,10 +87,16 @@ def check_integer(model, info, options):
     for op in info.float_ops or sorted(info.ops):
         layer = _tensor_names.producer(info.float_op_tensors.get(op), names)
         found.append(f"{op} (layer {layer!r})" if layer else op)
+    kinds = sorted({op.split(":")[0] for op in info.float_ops})
+    hints = "".join(
+        f" {_NO_INT8_KERNEL[kind]}."
+        for kind in kinds
+        if kind in _NO_INT8_KERNEL
+    )
     raise ValueError(
         f"The {quantization} conversion of `model` kept float ops: "
         + ", ".join(found)
-        + ". Nothing was written. Pass `allow_float_fallback=True` to "
+        + f".{hints} Nothing was written. Pass `allow_float_fallback=True` to "
         "accept a mixed file, or keep those layers float explicitly with "
         "`quantizer='litert', layer_precision={name: 'float32'}`."
     )

@@ -375,7 +375,12 @@ def export_tflite(
     # ---- convert, then verify the bytes before anything is written.
     start = time.perf_counter()
     if quantizer == "litert":
-        floats = {**options, "quantization": "float32", "sparse": False}
+        floats = {
+            **options,
+            "quantization": "float32",
+            "sparse": False,
+            "quantized_later": quantization,
+        }
         data = _convert.convert(model, sig, floats, None)
         data = _litert_quantizer.quantize(data, sig, samples, options)
     else:

@@ -1,0 +1,133 @@
+"""Equivalent formulations of Keras normalization layers that the TFLite
+converter can quantize to int8, in force only while `export_tflite`
+converts a model.
+
+Measured with TensorFlow 2.21 and Keras 3.15
+(`benchmarks/probes/layernorm_ptq.py`):
+- `keras.layers.LayerNormalization` computes `x * inv + (-mean * inv +
+  beta)` (`ops.layer_normalization`). The `-mean` becomes a TFLite `NEG`
+  op. The converter's `tfl.neg` (`tfl_ops.td`, TensorFlow and LiteRT
+  alike) takes float32, int32 and int64 tensors only and lacks the
+  `QuantizableResult` trait, so its quantization passes cannot give it an
+  int8 type: calibrated int8, from the converter and the LiteRT Quantizer
+  alike, keeps it float between a DEQUANTIZE and a QUANTIZE. (LiteRT's
+  newest runtime NEG kernel has an int8 case, but it negates raw values,
+  ignoring scale and zero point, and the converter never emits it.)
+  `(x - mean) * inv + beta` is the same function written with SUB, MUL
+  and ADD, all quantized. It never forms `x * inv`, whose int8 range
+  dwarfs the normalized result when `x` has a large mean: with an offset
+  of 20 on the input of a Dense-LayerNormalization-Dense model it agreed
+  98.4% with Keras, where Keras's arrangement (NEG kept float) agreed
+  94.5% and the all-int8 `x * inv + (beta - mean * inv)` 91.0%. On
+  centred inputs the three agreed 99.4-99.6%, the centred form with a
+  slightly larger mean error (0.041 against 0.034 on the logits).
+- `keras.layers.RMSNormalization` squares with `ops.square`, a TFLite
+  `SQUARE` op; `tfl.square` is float-only and not quantizable either, so
+  it stays float in the same way; `x * x` (MUL) does not.
+Both forms match Keras to within float rounding (at most 5e-7 measured
+on unit-scale outputs).
+
+The user's model, its layers and variables are not changed: the class's
+`call` is swapped for the converter's trace and restored on exit, and
+the Keras outputs the file is verified against are Keras's own.
+"""
+
+import contextlib
+
+import keras
+from keras import ops
+
+
+def _float32_or_wider(x):
+    return ops.cast(x, keras.backend.result_type(x.dtype, "float32"))
+
+
+def _layer_normalization(self, x):
+    """`LayerNormalization.call` as `(x - mean) * inv + beta`."""
+    x = _float32_or_wider(x)
+    ndims = len(x.shape)
+    axes = [self.axis] if isinstance(self.axis, int) else list(self.axis)
+    axes = sorted(a % ndims for a in axes)
+    shape = [1] * ndims
+    for a in axes:
+        shape[a] = x.shape[a]
+
+    def broadcast(v):
+        v = ops.cast(v, x.dtype)
+        if len(v.shape) != ndims and axes != [ndims - 1]:
+            v = ops.reshape(v, shape)
+        return v
+
+    mean, variance = ops.moments(x, axes=axes, keepdims=True)
+    inv = ops.rsqrt(variance + self.epsilon)
+    if self.gamma is not None:
+        inv = inv * broadcast(self.gamma)
+    outputs = (x - mean) * inv
+    if self.beta is not None:
+        outputs = outputs + broadcast(self.beta)
+    return ops.cast(outputs, self.compute_dtype)
+
+
+def _rms_normalization(self, x):
+    """`RMSNormalization.call` with `x * x` for `ops.square(x)`."""
+    dtype = x.dtype
+    x = _float32_or_wider(x)
+    mean_square = ops.mean(x * x, axis=self.axis, keepdims=True)
+    outputs = x * ops.rsqrt(mean_square + self.epsilon)
+    if self.scale is not None:
+        outputs = outputs * ops.cast(self.scale, x.dtype)
+    return ops.cast(outputs, dtype)
+
+
+def _applies_to_layer_normalization(layer):
+    # Keras's deprecated `rms_scaling` branch has no NEG op.
+    return not layer.rms_scaling
+
+
+def _rewrites():
+    """`(class, rewritten call, whether it applies to a layer)`."""
+    found = [
+        (
+            keras.layers.LayerNormalization,
+            _layer_normalization,
+            _applies_to_layer_normalization,
+        )
+    ]
+    rms = getattr(keras.layers, "RMSNormalization", None)  # Keras >= 3.9
+    if rms is not None:
+        found.append((rms, _rms_normalization, lambda layer: True))
+    return found
+
+
+def _int8_call(original, rewritten, applies):
+    def call(self, inputs, *args, **kwargs):
+        if args or kwargs or not applies(self):
+            return original(self, inputs, *args, **kwargs)
+        return rewritten(self, inputs)
+
+    return call
+
+
+@contextlib.contextmanager
+def int8_normalization():
+    """Within the block, Keras's normalization layers compute their
+    int8-friendly form (see the module docstring).
+
+    Every class is swapped, not only those `model` visibly holds: a
+    custom layer may own a LayerNormalization that no public listing of
+    the model's layers shows. The swap is process-wide while it lasts
+    (the conversion only): another thread running these layers meanwhile
+    would compute the same function in the other form.
+    """
+    swapped = []
+    try:
+        for cls, rewritten, applies in _rewrites():
+            original = vars(cls).get("call")
+            if original is None:  # a Keras that moved `call` elsewhere
+                continue
+            cls.call = _int8_call(original, rewritten, applies)
+            swapped.append((cls, original))
+        yield
+    finally:
+        for cls, original in reversed(swapped):
+            cls.call = original
