@@ -7,7 +7,10 @@ then: post-training int8 export, QAT fine-tuning and export, magnitude
 pruning to 50% and int8 export, channel pruning by half, `swap_head`.
 Each cell is `ok` with its figure, or the refusal's reason.
 
-    python -m benchmarks.zoo [--models MobileNet,LSTM] [--epochs 2]
+    python -m benchmarks.zoo [--models MobileNet,LSTM] [--epochs N]
+
+Each model trains with its recipe (`_zoo_models.recipe`); `--epochs`
+overrides the recipe's training epochs.
 
 Writes benchmarks/results/zoo.md.
 """
@@ -99,13 +102,20 @@ def _copy(model, name):
     return zoo.compile_model(clone, name)
 
 
-def train(name, epochs, batch_size=64):
-    """Build and train a zoo model; returns (model, data, epoch seconds)."""
+def train(name, epochs=None):
+    """Build and train a zoo model with its recipe (`epochs` overrides
+    the recipe's); returns (model, data, epoch seconds)."""
+    plan = zoo.recipe(name)
     model = zoo.compile_model(zoo.build(name), name)
-    (x, y), test = zoo.data(name)
+    (x, y), test = zoo.data(name, plan["n_train"], plan["n_test"])
     timer = EpochTimer()
     model.fit(
-        x, y, epochs=epochs, batch_size=batch_size, verbose=0, callbacks=[timer]
+        x,
+        y,
+        epochs=epochs or plan["epochs"],
+        batch_size=plan["batch_size"],
+        verbose=0,
+        callbacks=[timer],
     )
     return model, ((x, y), test), timer.times
 
@@ -130,7 +140,7 @@ def qat(name, model, data, folder, epochs=1, float_times=None):
         x,
         y,
         epochs=epochs,
-        batch_size=64,
+        batch_size=zoo.recipe(name)["batch_size"],
         verbose=0,
         callbacks=[QuantizationAwareTraining(), timer],
     )
@@ -157,7 +167,7 @@ def prune(name, model, data, folder, epochs=1, float_times=None):
         x,
         y,
         epochs=epochs,
-        batch_size=64,
+        batch_size=zoo.recipe(name)["batch_size"],
         verbose=0,
         callbacks=[callback, timer],
     )
@@ -181,7 +191,9 @@ def prune(name, model, data, folder, epochs=1, float_times=None):
 def channels(name, model, data, folder):
     (x, y), (xt, _) = data
     small = zoo.compile_model(prune_channels(model, fraction=0.5), name)
-    small.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    small.fit(
+        x, y, epochs=1, batch_size=zoo.recipe(name)["batch_size"], verbose=0
+    )
     before, after = profiling.profile(model), profiling.profile(small)
     path = os.path.join(folder, f"{name}_channels.tflite")
     report = export_tflite(
@@ -239,7 +251,10 @@ def sweep(name, epochs, capabilities=CAPABILITIES):
         for capability in capabilities:
             kwargs = {}
             if capability in ("qat", "prune"):
-                kwargs = dict(epochs=epochs, float_times=times)
+                kwargs = dict(
+                    epochs=zoo.recipe(name)["fine_tune_epochs"],
+                    float_times=times,
+                )
             cells[capability] = run(
                 name, capability, model, data, folder, **kwargs
             )
@@ -247,9 +262,12 @@ def sweep(name, epochs, capabilities=CAPABILITIES):
                 _CELL + json.dumps([capability, vars(cells[capability])]),
                 flush=True,
             )
+    plan = zoo.recipe(name)
+    plan.update(epochs=len(times), n_train=len(data[0][0]), n_test=len(xt))
     return dict(
         name=name,
         accuracy=accuracy,
+        recipe=plan,
         seconds=time.perf_counter() - start,
         cells={c: vars(o) for c, o in cells.items()},
     )
@@ -264,7 +282,8 @@ def sweep_in_child(name, epochs, capabilities=CAPABILITIES, timeout=3600):
     while todo:
         done = subprocess.run(
             [sys.executable, "-m", "benchmarks.zoo", "--one", name]
-            + ["--epochs", str(epochs), "--capabilities", ",".join(todo)],
+            + (["--epochs", str(epochs)] if epochs else [])
+            + ["--capabilities", ",".join(todo)],
             cwd=os.path.dirname(HERE),
             capture_output=True,
             text=True,
@@ -295,41 +314,58 @@ def _cell(data):
     return Outcome(data["status"], data["reason"], **data["figures"]).cell()
 
 
+def _recipe(plan):
+    if not plan:
+        return "?"
+    return (
+        f"{plan['epochs']} ep, {plan['n_train']}/{plan['n_test']}, "
+        f"b{plan['batch_size']}, ft {plan['fine_tune_epochs']}"
+    )
+
+
 def table(rows, epochs):
     names = [row["name"] for row in rows]
     models = "" if names == list(zoo.ALL) else f" --models {','.join(names)}"
+    override = f" --epochs {epochs}" if epochs else ""
     left = [name for name in zoo.ALL if name not in names]
     lines = [
         "## Zoo: every keras.applications family and keras.io examples",
         "",
-        f"`python -m benchmarks.zoo{models} --epochs {epochs}`, "
+        f"`python -m benchmarks.zoo{models}{override}`, "
         f"{time.strftime('%Y-%m-%d', time.gmtime())}, on "
         f"{platform.processor() or platform.machine()}, keras "
-        f"{keras.__version__}. Each model trained {epochs} epochs on "
-        "512 offline samples (digits for images, synthetic token "
-        "sequences for text); QAT and pruning fine-tune as long. "
-        "Agreement: top-1 (per pixel for the U-Net) of the int8 file vs "
-        "Keras on 256 held-out samples. `gzip_x`: pruned-50% int8 file "
-        "gzipped over the dense int8 file gzipped. `macs_x`: channel-"
-        "pruned MACs over the original's. `epoch_x`: steady epoch time "
-        "with the callback over plain `fit`. Each model runs in its own "
-        "process; `crash` is a process killed by a signal."
+        f"{keras.__version__}. Each model is trained with its recipe "
+        "(`_zoo_models.recipe`; column `recipe`: training epochs, "
+        "train/test samples, batch size, epochs of QAT and pruning "
+        "fine-tuning): the keras.applications on every digit of the "
+        "split, the examples on 512 synthetic token sequences (text) or "
+        "digit masks (U-Net). Agreement: top-1 (per pixel for the U-Net) "
+        "of the int8 file vs Keras on the held-out samples. `gzip_x`: "
+        "pruned-50% int8 file gzipped over the dense int8 file gzipped. "
+        "`macs_x`: channel-pruned MACs over the original's. `epoch_x`: "
+        "steady epoch time with the callback over plain `fit`. Each "
+        "model runs in its own process; `crash` is a process killed by "
+        "a signal."
         + (f" Not run this time: {', '.join(left)}." if left else ""),
         "",
-        "| model | float acc | PTQ int8 | QAT int8 | pruned 50% | "
+        "| model | recipe | float acc | PTQ int8 | QAT int8 | pruned 50% | "
         "channels 50% | swap_head | s |",
-        "|---|---:|---|---|---|---|---|---:|",
+        "|---|---|---:|---|---|---|---|---|---:|",
     ]
     untrained = []
     for row in rows:
         cells = [_cell(row["cells"].get(c)) for c in CAPABILITIES]
+        at_chance = row["accuracy"] < _chance(row["name"]) + 0.05
+        if at_chance:
+            untrained.append(row["name"])
         lines.append(
-            f"| {row['name']} | {100 * row['accuracy']:.1f}% | "
+            f"| {row['name']} | {_recipe(row.get('recipe'))} | "
+            f"{100 * row['accuracy']:.1f}%"
+            + (" (chance)" if at_chance else "")
+            + " | "
             + " | ".join(cells)
             + f" | {row['seconds']:.0f} |"
         )
-        if row["accuracy"] < _chance(row["name"]) + 0.05:
-            untrained.append(row["name"])
     if untrained:
         lines += [
             "",
@@ -352,7 +388,11 @@ def _chance(name):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(zoo.ALL))
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        help="training epochs of every model, instead of its recipe's",
+    )
     parser.add_argument("--one", help="sweep one model in this process")
     parser.add_argument("--capabilities", default=",".join(CAPABILITIES))
     parser.add_argument(
