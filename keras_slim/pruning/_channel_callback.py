@@ -130,7 +130,7 @@ class ChannelPruning(keras.callbacks.Callback):
         self._maybe_update(self._epoch_start, exact=True)
         if changed or _masks.masks_are_traced():
             # `fit` built its train function before `on_train_begin`.
-            _masks.rebuild_train_function(self._trained)
+            _masks.rebuild_train_function(self._trained, reuse=not changed)
 
     def _step(self):
         # `self.model` syncs a JAX `fit`'s state into the variables: read
@@ -227,9 +227,10 @@ class ChannelPruning(keras.callbacks.Callback):
         """Assign the masks and zero the masked weights, on the host.
 
         With `attach`, also give each channel variable its mask
-        constraint; returns whether one was new. Then (JAX) whether the
-        traced step releases the right zeros: if not, the train step is
-        rebuilt.
+        constraint. Then (JAX) whether the traced step releases the right
+        zeros: if not, the train step is rebuilt (or, with `attach`, left
+        to the caller to rebuild). Returns whether a constraint was new or
+        the released zeros changed.
         """
         masks = self._channel_masks()
         model = self._trained
@@ -242,9 +243,10 @@ class ChannelPruning(keras.callbacks.Callback):
                     value = keras.ops.convert_to_numpy(var)
                     var.assign((value * mask).astype(value.dtype))
         variables = [var for var, _ in masks]
-        if _masks.refresh_released(variables) and not attach:
+        released = _masks.refresh_released(variables)
+        if released and not attach:
             _masks.rebuild_train_function(model)
-        return changed
+        return changed or released
 
     def _log(self, logs):
         if logs is not None:

@@ -220,7 +220,9 @@ class MagnitudePruning(keras.callbacks.Callback):
         released = _masks.refresh_released(variables)
         if changed or released or _masks.masks_are_traced():
             # `fit` built its train function before `on_train_begin`.
-            _masks.rebuild_train_function(self.model)
+            _masks.rebuild_train_function(
+                self.model, reuse=not (changed or released)
+            )
         step = self._step()
         self._last_step = step
         if self.schedule.updates_between(step - 1, step):
