@@ -273,9 +273,7 @@ def test_fit_called_again_keeps_its_train_function_and_the_zeros(
     x, y = x[:256], y[:256]  # 8 steps a fit
     keras.utils.set_random_seed(0)
     model = compile_classifier(ZOO["sequential"]())
-    schedule = PolynomialDecay(
-        0.0, 0.6, begin_step=0, end_step=24, frequency=4
-    )
+    schedule = PolynomialDecay(0.0, 0.6, begin_step=0, end_step=24, frequency=4)
     pruning = MagnitudePruning(schedule)
     kwargs = dict(batch_size=32, epochs=1, callbacks=[pruning], verbose=0)
     model.fit(x, y, **kwargs)

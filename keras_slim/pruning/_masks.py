@@ -459,9 +459,12 @@ def rebuild_train_function(model, reuse=False):
         step = getattr(step, "wrapped", step)
         model.train_step = _keep_zeros_step(model, step)
         current = getattr(model, "train_function", None)
-        if reuse and current is not None:
-            if getattr(model, _BUILT, None) is current:
-                return
+        if (
+            reuse
+            and current is not None
+            and getattr(model, _BUILT, None) is current
+        ):
+            return
     model.make_train_function(force=True)
     if traced:
         object.__setattr__(model, _BUILT, model.train_function)
