@@ -6,11 +6,15 @@ calibration samples (or, without them, on a few synthetic samples) at
 least `min_agreement` of the time, output by output.
 """
 
+import re
+
 import keras
 import numpy as np
 
 from keras_slim import _layers
 from keras_slim import _litert_file
+from keras_slim import _tensor_names
+from keras_slim import _tflite_file
 from keras_slim import litert
 
 # Default of `export_tflite(min_agreement=...)`. int8 files of trained
@@ -82,7 +86,10 @@ def verify(model, data, sig, samples, min_agreement, notes):
         kind = "synthetic [0, 1)"
     arrays = _subset(samples)
     file = _litert_file.File(content=data)
-    actual = file.run(arrays)
+    try:
+        actual = file.run(arrays)
+    except RuntimeError as e:  # an op LiteRT has no kernel for
+        raise ValueError(_run_refusal(model, data, e)) from None
     expected = _keras_outputs(model, sig, arrays)
     agreement = {}
     for name, e, a in zip(sig.output_names, expected, actual):
@@ -109,6 +116,44 @@ def verify(model, data, sig, samples, min_agreement, notes):
             "`min_agreement`."
         )
     return agreement
+
+
+# LiteRT's message when an op fails: "... Node number 3 (SQUARED_DIFFERENCE)
+# failed to invoke."
+_NODE = re.compile(r"Node number (\d+) \((\w+)\)")
+
+
+def _run_refusal(model, data, error):
+    """The message for a file that loads but that LiteRT cannot run (an op
+    kept with tensor types it has no kernel for, such as an int16
+    SQUARED_DIFFERENCE in an int16x8 file), naming the op and, from its
+    output tensor's name, the Keras layer it came from."""
+    text = " ".join(str(error).split()).replace(".Node number", ". Node number")
+    where = ""
+    found = _NODE.search(text)
+    if found:
+        index, op = int(found.group(1)), found.group(2)
+        graph = _tflite_file.parse(data, "<converted>").subgraphs[0]
+        layer = None
+        if index < len(graph.operators or []):
+            ops = graph.operators[index]
+            outputs = [i for i in _tflite_file._ids(ops.outputs) if i >= 0]
+            if outputs:
+                name = graph.tensors[outputs[0]].name
+                names = {layer.name for _, layer in _layers.iter_layers(model)}
+                layer = _tensor_names.producer(
+                    name.decode() if isinstance(name, bytes) else name, names
+                )
+        where = f" The op is {op} (node {index}" + (
+            f", from layer {layer!r})." if layer else ")."
+        )
+    return (
+        f"LiteRT cannot run the converted file: {text}{where} Nothing was "
+        "written. LiteRT has no kernel for that op with these tensor "
+        "types (int16 activations have fewer kernels than int8): export "
+        "with `quantization='int8'`, or keep that layer float with "
+        "`quantizer='litert', layer_precision={name: 'float32'}`."
+    )
 
 
 def rescaling_notes(model, sig, samples):

@@ -230,6 +230,43 @@ def test_float_ops_are_refused_with_the_keras_layer_they_came_from(
     assert not os.path.exists(path)
 
 
+def test_int16x8_op_litert_cannot_run_is_refused_naming_op_and_layer(
+    tmp_path,
+):
+    """A file that loads but that LiteRT cannot run (here an int16
+    SQUARED_DIFFERENCE: LiteRT's kernel takes float32 and int32 only) is
+    refused as a ValueError naming the op and its Keras layer, not a raw
+    RuntimeError; nothing is written, an existing file is left as it was,
+    and the remedy the message gives works."""
+    import keras
+
+    class SquaredDeviation(keras.layers.Layer):
+        def call(self, x):
+            mean = keras.ops.mean(x, axis=-1, keepdims=True)
+            return keras.ops.square(x - mean)
+
+    inputs = keras.Input((8,))
+    h = keras.layers.Dense(8, name="hidden")(inputs)
+    h = SquaredDeviation(name="deviation")(h)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(h))
+    data = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    path = tmp_path / "kept.tflite"
+    path.write_bytes(b"the user's file")
+    with pytest.raises(ValueError, match="LiteRT cannot run") as refused:
+        export_tflite(
+            model, str(path), quantization="int16x8", representative_data=data
+        )
+    message = str(refused.value)
+    assert "SQUARED_DIFFERENCE" in message
+    assert "from layer 'deviation'" in message
+    assert "Nothing was written" in message
+    assert path.read_bytes() == b"the user's file"
+    # The first remedy the message names.
+    report = export_tflite(model, str(path), representative_data=data)
+    assert report.info.int8_only
+    assert report.info.ops["SQUARED_DIFFERENCE"] == 1
+
+
 def test_tensor_names_give_the_layer_that_produced_them():
     names = {"relu4", "bn4", "conv4", "dense_1", "dense", "logits"}
     fused = (
