@@ -15,6 +15,7 @@ top, so that `--help` answers at once; TensorFlow loads only to work.
 import argparse
 import contextlib
 import io
+import logging
 import os
 import sys
 import tempfile
@@ -298,6 +299,10 @@ def _demo(args):
     _check_output_dir(args.output_dir)
     from keras_slim import _demo
 
+    # The demo predicts with seven models on arrays of several sizes:
+    # TensorFlow's "N out of the last M calls ... triggered tf.function
+    # retracing" warnings say nothing about a user's script there.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     ok = _demo.run(quick=args.quick, output_dir=args.output_dir)
     if not ok:
         raise CLIError("demo verification failed (see the table above)")
@@ -385,13 +390,38 @@ def build_parser():
     return parser
 
 
+# Native lines every run prints on a machine without a GPU, whatever
+# `TF_CPP_MIN_LOG_LEVEL` says: not replayed after a successful command
+# (a clean run must not end on "E0000 ... failed call to cuInit").
+_ROUTINE = (
+    "All log messages before absl::InitializeLog()",
+    "cudart_stub.cc",
+    "cuda_platform.cc",
+    "cuda_executor.cc",
+    "cpu_feature_guard.cc",
+    "oneDNN custom operations are on",
+    "To enable the following instructions",
+    "Created TensorFlow Lite XNNPACK delegate",
+    "fully_quantize: ",
+    "Estimated count of arithmetic ops",
+)
+
+
+def _worth_replaying(data):
+    """The lines of `data` (bytes) that are not `_ROUTINE`."""
+    lines = data.decode(errors="replace").splitlines(keepends=True)
+    kept = [ln for ln in lines if not any(r in ln for r in _ROUTINE)]
+    return "".join(kept).encode()
+
+
 @contextlib.contextmanager
 def _native_stderr_held():
     """Hold what native code writes to file descriptor 2 while a command
     runs (TensorFlow 2.21's absl and oneDNN lines, whatever
     `TF_CPP_MIN_LOG_LEVEL` says; the converter's and LiteRT's prints):
-    replayed when the command succeeds, dropped when it fails, so that a
-    failure stays one line. Python's `sys.stderr` keeps writing live."""
+    replayed when the command succeeds, but for the routine lines every
+    run prints (`_ROUTINE`), dropped when it fails, so that a failure
+    stays one line. Python's `sys.stderr` keeps writing live."""
     try:
         sys.stderr.flush()
         python_stderr = sys.stderr.fileno() == 2
@@ -407,7 +437,7 @@ def _native_stderr_held():
 
         def replay():
             sink.seek(0)
-            os.write(saved, sink.read())
+            os.write(saved, _worth_replaying(sink.read()))
 
         try:
             yield replay

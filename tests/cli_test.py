@@ -456,7 +456,26 @@ def test_a_failure_after_converting_holds_back_native_log_lines(tmp_path):
         command, capture_output=True, text=True, timeout=300
     )
     assert passed.returncode == 0
-    assert "XNNPACK" in passed.stderr  # replayed when the command succeeds
+    # Replayed when the command succeeds, but for the routine lines.
+    assert "XNNPACK" not in passed.stderr
+    assert "fully_quantize" not in passed.stderr
+
+
+def test_native_lines_replayed_after_success_are_all_but_routine_ones():
+    from keras_slim.cli import _worth_replaying
+
+    held = (
+        b"I0000 00:00:17 1 cudart_stub.cc:31] Could not find cuda drivers\n"
+        b"E0000 00:00:17 1 cuda_platform.cc:52] failed call to cuInit\n"
+        b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n"
+        b"W0000 00:00:17 1 some_kernel.cc:9] denormal values flushed\n"
+        b"fully_quantize: 0, inference_type: 6\n"
+        b"Segment 2: an unrecognised native line\n"
+    )
+    assert _worth_replaying(held) == (
+        b"W0000 00:00:17 1 some_kernel.cc:9] denormal values flushed\n"
+        b"Segment 2: an unrecognised native line\n"
+    )
 
 
 _HELP = """
