@@ -296,6 +296,11 @@ def sweep_in_child(name, epochs, capabilities=CAPABILITIES, timeout=3600):
             elif line.startswith(_MARK):
                 row = json.loads(line[len(_MARK) :])
         todo = [c for c in todo if c not in cells]
+        failed = todo or any(
+            cells[c]["status"] in ("error", "crash") for c in cells
+        )
+        if failed and done.stderr:  # the child's traceback, for the record
+            print(done.stderr[-6000:], file=sys.stderr, flush=True)
         if todo:
             reason = f"the process died (exit code {done.returncode})"
             cells[todo.pop(0)] = vars(Outcome("crash", reason))
