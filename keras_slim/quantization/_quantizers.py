@@ -282,6 +282,21 @@ def fake_quant_activation(x, min_var, max_var, init_var, update, momentum):
     return ops.cast(out, dtype)
 
 
+def quantize_constant(c):
+    """A constant as the converter stores it when it becomes an int8
+    operand of a MUL or an ADD (the scale and offset of a BatchNormalization
+    that folds into no convolution, of `Rescaling`, of `Normalization`): one
+    asymmetric int8 range for the whole tensor, from `min(c, 0)` to
+    `max(c, 0)`. Per-channel values spread over that one range lose up to
+    half a step each: a scale of 0.05 stored with a step of 0.0085 is off by
+    up to 8%, which the float constant would hide from the Keras model."""
+    c32 = ops.cast(c, "float32")
+    lo = ops.minimum(ops.min(c32), 0.0)
+    hi = ops.maximum(ops.maximum(ops.max(c32), 0.0), lo + MIN_WEIGHT_RANGE)
+    out = fake_quant(c32, ops.stop_gradient(lo), ops.stop_gradient(hi))
+    return ops.cast(out, c.dtype)
+
+
 def standalone_batchnorm(layer, x, training, inner, original):
     """A BatchNormalization that does not fold into a convolution.
 
@@ -303,10 +318,11 @@ def standalone_batchnorm(layer, x, training, inner, original):
     offset = -ops.cast(layer.moving_mean, x.dtype) * scale
     if layer.center:
         offset = offset + ops.cast(layer.beta, x.dtype)
-    product = inner(x * ops.reshape(scale, shape))
+    # Computed in training too: that moves the product's range.
+    product = inner(x * ops.reshape(quantize_constant(scale), shape))
     if training:
         return original(x, training=True)
-    return product + ops.reshape(offset, shape)
+    return product + ops.reshape(quantize_constant(offset), shape)
 
 
 def affine_parameters(layer, dtype):
@@ -328,4 +344,4 @@ def affine_forward(layer, x, inner):
     fake-quantized by `inner`."""
     x = ops.cast(x, layer.compute_dtype)
     scale, offset = affine_parameters(layer, x.dtype)
-    return inner(x * scale) + offset
+    return inner(x * quantize_constant(scale)) + quantize_constant(offset)

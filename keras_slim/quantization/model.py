@@ -96,6 +96,8 @@ class _Builder:
         `FakeQuant` on the product between them."""
 
         def constant(t):
+            # As the int8 file stores it (`quantize_constant`).
+            t = _quantizers.quantize_constant(t)
             return keras.ops.convert_to_numpy(t).tolist()
 
         scale, offset = _quantizers.affine_parameters(old, "float32")
