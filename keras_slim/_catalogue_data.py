@@ -276,7 +276,7 @@ KINDS = (
             ("SpatialDropout3D AlphaDropout", "pass", None, False),
             ("GaussianDropout", "pass", None, False),
             ("ActivityRegularization", "pass", None, False),
-            ("AveragePooling1D AveragePooling2D", "pass", "output", False),
+            ("AveragePooling1D AveragePooling2D", "pass", "passthrough", False),
             ("AveragePooling3D", "pass", None, False),
             ("GlobalAveragePooling1D", "pass", "output", True),
             ("GlobalAveragePooling2D", "pass", "output", True),

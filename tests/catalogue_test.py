@@ -86,8 +86,9 @@ _QUANTIZATION_RULES = {
     L.Minimum: "output",
     L.GlobalAveragePooling1D: "output",
     L.GlobalAveragePooling2D: "output",
-    L.AveragePooling1D: "output",
-    L.AveragePooling2D: "output",
+    # AVERAGE_POOL_2D's int8 kernel needs its output on its input's scale.
+    L.AveragePooling1D: "passthrough",
+    L.AveragePooling2D: "passthrough",
     L.Softmax: "output",
     L.Rescaling: "affine",
     L.Normalization: "affine",

@@ -19,7 +19,13 @@ A rule says how a layer takes part in int8 simulation:
       quantized.
   "passthrough": inputs quantized; the output keeps the input's range
       (MaxPooling, Flatten, Reshape, Dropout, padding, cropping; and
-      `AveragePooling1D`/`2D`, see `layer_rule`).
+      `AveragePooling1D`/`2D`, whose int8 AVERAGE_POOL_2D needs its output
+      on its input's scale: a range of its own made the converter
+      requantize after the pool, or refuse the model with a
+      `Concatenate` after it, as in DenseNet's transitions. The output is
+      not rounded to that range in Keras: an average of four values on
+      the grid sits on a rounding tie once in four, which float noise
+      decides differently on each backend).
   "quantizer": a keras_slim fake-quant layer (already quantized).
   "skip": left in float (the layer is called unchanged).
 """
@@ -84,26 +90,9 @@ def activation_name(activation):
     return name if isinstance(name, str) else "custom"
 
 
-# Averaging pools whose int8 op needs its output on its input's scale:
-# the converter's AVERAGE_POOL_2D (`AveragePooling1D` runs as one too) has
-# the same-scale constraint. The catalogue gives them "output"; a range of
-# their own learned for the output made the converter requantize after
-# the pool (the file then rounds twice where Keras rounds once) or, with
-# a `Concatenate` after it (DenseNet's transitions), refuse the model:
-# "'tfl.average_pool_2d' op quantization parameters violate the same
-# scale constraint". Their output keeps the input's range instead. It is
-# not rounded to that range in Keras: an average of four values on the
-# grid sits on a rounding tie once in four, which float noise then
-# decides differently on each backend (and in the file). Global averaging
-# pools run as MEAN, which rescales: they keep "output".
-_SAME_SCALE = (_L.AveragePooling1D, _L.AveragePooling2D)
-
-
 def layer_rule(layer):
     """Return the rule of `layer`, or `None` when it has none."""
     cls = type(layer)
-    if cls in _SAME_SCALE:
-        return "passthrough"
     if cls is _L.Activation:
         name = activation_name(layer.activation)
         if name in _FUSED_ACTIVATIONS:
