@@ -16,9 +16,14 @@ import textwrap
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.backends(
-    "tensorflow", reason="starts a child process per other backend"
-)
+# Marked slow: CI runs it beside the README's suite (235 s of it); the
+# fast suite runs in process on the JAX and torch backends too.
+pytestmark = [
+    pytest.mark.backends(
+        "tensorflow", reason="starts a child process per other backend"
+    ),
+    pytest.mark.slow,
+]
 
 _HAS_TORCH = importlib.util.find_spec("torch") is not None
 BACKENDS = [
