@@ -16,8 +16,8 @@ import textwrap
 import numpy as np
 import pytest
 
-# Marked slow: CI runs it beside the README's suite (235 s of it); the
-# fast suite runs in process on the JAX and torch backends too.
+# Slow as a whole (235 s of the fast suite before): CI runs it in its slow
+# lane; CI's fast lanes run most of the suite in process on JAX and torch.
 pytestmark = [
     pytest.mark.backends(
         "tensorflow", reason="starts a child process per other backend"
@@ -552,7 +552,6 @@ _EXPORT = _PRELUDE + textwrap.dedent(
 )
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_export_from_another_backend_gives_a_verified_int8_file(
     backend, tmp_path
@@ -649,7 +648,6 @@ _DATA_PARALLEL = (
 )
 
 
-@pytest.mark.slow
 def test_data_parallel_on_two_jax_devices_prunes_learns_ranges_exports(
     tmp_path,
 ):
