@@ -99,7 +99,11 @@ def _callbacks(kind):
     if kind == "qat":
         return [QuantizationAwareTraining()]
     if kind == "unfreezing":
-        return [GradualUnfreezing(UNFREEZE_SCHEDULE)]
+        # The multiplier scales learning rates inside the optimizer's step:
+        # every training mode runs it (mirrored: the replicas stay equal).
+        return [
+            GradualUnfreezing(UNFREEZE_SCHEDULE, learning_rate_multiplier=0.5)
+        ]
     return []
 
 

@@ -603,18 +603,34 @@ def test_gradual_unfreezing_starts_training_layers_at_scheduled_epoch(
     assert history.history["accuracy"][-1] > 0.4  # chance: 0.1
 
 
-def test_gradual_unfreezing_scales_updates_of_unfrozen_layers():
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [
+        lambda: keras.optimizers.SGD(0.1),
+        lambda: keras.optimizers.Adam(1e-3),
+        # Nadam keeps a product of its own per step: on torch the scaled
+        # step runs the per-variable loop that advances it once.
+        lambda: keras.optimizers.Nadam(1e-3),
+    ],
+    ids=["sgd", "adam", "nadam"],
+)
+def test_gradual_unfreezing_scales_updates_of_unfrozen_layers(make_optimizer):
+    """One step: the layer unfrozen at stage 1 moves by 0.25 times its
+    step without the multiplier, for any optimizer (a learning-rate scale
+    in the optimizer's step, not a gradient scale, which Adam would undo);
+    the head, trainable from the start, moves as without it."""
     x = np.random.default_rng(0).random((32, 32, 32, 1), "float32")
     y = np.arange(32) % 10
-    deltas = {}
+    deltas, head = {}, {}
     for multiplier in (None, 0.25):
         keras.utils.set_random_seed(0)
         model = models.small_cnn()
         transfer.freeze(model, up_to="bn4")
         model.compile(
-            keras.optimizers.SGD(0.1),
+            make_optimizer(),
             keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         )
+        head_before = _weights(model.layers[-1])[0]
         before = _weights(model.get_layer("conv4"))[0]
         callback = transfer.GradualUnfreezing(
             {0: "conv4"}, learning_rate_multiplier=multiplier
@@ -623,10 +639,12 @@ def test_gradual_unfreezing_scales_updates_of_unfrozen_layers():
             x, y, batch_size=32, epochs=1, callbacks=[callback], verbose=0
         )
         deltas[multiplier] = _weights(model.get_layer("conv4"))[0] - before
+        head[multiplier] = _weights(model.layers[-1])[0] - head_before
     assert np.abs(deltas[None]).max() > 0
     np.testing.assert_allclose(
         deltas[0.25], 0.25 * deltas[None], rtol=1e-4, atol=1e-8
     )
+    np.testing.assert_allclose(head[0.25], head[None], rtol=1e-4, atol=1e-8)
 
 
 class _OptimizerState(keras.callbacks.Callback):

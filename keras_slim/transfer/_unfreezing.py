@@ -49,11 +49,16 @@ class GradualUnfreezing(keras.callbacks.Callback):
 
     With `learning_rate_multiplier=m`, layers unfrozen at the k-th stage
     train at `m**k` times the optimizer's learning rate (discriminative
-    fine-tuning): after each batch, their update is scaled by `m**k`. This
-    scales the step of any optimizer (a gradient scale would be undone by
-    Adam's normalisation), at the cost of one copy of those weights per
-    batch. With `steps_per_execution > 1` the scale applies to the update
-    of each execution.
+    fine-tuning): the optimizer's update step passes each of their
+    variables `m**k` times the learning rate, inside the train step (a
+    jitted JAX step, a `tf.function`, `steps_per_execution`, a
+    distribution strategy: every step). A gradient scale would be undone
+    by Adam's normalisation; a learning-rate scale works for any Keras
+    optimizer. Weight decay, which Keras applies before the update step
+    at the optimizer's own rate, is not scaled. The optimizer that trains
+    with the factors is the rebuilt one described below (its config and
+    variables are those of the user's optimizer; the factors are not
+    saved with it).
 
     A Keras 3 optimizer only updates the variables it was built with, and
     cannot take on more: `build` does nothing once it is built, and
@@ -198,8 +203,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
         self._target = model
         self._leaves, self._resolved = self._resolve(model)
         self._applied = 0
-        self._scaled = []  # (variable, factor)
-        self._snapshot = None
+        self._factors = {}  # id(variable) -> learning-rate factor
         self._started = False
         self._trainable_at_begin = {
             id(lf.layer) for lf in self._leaves if lf.effectively_trainable
@@ -224,9 +228,8 @@ class GradualUnfreezing(keras.callbacks.Callback):
             if self.learning_rate_multiplier not in (None, 1.0):
                 factor = self.learning_rate_multiplier**self._applied
                 for lf in new:
-                    self._scaled += [
-                        (v, factor) for v in lf.layer.trainable_weights
-                    ]
+                    for v in lf.layer.trainable_weights:
+                        self._factors[id(v)] = factor
             changed = True
             if self.verbose:
                 print(
@@ -236,12 +239,14 @@ class GradualUnfreezing(keras.callbacks.Callback):
                 )
         if changed:
             optimizer = self.model.optimizer
-            if optimizer is not None and optimizer.built:
+            if optimizer is not None and (optimizer.built or self._factors):
                 # Built on exactly the trainable variables, in the model's
                 # order: what `load_model` rebuilds from a checkpoint.
                 with _layers.strategy_scope(self.model):
                     fresh = rebuild_optimizer(
-                        optimizer, list(self.model.trainable_variables)
+                        optimizer,
+                        list(self.model.trainable_variables),
+                        self._factors,
                     )
                 self.model.optimizer = fresh
                 _replace_compiled_optimizer(self.model, optimizer, fresh)
@@ -277,18 +282,6 @@ class GradualUnfreezing(keras.callbacks.Callback):
                 f"epoch(s) {applied} had already unfrozen"
             )
 
-    def on_train_batch_begin(self, batch, logs=None):
-        if self._scaled:
-            _layers.sync_state(self.model)
-            self._snapshot = [keras.ops.copy(v.value) for v, _ in self._scaled]
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self._scaled and self._snapshot is not None:
-            _layers.sync_state(self.model)
-            for (v, factor), old in zip(self._scaled, self._snapshot):
-                v.assign(old + factor * (v.value - old))
-            self._snapshot = None
-
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["trainable_params"] = _freezing._num(
@@ -296,9 +289,10 @@ class GradualUnfreezing(keras.callbacks.Callback):
             )
 
 
-def rebuild_optimizer(optimizer, variables):
-    """A new optimizer like the built `optimizer`, built on `variables`,
-    holding `optimizer`'s state.
+def rebuild_optimizer(optimizer, variables, factors=None):
+    """A new optimizer like `optimizer`, built on `variables`, holding
+    `optimizer`'s state; `factors` (`{id(variable): float}`) scale the
+    learning rate of those variables in its update step.
 
     Keras names each slot after its model variable's path and the slot
     kind (`"dense_kernel_momentum"`), the step `"iteration"`; the new
@@ -328,7 +322,51 @@ def rebuild_optimizer(optimizer, variables):
             # optimizer's values under it (the model's compile config
             # still reads them when it is saved).
             variable.assign(keras.ops.copy(source.value))
+    if factors and any(factors.get(id(v), 1.0) != 1.0 for v in variables):
+        _scale_learning_rates(fresh, variables, factors)
     return fresh
+
+
+def _scale_learning_rates(optimizer, variables, factors):
+    """Make `optimizer` (a built Keras optimizer we created) pass each
+    variable's factor times the learning rate to its `update_step`.
+
+    `update_step(gradient, variable, learning_rate)` is the per-variable
+    step every Keras optimizer implements; TensorFlow (under its
+    distribution strategy's update) and JAX call it for each variable. The
+    torch backend's optimizers update all variables in one fused call
+    instead; there the per-variable loop of the optimizer's
+    backend-independent class runs (slower, the same arithmetic).
+    """
+    # A LossScaleOptimizer (mixed precision) steps through its inner one.
+    target = getattr(optimizer, "inner_optimizer", optimizer)
+    by_index = [float(factors.get(id(v), 1.0)) for v in variables]
+    step = type(target).update_step
+
+    def update_step(gradient, variable, learning_rate):
+        factor = by_index[target._get_variable_index(variable)]
+        if factor != 1.0:
+            learning_rate = learning_rate * factor
+        return step(target, gradient, variable, learning_rate)
+
+    target.update_step = update_step
+    fused = _torch_fused_class(type(target))
+    if fused is not None:
+        # The next class after the torch one that defines the step (the
+        # optimizer's own, e.g. Nadam's, or the base class's loop).
+        mro = type(target).__mro__
+        later = mro[mro.index(fused) + 1 :]
+        owner = next(c for c in later if "_backend_update_step" in vars(c))
+        loop = owner._backend_update_step
+        target._backend_update_step = lambda g, v, lr: loop(target, g, v, lr)
+
+
+def _torch_fused_class(cls):
+    """The torch backend's fused-update base class in `cls`'s MRO, if any."""
+    for c in cls.__mro__:
+        if c.__name__ == "TorchParallelOptimizer":
+            return c
+    return None
 
 
 def _replace_compiled_optimizer(model, old, new):
