@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import BACKEND
+from conftest import ZOO
 from conftest import accuracy
 from conftest import compile_classifier
 from conftest import subclassed_model
@@ -241,6 +242,70 @@ def test_ranges_and_schedule_are_variables_the_model_owns(digits_small):
         model.non_trainable_variables[before + 1]
     )
     np.testing.assert_array_equal(phase, [1.0, 0.0, 0.0])
+
+
+def test_graph_model_layers_are_not_changed_by_in_place_qat(
+    digits_small, tmp_path
+):
+    """A Functional model with a nested Sequential: QAT in place leaves
+    every layer's `call` its class's own (the model runs its graph and
+    calls them), and its int8 file agrees with it."""
+    model = ZOO["nested"]()
+    _qat_fit(model, digits_small, epochs=2)
+    assert is_quantization_aware(model)
+    for layer in [*model.layers, *model.get_layer("body").layers]:
+        assert "call" not in vars(layer), layer.name
+    _, (x_test, y_test) = digits_small
+    _assert_parity(model, tmp_path / "m.tflite", x_test, y_test)
+
+
+@pytest.mark.parametrize(
+    "make_layer",
+    [
+        # Through its own call, the kernel read fake-quantized.
+        lambda: keras.layers.Dense(
+            16, activation="relu", activity_regularizer="l2", name="hidden"
+        ),
+        # Computed by keras_slim (a 1D kernel is quantized as 2D).
+        lambda: keras.layers.Conv1D(
+            4, 3, activation="relu", activity_regularizer="l2", name="hidden"
+        ),
+    ],
+    ids=["dense", "conv1d"],
+)
+def test_activity_regularizer_loss_is_kept_under_in_place_qat(
+    make_layer, digits_small
+):
+    """The layer's activity regularizer still adds its loss, as Keras
+    computes it (this Keras's own normalization by batch size or not),
+    to within the rounding QAT adds to the layer's output."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8))
+    x = make_layer()(inputs)
+    x = keras.layers.Flatten()(x)
+    model = keras.Model(inputs, keras.layers.Dense(10)(x))
+    plain = keras.models.clone_model(model)
+    plain.set_weights(model.get_weights())
+    (x, y), _ = digits_small
+    x = x[..., 0]
+    compile_classifier(model)
+    model.fit(
+        x,
+        y,
+        batch_size=64,
+        epochs=1,
+        verbose=0,
+        callbacks=[QuantizationAwareTraining()],
+    )
+    for a, b in zip(plain.layers, model.layers):
+        a.set_weights(b.get_weights())
+    model(x[:32], training=True)
+    plain(x[:32], training=True)
+    assert len(model.losses) == 1
+    got = float(keras.ops.convert_to_numpy(model.losses[0]))
+    want = float(keras.ops.convert_to_numpy(plain.losses[0]))
+    assert want > 0
+    assert got == pytest.approx(want, rel=0.05)
 
 
 def test_checkpoints_store_learned_ranges_and_load_weights_restores_them(

@@ -21,12 +21,15 @@ again before loading its variables, with no custom scope.
 
 Forward pass. Keras 3 has no public hook that changes how an already-built
 layer computes (its quantization modes are a fixed list: int8, float8,
-int4, gptq, awq, each with its own weights), and a subclassed model's
-graph exists only as Python code. So the model's `call` and its layers'
-`call` are overridden per instance (their classes, configs and weights are
-untouched), and the train, test and predict functions are rebuilt. A
-model that must be rebuilt into serializable layers instead comes from
-`quantize_model`.
+int4, gptq, awq, each with its own weights). The model's `call` is
+overridden on the instance (its class, config and weights are
+untouched) and the train, test and predict functions are rebuilt. For a
+Sequential or Functional model that `call` runs the model's own Keras
+graph and calls each layer through its hook (`_intercept`): the user's
+layers are not changed. A subclassed model's graph exists only as
+Python code, so the layers it calls have their `call` overridden per
+instance instead. A model that must be rebuilt into serializable layers
+instead comes from `quantize_model`.
 """
 
 import inspect
@@ -35,6 +38,7 @@ import re
 import keras
 
 from keras_slim import _layers
+from keras_slim.quantization import _intercept
 from keras_slim.quantization import _placement
 from keras_slim.quantization import _quantizers
 from keras_slim.quantization import _rules
@@ -124,6 +128,9 @@ class QuantizationAwareness:
             for path, layer, rule in rows
             if isinstance(layer, keras.layers.Layer)
         }
+        # id(operation) -> `_intercept.LayerHook`, for the operations the
+        # model's graph calls (set by `make_aware`).
+        self.hooks = {}
         self.ranges = {}  # layer path -> _Range
         # layer path -> _Range of an inner tensor (`_rules.INNER_RULES`).
         self.inner = {}
@@ -186,12 +193,6 @@ def awareness_of(model):
     return found if isinstance(found, QuantizationAwareness) else None
 
 
-def _is_symbolic(args):
-    return any(
-        isinstance(t, keras.KerasTensor) for t in keras.tree.flatten(args)
-    )
-
-
 def _training_of(original_call, args, kwargs):
     if "training" in kwargs:
         return kwargs["training"]
@@ -205,9 +206,10 @@ def _training_of(original_call, args, kwargs):
 def make_aware(model, rows):
     """Make `model` quantization-aware in place; return its awareness.
 
-    Creates the model-owned variables, then overrides the instance
-    attribute `call` of the model, of its nested models and of its leaf
-    layers (see the module docstring).
+    Creates the model-owned variables and a `LayerHook` per layer, then
+    overrides the instance attribute `call` of the model; only the layers
+    and nested models its graph does not reach (a subclassed model's) get
+    an overridden `call` of their own (see the module docstring).
     """
     # The `keras.ops` nodes of a graph model run under rules too (in place
     # only: `quantize_model` keeps them float).
@@ -224,12 +226,14 @@ def make_aware(model, rows):
             "TensorFlow backend."
         )
     shared = _rules.shared_outputs(model)
+    graph = _intercept.runs_as_graph(model)
+    ops, graphs = _intercept.graph_operations(model) if graph else ((), ())
+    hooks = {}
     for path, layer, rule in rows:
-        layer.call = _layer_call(
+        hook = _intercept.LayerHook(
             awareness,
             layer,
             rule,
-            layer.call,
             (
                 awareness.ranges.get(path),
                 awareness.inner.get(path),
@@ -237,10 +241,15 @@ def make_aware(model, rows):
             ),
             id(layer) in shared,
         )
+        if id(layer) in ops:
+            hooks[id(layer)] = hook  # run by the graph: the layer untouched
+        elif not isinstance(layer, keras.layers.InputLayer):
+            _intercept.override_call(hook, layer)
     for _, sub, is_model in _rules.walk(model):
-        if is_model:
-            sub.call = _submodel_call(sub.call)
-    model.call = _model_call(awareness, model.call)
+        if is_model and id(sub) not in graphs:
+            _intercept.override_submodel_call(sub)
+    awareness.hooks = hooks
+    model.call = _model_call(awareness, model, graph)
     if awareness.owned:
         _make_loadable(model)
     else:
@@ -322,76 +331,39 @@ def _is_keras_functional(cls):
     return cls.__name__ == "Functional" and cls.__module__.startswith("keras")
 
 
-def _model_call(awareness, original):
+def _model_call(awareness, model, graph):
+    original = model.call
+
     def call(*args, **kwargs):
-        if _is_symbolic(args):
+        if _intercept.is_symbolic(args):
             return original(*args, **kwargs)
         training = _training_of(original, args, kwargs) is True
+        bound = _intercept.call_arguments(original, args, kwargs)
+        if graph and bound is None:
+            return original(*args, **kwargs)  # let Keras raise its error
+
+        def quantize_inputs(inputs):
+            if not awareness.active:
+                return inputs
+            return keras.tree.map_structure(
+                lambda t: awareness.input(t, training, awareness), inputs
+            )
+
         with _placement.scope(training, new=True) as sc:
-            if awareness.active and args:
-                first = keras.tree.map_structure(
-                    lambda t: awareness.input(t, training, awareness), args[0]
+            if graph:
+                inputs, training_arg, mask, rest = bound
+                outputs = _intercept.run_graph(
+                    model,
+                    quantize_inputs(inputs),
+                    awareness.hooks,
+                    training_arg,
+                    mask,
+                    **rest,
                 )
-                args = (first, *args[1:])
-            return sc.materialize(original(*args, **kwargs))
-
-    return call
-
-
-def _submodel_call(original):
-    def call(*args, **kwargs):
-        sc = _placement.current_scope()
-        if sc is None or _is_symbolic(args):
-            return original(*args, **kwargs)
-        args = sc.materialize(args)
-        return sc.materialize(original(*args, **kwargs))
-
-    return call
-
-
-def _layer_call(awareness, layer, rule, original, quantizers, shared):
-    weighted = rule in _rules.WEIGHT_RULES
-    split = _rules.splits_activation(layer, rule)
-    batchnorm = isinstance(layer, keras.layers.BatchNormalization)
-    output_range, inner_range, pre_range = quantizers
-
-    def call(*args, **kwargs):
-        sc = _placement.current_scope()
-        if sc is None or _is_symbolic(args):
-            return original(*args, **kwargs)
-        if batchnorm and awareness.bn_frozen:
-            kwargs = {**kwargs, "training": False}
-        if not awareness.active:
-            return original(*args, **kwargs)
-
-        def inner(t):
-            return inner_range(t, sc.training, awareness)
-
-        def pre(t):
-            return pre_range(t, sc.training, awareness)
-
-        def run(new_args, fused):
-            if weighted:
-                return _quantizers.weight_forward(
-                    layer,
-                    rule,
-                    new_args[0],
-                    True,
-                    pre if split else None,
-                    inner if inner_range is not None else None,
-                )
-            if rule == "affine":
-                return _quantizers.affine_forward(layer, new_args[0], inner)
-            if rule == "batchnorm" and not fused:
-                training = kwargs.get("training", sc.training)
-                return _quantizers.standalone_batchnorm(
-                    layer, new_args[0], bool(training), inner, original
-                )
-            return original(*new_args, **kwargs)
-
-        def quantize_output(t):
-            return output_range(t, sc.training, awareness)
-
-        return _placement.place(rule, layer, args, run, quantize_output, shared)
+            else:
+                if args:
+                    args = (quantize_inputs(args[0]), *args[1:])
+                outputs = original(*args, **kwargs)
+            return sc.materialize(outputs)
 
     return call

@@ -40,11 +40,19 @@ class QuantizationAwareTraining(keras.callbacks.Callback):
     its own state (the step at which it began, the phase) as variables of
     the model (`model.add_weight`, so they are in
     `model.non_trainable_variables`), overrides the instance attribute
-    `call` of the model and of its layers (their classes, configs and
-    weights are untouched; Keras 3 has no public hook that changes how a
+    `call` of the model (Keras 3 has no public hook that changes how a
     built layer computes) and rebuilds the model's train, test and predict
-    functions. Ranges move only in calls with `training=True` (the
-    training steps of `fit`); `evaluate`, `predict` and export read them.
+    functions. A Sequential or Functional model's `call` then runs its own
+    Keras graph and calls each layer itself, its kernel read
+    fake-quantized (Keras's `StatelessScope`) so that Keras's own layer
+    math computes it; the layers are not changed. Only the layers a
+    subclassed model's Python `call` reaches (and those inside a custom
+    layer that owns sub-layers) get an overridden instance `call`; their
+    classes, configs and weights stay untouched (where Keras computes a
+    layer differently from the int8 file, e.g. a 1D convolution's kernel,
+    keras_slim computes it). Ranges move only in calls with
+    `training=True` (the training steps of `fit`); `evaluate`, `predict`
+    and export read them.
     The change stays after `fit`, so the model keeps predicting as its
     int8 file will. Since the ranges are the model's variables,
     `save_weights`, `ModelCheckpoint` (both modes) and `BackupAndRestore`

@@ -1,0 +1,350 @@
+"""How a model made quantization-aware in place runs its layers.
+
+A Sequential or Functional model is a graph Keras describes: its nodes,
+in Keras's order, are run here (`run_graph`, through Keras's own
+`Function._run_through_graph`, as `Functional.call` does), and each
+node's operation is called through its `LayerHook`, which places the
+activation ranges around it. The user's layers are not changed: the
+hook calls the layer itself (`layer(...)`, its own `__call__` and
+`call`), or, for the layers the int8 file computes differently (a
+weight layer with its fake-quantized kernel, a BatchNormalization that
+folds into no convolution, `Rescaling`, `Normalization`), runs that
+computation inside a `_Context` layer with the user layer's dtype
+policy, so inputs and variables are cast as the layer's own call would
+cast them (mixed precision). Nested graph models are run the same way.
+
+A subclassed model's graph exists only as Python code in its `call`.
+The layers it calls (and the layers of a custom layer that owns
+sub-layers, which the graph sees as one node) are reached only from
+inside that code: for those the layer's `call` is overridden on the
+instance (`override_call`), the one place keras_slim still does so.
+"""
+
+import inspect
+
+import keras
+
+from keras_slim import _layers
+from keras_slim.quantization import _placement
+from keras_slim.quantization import _quantizers
+from keras_slim.quantization import _rules
+
+
+def is_symbolic(args):
+    return any(
+        isinstance(t, keras.KerasTensor) for t in keras.tree.flatten(args)
+    )
+
+
+class _Context(keras.layers.Layer):
+    """Runs a function inside a Keras layer call made with a user layer's
+    dtype policy: floating inputs cast to its compute dtype, and (mixed
+    precision) variables read in it, as in the user layer's own call."""
+
+    def __init__(self, layer):
+        super().__init__(
+            dtype=layer.dtype_policy, autocast=layer.autocast, name=layer.name
+        )
+        # Keras's `compute_mask` passes the input's mask on, as the
+        # layers computed here (weights, BatchNorm, affine) do.
+        self.supports_masking = layer.supports_masking
+        self.built = True
+
+    def call(self, inputs, compute=None):
+        return compute(inputs)
+
+
+class LayerHook:
+    """Runs one layer (or `keras.ops` node) of a model made
+    quantization-aware in place, under its rule.
+
+    `quantizers` are the `_Range`s of its output, of its inner tensor and
+    of the input of its own activation (each `None` if it has none);
+    `shared`: its output feeds several consumers.
+    """
+
+    def __init__(self, awareness, layer, rule, quantizers, shared):
+        self.awareness = awareness
+        self.layer = layer
+        self.rule = rule
+        self.output_range, self.inner_range, self.pre_range = quantizers
+        self.shared = shared
+        self.weighted = rule in _rules.WEIGHT_RULES
+        self.split = _rules.splits_activation(layer, rule)
+        self.batchnorm = isinstance(layer, keras.layers.BatchNormalization)
+        custom = self.weighted or rule in ("affine", "batchnorm")
+        needs_context = custom and isinstance(layer, keras.layers.Layer)
+        self.context = _Context(layer) if needs_context else None
+        if self.context is not None and layer.activity_regularizer:
+            measure_activity_loss()
+        self.keras_math = self.weighted and _runs_keras_math(
+            layer, rule, self.split or self.inner_range is not None
+        )
+
+    def __call__(self, original, args, kwargs, in_call):
+        """Run the layer on `args`, `kwargs`.
+
+        `original(*args, **kwargs)` runs the layer as it is; `in_call`:
+        we are inside the layer's own `__call__` (an overridden `call`),
+        so its computation needs no `_Context`.
+        """
+        sc = _placement.current_scope()
+        if sc is None or is_symbolic(args):
+            return original(*args, **kwargs)
+        awareness = self.awareness
+        if self.batchnorm and awareness.bn_frozen:
+            kwargs = {**kwargs, "training": False}
+        if not awareness.active:
+            return original(*args, **kwargs)
+        layer, rule = self.layer, self.rule
+
+        def inner(t):
+            return self.inner_range(t, sc.training, awareness)
+
+        def pre(t):
+            return self.pre_range(t, sc.training, awareness)
+
+        def compute(x, fused):
+            if self.weighted:
+                return _quantizers.weight_forward(
+                    layer,
+                    rule,
+                    x,
+                    True,
+                    pre if self.split else None,
+                    inner if self.inner_range is not None else None,
+                )
+            if rule == "affine":
+                return _quantizers.affine_forward(layer, x, inner)
+            training = kwargs.get("training", sc.training)
+            return _quantizers.standalone_batchnorm(
+                layer, x, bool(training), inner, original
+            )
+
+        def run(new_args, fused):
+            custom = self.weighted or rule == "affine"
+            custom = custom or (rule == "batchnorm" and not fused)
+            if not custom:
+                return original(*new_args, **kwargs)
+            if in_call or self.context is None:
+                return compute(new_args[0], fused)
+            if self.keras_math:
+                return _with_quantized_kernel(
+                    layer, rule, lambda: original(*new_args, **kwargs)
+                )
+            outputs = self.context(
+                new_args[0], compute=lambda x: compute(x, fused)
+            )
+            _activity_loss(layer, outputs)
+            return outputs
+
+        def quantize_output(t):
+            return self.output_range(t, sc.training, awareness)
+
+        return _placement.place(
+            rule, layer, args, run, quantize_output, self.shared
+        )
+
+
+def _runs_keras_math(layer, rule, split):
+    """Whether the layer's own call computes what the int8 file does once
+    its kernel is fake-quantized: a Dense or 2D/3D convolution whose
+    activation fuses (or is linear). A 1D convolution's kernel must be
+    fake-quantized expanded to 2D (`weight_forward`), a separable one has
+    a range between its two convolutions, and an activation that runs as
+    an op of its own needs a range before it."""
+    if split or rule not in ("conv", "depthwise", "dense", "transpose"):
+        return False
+    kernel = getattr(layer, "kernel", None)
+    if not isinstance(kernel, keras.Variable):
+        return False  # e.g. a LoRA-enabled Dense computes its kernel
+    return rule == "dense" or len(kernel.shape) >= 4
+
+
+def _with_quantized_kernel(layer, rule, call):
+    """`call()` (the layer's own call) with its kernel read as its
+    fake-quantized value: Keras's `StatelessScope` maps each of the
+    layer's variables to its current value, the kernel to the quantized
+    one (the gradient reaches the kernel through the straight-through
+    estimator)."""
+    kernel = layer.kernel
+    mapping = [
+        (v, _quantizers.quantize_kernel(v, rule) if v is kernel else v.value)
+        for v in layer.variables
+    ]
+    with keras.StatelessScope(
+        state_mapping=mapping, collect_losses=True, initialize_variables=False
+    ) as scope:
+        outputs = call()
+    for loss in scope.losses:  # an activity regularizer's loss
+        layer.add_loss(loss)
+    return outputs
+
+
+def _activity_loss(layer, outputs):
+    """What `Layer.__call__` adds for an activity regularizer, for a
+    layer whose computation ran outside its own call."""
+    regularizer = getattr(layer, "activity_regularizer", None)
+    if regularizer is None:
+        return
+    for t in keras.tree.flatten(outputs):
+        if keras.ops.is_tensor(t):
+            loss = regularizer(t)
+            if _ACTIVITY_PER_SAMPLE[0] and len(t.shape) > 0:
+                batch = keras.ops.cast(keras.ops.shape(t)[0], loss.dtype)
+                loss = keras.ops.divide_no_nan(loss, batch)
+            layer.add_loss(loss)
+
+
+# Whether this Keras divides an activity regularizer's loss by the batch
+# size (newer versions do, 3.12 does not): measured once, eagerly, by
+# `measure_activity_loss`.
+_ACTIVITY_PER_SAMPLE = [None]
+
+
+def measure_activity_loss():
+    if _ACTIVITY_PER_SAMPLE[0] is None:
+        probe = keras.layers.Identity(activity_regularizer=keras.ops.sum)
+        probe(keras.ops.ones((2, 1)))
+        loss = float(keras.ops.convert_to_numpy(probe.losses[0]))
+        _ACTIVITY_PER_SAMPLE[0] = loss < 1.5
+
+
+def override_call(hook, layer):
+    """Route `layer`'s own `call` through `hook` (instance attribute; for
+    the layers a subclassed model's Python code calls)."""
+    original = layer.call
+
+    def call(*args, **kwargs):
+        return hook(original, args, kwargs, in_call=True)
+
+    layer.call = call
+
+
+def override_submodel_call(model):
+    """A model nested in a subclassed model: its output tensors may still
+    be pending a range when it returns; materialize them."""
+    original = model.call
+
+    def call(*args, **kwargs):
+        sc = _placement.current_scope()
+        if sc is None or is_symbolic(args):
+            return original(*args, **kwargs)
+        args = sc.materialize(args)
+        return sc.materialize(original(*args, **kwargs))
+
+    model.call = call
+
+
+# Running a graph model ------------------------------------------------------
+
+
+def _functional_base(cls):
+    for c in cls.__mro__:
+        if c.__name__ == "Functional" and c.__module__.startswith("keras"):
+            return c
+    return None
+
+
+def runs_as_graph(model):
+    """Whether `model`'s forward pass is its Keras graph: a Sequential or
+    Functional model whose class keeps Keras's own `call`."""
+    if isinstance(model, keras.Sequential):
+        return type(model).call is keras.Sequential.call
+    functional = _functional_base(type(model))
+    if functional is None or not _layers.is_graph_model(model):
+        return False
+    return type(model).call is functional.call
+
+
+def graph_operations(model):
+    """The operations (layers and `keras.ops` nodes) `run_graph` calls for
+    `model`, and the graph models among them it runs itself: `(ops,
+    graphs)`, sets of ids."""
+    ops, graphs = set(), set()
+
+    def visit(graph):
+        graphs.add(id(graph))
+        functional = _graph_of(graph)
+        members = graph.layers if functional is None else functional.operations
+        for op in members:
+            if isinstance(op, keras.layers.InputLayer):
+                continue
+            ops.add(id(op))
+            if isinstance(op, keras.Model) and runs_as_graph(op):
+                visit(op)
+
+    visit(model)
+    return ops, graphs
+
+
+def _graph_of(model):
+    """The Functional graph `model` runs (a Sequential's inner one), or
+    None for a Sequential that loops over its layers."""
+    if isinstance(model, keras.Sequential):
+        return getattr(model, "_functional", None)
+    return model
+
+
+def _context_kwargs(op, context):
+    names = getattr(op, "_call_context_args", ())
+    return {k: v for k, v in context.items() if k in names and v is not None}
+
+
+def run_graph(model, inputs, hooks, training=None, mask=None, **kwargs):
+    """`model.call(inputs, training, mask, **kwargs)` for a graph model,
+    each operation called through its hook in `hooks` (by id)."""
+    context = {"training": training, **kwargs}
+
+    def operation_fn(op):
+        def call(*args, **kw):
+            kw = {**kw, **_context_kwargs(op, context)}
+            sc = _placement.current_scope()
+            if isinstance(op, keras.Model) and runs_as_graph(op):
+                if sc is not None:
+                    args = sc.materialize(args)
+                training_arg = kw.pop("training", training)
+                out = run_graph(op, args[0], hooks, training_arg, **kw)
+                return out if sc is None else sc.materialize(out)
+            hook = hooks.get(id(op))
+            if hook is None:
+                return op(*args, **kw)
+            return hook(op, args, kw, in_call=False)
+
+        return call
+
+    functional = _graph_of(model)
+    if functional is None:  # a Sequential without a graph
+        outputs = inputs
+        for layer in model.layers:
+            kw = {}
+            if layer._call_has_mask_arg:
+                kw["mask"] = mask
+            outputs = operation_fn(layer)(outputs, **kw)
+            mask = keras.tree.map_structure(
+                keras.backend.get_keras_mask, outputs
+            )
+        return outputs
+    inputs = functional._standardize_inputs(inputs)
+    if mask is not None:
+        for x, m in zip(inputs, keras.tree.flatten(mask)):
+            if m is not None:
+                keras.backend.set_keras_mask(x, m)
+    outputs = functional._run_through_graph(inputs, operation_fn=operation_fn)
+    if isinstance(outputs, (list, tuple)) and len(outputs) == 1:
+        return outputs[0]
+    return outputs
+
+
+def call_arguments(original, args, kwargs):
+    """`(inputs, training, mask, rest)` of a call of a model's `call`."""
+    try:
+        bound = inspect.signature(original).bind(*args, **kwargs)
+    except TypeError:
+        return None
+    arguments = dict(bound.arguments)
+    rest = arguments.pop("kwargs", {})
+    inputs = arguments.pop("inputs", None)
+    training = arguments.pop("training", None)
+    mask = arguments.pop("mask", None)
+    return inputs, training, mask, {**arguments, **rest}
