@@ -131,6 +131,7 @@ class QuantizationAwareness:
         # id(operation) -> `_intercept.LayerHook`, for the operations the
         # model's graph calls (set by `make_aware`).
         self.hooks = {}
+        self.graphs = set()  # ids of the graph models it runs itself
         self.ranges = {}  # layer path -> _Range
         # layer path -> _Range of an inner tensor (`_rules.INNER_RULES`).
         self.inner = {}
@@ -193,11 +194,11 @@ def awareness_of(model):
     return found if isinstance(found, QuantizationAwareness) else None
 
 
-def _training_of(original_call, args, kwargs):
+def _training_of(signature, args, kwargs):
     if "training" in kwargs:
         return kwargs["training"]
     try:
-        bound = inspect.signature(original_call).bind_partial(*args, **kwargs)
+        bound = signature.bind_partial(*args, **kwargs)
     except TypeError:
         return None
     return bound.arguments.get("training")
@@ -248,7 +249,7 @@ def make_aware(model, rows):
     for _, sub, is_model in _rules.walk(model):
         if is_model and id(sub) not in graphs:
             _intercept.override_submodel_call(sub)
-    awareness.hooks = hooks
+    awareness.hooks, awareness.graphs = hooks, set(graphs)
     model.call = _model_call(awareness, model, graph)
     if awareness.owned:
         _make_loadable(model)
@@ -333,14 +334,18 @@ def _is_keras_functional(cls):
 
 def _model_call(awareness, model, graph):
     original = model.call
+    signature = inspect.signature(original)
 
     def call(*args, **kwargs):
         if _intercept.is_symbolic(args):
             return original(*args, **kwargs)
-        training = _training_of(original, args, kwargs) is True
-        bound = _intercept.call_arguments(original, args, kwargs)
-        if graph and bound is None:
-            return original(*args, **kwargs)  # let Keras raise its error
+        if graph:
+            bound = _intercept.call_arguments(signature, args, kwargs)
+            if bound is None:
+                return original(*args, **kwargs)  # let Keras raise its error
+            training = bound[1] is True
+        else:
+            training = _training_of(signature, args, kwargs) is True
 
         def quantize_inputs(inputs):
             if not awareness.active:
@@ -356,6 +361,7 @@ def _model_call(awareness, model, graph):
                     model,
                     quantize_inputs(inputs),
                     awareness.hooks,
+                    awareness.graphs,
                     training_arg,
                     mask,
                     **rest,

@@ -20,8 +20,6 @@ inside that code: for those the layer's `call` is overridden on the
 instance (`override_call`), the one place keras_slim still does so.
 """
 
-import inspect
-
 import keras
 
 from keras_slim import _layers
@@ -291,20 +289,21 @@ def _context_kwargs(op, context):
     return {k: v for k, v in context.items() if k in names and v is not None}
 
 
-def run_graph(model, inputs, hooks, training=None, mask=None, **kwargs):
+def run_graph(model, inputs, hooks, graphs, training=None, mask=None, **kwargs):
     """`model.call(inputs, training, mask, **kwargs)` for a graph model,
-    each operation called through its hook in `hooks` (by id)."""
+    each operation called through its hook in `hooks` (by id), each
+    nested graph model in `graphs` (ids) run the same way."""
     context = {"training": training, **kwargs}
 
     def operation_fn(op):
         def call(*args, **kw):
             kw = {**kw, **_context_kwargs(op, context)}
             sc = _placement.current_scope()
-            if isinstance(op, keras.Model) and runs_as_graph(op):
+            if id(op) in graphs:
                 if sc is not None:
                     args = sc.materialize(args)
                 training_arg = kw.pop("training", training)
-                out = run_graph(op, args[0], hooks, training_arg, **kw)
+                out = run_graph(op, args[0], hooks, graphs, training_arg, **kw)
                 return out if sc is None else sc.materialize(out)
             hook = hooks.get(id(op))
             if hook is None:
@@ -336,10 +335,11 @@ def run_graph(model, inputs, hooks, training=None, mask=None, **kwargs):
     return outputs
 
 
-def call_arguments(original, args, kwargs):
-    """`(inputs, training, mask, rest)` of a call of a model's `call`."""
+def call_arguments(signature, args, kwargs):
+    """`(inputs, training, mask, rest)` of a call of a model's `call`
+    (`signature`)."""
     try:
-        bound = inspect.signature(original).bind(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
     except TypeError:
         return None
     arguments = dict(bound.arguments)
