@@ -65,7 +65,8 @@ def fake_quant(x, lo, hi, narrow_range=False, axis=None):
     Returns:
         `x` fake-quantized, of its dtype.
     """
-    if keras.backend.backend() == "tensorflow":
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
         return keras.quantizers.fake_quant_with_min_max_vars(
             x,
             lo,
@@ -74,6 +75,15 @@ def fake_quant(x, lo, hi, narrow_range=False, axis=None):
             narrow_range=narrow_range,
             axis=axis,
         )
+    if backend == "torch":
+        return _torch_fake_quant(x, lo, hi, narrow_range)
+    return _fake_quant_ops(x, lo, hi, narrow_range)
+
+
+def _fake_quant_ops(x, lo, hi, narrow_range=False, axis=None):
+    """`fake_quant` in `keras.ops` (JAX, and the reference the torch path
+    is tested against): TensorFlow's kernel, see `fake_quant`. A
+    per-channel range broadcasts against `x` (`axis` -1)."""
     dtype = x.dtype
     x = ops.cast(x, "float32")
     lo = ops.stop_gradient(ops.cast(lo, "float32"))
@@ -99,6 +109,69 @@ def fake_quant(x, lo, hi, narrow_range=False, axis=None):
     )
     straight = (x - ops.stop_gradient(x)) * ops.cast(inside, "float32")
     return ops.cast(quantized + straight, dtype)
+
+
+_TORCH_FAKE_QUANT = []
+
+
+def _torch_fake_quant(x, lo, hi, narrow_range):
+    """`_fake_quant_ops` on torch as one autograd node.
+
+    The same float32 torch operations in the same order, so the same bits
+    (`tests/fake_quant_test.py`), with no graph of ~20 eager ops: the
+    forward pass works in place on one new tensor and keeps a boolean
+    mask, the backward pass is one product, `grad * inside` (a product,
+    as the reference's, so a negative gradient outside the range is -0.0
+    there too). One difference: an infinite `x` gives the clipped value
+    here, as TensorFlow's kernel does, where the reference's `x - x`
+    makes it NaN."""
+    if not _TORCH_FAKE_QUANT:
+        _TORCH_FAKE_QUANT.append(_torch_function())
+    function = _TORCH_FAKE_QUANT[0]
+    x = ops.convert_to_tensor(x)
+    lo = ops.convert_to_tensor(lo)
+    hi = ops.convert_to_tensor(hi)
+    return function.apply(x, lo, hi, narrow_range)
+
+
+def _torch_function():
+    import torch
+
+    class FakeQuant(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, lo, hi, narrow_range):
+            dtype = x.dtype
+            x32 = x.float()
+            lo = lo.detach().float()
+            hi = hi.detach().float()
+            q_min = 1.0 if narrow_range else 0.0
+            q_max = float(2**NUM_BITS - 1)
+            # The reference's operations on the (small) range tensors.
+            scale = (hi - lo) / (q_max - q_min)
+            zero = torch.clip(q_min - lo / scale, q_min, q_max)
+            whole = torch.floor(zero)
+            zero = torch.where(zero - whole >= 0.5, whole + 1.0, whole)
+            nudged_min = (q_min - zero) * scale
+            nudged_max = (q_max - zero) * scale
+            out = torch.clip(x32, min=nudged_min, max=nudged_max)
+            if ctx.needs_input_grad[0]:
+                # Inside [nudged_min, nudged_max] exactly where clipping
+                # left `x` as it was (NaN: outside, as in the reference).
+                ctx.save_for_backward(out == x32)
+            out.sub_(nudged_min).div_(scale).add_(0.5).floor_()
+            out.mul_(scale).add_(nudged_min)
+            ctx.dtype = dtype
+            return out if dtype == torch.float32 else out.to(dtype)
+
+        @staticmethod
+        def backward(ctx, grad):
+            (inside,) = ctx.saved_tensors
+            grad = grad.float() * inside
+            if ctx.dtype != torch.float32:
+                grad = grad.to(ctx.dtype)
+            return grad, None, None, None
+
+    return FakeQuant
 
 
 def quantize_kernel(kernel, rule):
@@ -259,8 +332,15 @@ def fake_quant_activation(x, min_var, max_var, init_var, update, momentum):
     dtype = x.dtype
     x32 = ops.cast(x, "float32")
     if update:
-        batch_min = ops.minimum(ops.min(x32), 0.0)
-        batch_max = ops.maximum(ops.max(x32), 0.0)
+        if keras.backend.backend() == "torch":
+            import torch
+
+            # One pass over the activation instead of two (exact values).
+            batch_min, batch_max = torch.aminmax(x32.detach())
+        else:
+            batch_min, batch_max = ops.min(x32), ops.max(x32)
+        batch_min = ops.minimum(batch_min, 0.0)
+        batch_max = ops.maximum(batch_max, 0.0)
         seen = ops.greater(init_var, 0.0)
         old_min = ops.cast(min_var, "float32")
         old_max = ops.cast(max_var, "float32")
