@@ -647,6 +647,62 @@ def test_gradual_unfreezing_scales_updates_of_unfrozen_layers(make_optimizer):
     np.testing.assert_allclose(head[0.25], head[None], rtol=1e-4, atol=1e-8)
 
 
+def test_gradual_unfreezing_factors_end_with_its_fit():
+    """A later `fit` without the callback trains the unfrozen layer at the
+    optimizer's own rate again."""
+    x = np.random.default_rng(0).random((32, 32, 32, 1), "float32")
+    y = np.arange(32) % 10
+    deltas = {}
+    for multiplier in (None, 0.25):
+        keras.utils.set_random_seed(0)
+        model = models.small_cnn()
+        transfer.freeze(model, up_to="bn4")
+        model.compile(
+            keras.optimizers.SGD(0.1),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        callback = transfer.GradualUnfreezing(
+            {0: "conv4"}, learning_rate_multiplier=multiplier
+        )
+        model.fit(x, y, batch_size=32, epochs=1, callbacks=[callback])
+        before = _weights(model.get_layer("conv4"))[0]
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+        deltas[multiplier] = _weights(model.get_layer("conv4"))[0] - before
+    assert np.abs(deltas[None]).max() > 0
+    # Not 0.25x: the same step size (the weights differ slightly after the
+    # first fit, so the steps are close, not equal).
+    ratio = np.abs(deltas[0.25]).sum() / np.abs(deltas[None]).sum()
+    assert 0.8 < ratio < 1.25
+
+
+@pytest.mark.parametrize(
+    "optimizer,multiplier,match",
+    [
+        ("ftrl", 0.5, "Ftrl"),
+        ("adafactor", None, "Adafactor"),
+    ],
+)
+def test_gradual_unfreezing_refuses_optimizers_it_cannot_handle(
+    optimizer, multiplier, match
+):
+    model = models.small_cnn()
+    transfer.freeze(model, up_to="bn4")
+    model.compile(
+        optimizer,
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    before = [w.copy() for w in model.get_weights()]
+    callback = transfer.GradualUnfreezing(
+        {1: "conv4"}, learning_rate_multiplier=multiplier
+    )
+    x = np.random.default_rng(0).random((32, 32, 32, 1), "float32")
+    with pytest.raises(ValueError, match=match):
+        model.fit(x, np.arange(32) % 10, epochs=2, callbacks=[callback])
+    assert int(model.optimizer.iterations) == 0  # refused before any step
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+
+
 class _OptimizerState(keras.callbacks.Callback):
     """The optimizer's step and variables at `on_train_begin`, at the end
     of the first batch and of each epoch, and at the start of each epoch

@@ -302,6 +302,9 @@ def run_graph(model, inputs, hooks, graphs, training=None, mask=None, **kwargs):
             if id(op) in graphs:
                 if sc is not None:
                     args = sc.materialize(args)
+                # `Functional.call(inputs, training, mask, **kwargs)`.
+                positional = dict(zip(("training", "mask"), args[1:3]))
+                kw = {**positional, **kw}
                 training_arg = kw.pop("training", training)
                 out = run_graph(op, args[0], hooks, graphs, training_arg, **kw)
                 return out if sc is None else sc.materialize(out)

@@ -49,16 +49,17 @@ class GradualUnfreezing(keras.callbacks.Callback):
 
     With `learning_rate_multiplier=m`, layers unfrozen at the k-th stage
     train at `m**k` times the optimizer's learning rate (discriminative
-    fine-tuning): the optimizer's update step passes each of their
-    variables `m**k` times the learning rate, inside the train step (a
-    jitted JAX step, a `tf.function`, `steps_per_execution`, a
-    distribution strategy: every step). A gradient scale would be undone
-    by Adam's normalisation; a learning-rate scale works for any Keras
-    optimizer. Weight decay, which Keras applies before the update step
-    at the optimizer's own rate, is not scaled. The optimizer that trains
-    with the factors is the rebuilt one described below (its config and
-    variables are those of the user's optimizer; the factors are not
-    saved with it).
+    fine-tuning; for optimizers whose step is proportional to the learning
+    rate: SGD, Adam and its kin, RMSprop, Lion...; `Ftrl` is refused): the
+    optimizer's update step passes each of their variables `m**k` times the
+    learning rate, inside the train step (a jitted JAX step, a
+    `tf.function`, `steps_per_execution`, a distribution strategy: every
+    step). A gradient scale would be undone by Adam's normalisation. Weight
+    decay, which Keras applies before the update step at the optimizer's own
+    rate, is not scaled. The optimizer that trains with the factors is the
+    rebuilt one described below (its config and variables are those of the
+    user's optimizer; the factors hold during the callback's `fit` only and
+    are not saved with it).
 
     A Keras 3 optimizer only updates the variables it was built with, and
     cannot take on more: `build` does nothing once it is built, and
@@ -117,9 +118,12 @@ class GradualUnfreezing(keras.callbacks.Callback):
     Raises:
         ValueError: if an epoch is negative or a value is invalid, or (at
             the start of `fit`, before any change) a layer name does not
-            exist, or (at the first epoch of `fit`, before any step) a
-            `fit` with a `learning_rate_multiplier` starts after a stage
-            on a model that stage already unfroze.
+            exist or the optimizer cannot be rebuilt (`Adafactor`: its slots
+            are named after the variables' short names, so they cannot be
+            matched) or, with a multiplier, its step is not proportional to
+            the learning rate (`Ftrl`), or (at the first epoch of `fit`,
+            before any step) a `fit` with a `learning_rate_multiplier`
+            starts after a stage on a model that stage already unfroze.
 
     Example:
 
@@ -199,6 +203,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
         return all_leaves, resolved
 
     def on_train_begin(self, logs=None):
+        _check_optimizer(self.model.optimizer, self.learning_rate_multiplier)
         model = _layers.target_model(self.model)
         self._target = model
         self._leaves, self._resolved = self._resolve(model)
@@ -282,6 +287,12 @@ class GradualUnfreezing(keras.callbacks.Callback):
                 f"epoch(s) {applied} had already unfrozen"
             )
 
+    def on_train_end(self, logs=None):
+        # The factors are this callback's: a later `fit` without it trains
+        # every layer at the optimizer's own rate.
+        if _unscale_learning_rates(self.model.optimizer):
+            self.model.make_train_function(force=True)
+
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["trainable_params"] = _freezing._num(
@@ -359,6 +370,43 @@ def _scale_learning_rates(optimizer, variables, factors):
         owner = next(c for c in later if "_backend_update_step" in vars(c))
         loop = owner._backend_update_step
         target._backend_update_step = lambda g, v, lr: loop(target, g, v, lr)
+
+
+def _check_optimizer(optimizer, multiplier):
+    """Refuse, before any step, an optimizer the stages cannot handle."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    name = type(inner).__name__
+    if name == "Adafactor":
+        raise ValueError(
+            "GradualUnfreezing cannot carry an `Adafactor` optimizer's "
+            "state over when a stage unfreezes layers: Adafactor names its "
+            "slots after the variables' short names (`kernel`, `bias`), so "
+            "the rebuilt optimizer's slots cannot be matched to the old "
+            "ones. Use another optimizer (e.g. `keras.optimizers.AdamW`) "
+            "or unfreeze with `keras_slim.transfer.unfreeze` between fits. "
+            f"Received: optimizer={name}"
+        )
+    if name == "Ftrl" and multiplier not in (None, 1.0):
+        raise ValueError(
+            "GradualUnfreezing's `learning_rate_multiplier` scales the "
+            "learning rate of each stage's variables, which scales their "
+            "step only for optimizers whose step is proportional to the "
+            "learning rate; `Ftrl`'s is not. Use another optimizer or "
+            "`learning_rate_multiplier=None`. Received: optimizer=Ftrl, "
+            f"learning_rate_multiplier={multiplier}"
+        )
+
+
+def _unscale_learning_rates(optimizer):
+    """Undo `_scale_learning_rates` (the class's own step again); whether
+    there was anything to undo."""
+    if optimizer is None:
+        return False
+    target = getattr(optimizer, "inner_optimizer", optimizer)
+    found = False
+    for name in ("update_step", "_backend_update_step"):
+        found = target.__dict__.pop(name, None) is not None or found
+    return found
 
 
 def _torch_fused_class(cls):
