@@ -20,6 +20,8 @@ inside that code: for those the layer's `call` is overridden on the
 instance (`override_call`), the one place keras_slim still does so.
 """
 
+import functools
+
 import keras
 
 from keras_slim import _layers
@@ -74,7 +76,7 @@ class LayerHook:
         needs_context = custom and isinstance(layer, keras.layers.Layer)
         self.context = _Context(layer) if needs_context else None
         if self.context is not None and layer.activity_regularizer:
-            measure_activity_loss()
+            activity_loss_per_sample()  # eagerly, not while tracing
         self.keras_math = self.weighted and _runs_keras_math(
             layer, rule, self.split or self.inner_range is not None
         )
@@ -188,24 +190,19 @@ def _activity_loss(layer, outputs):
     for t in keras.tree.flatten(outputs):
         if keras.ops.is_tensor(t):
             loss = regularizer(t)
-            if _ACTIVITY_PER_SAMPLE[0] and len(t.shape) > 0:
+            if activity_loss_per_sample() and len(t.shape) > 0:
                 batch = keras.ops.cast(keras.ops.shape(t)[0], loss.dtype)
                 loss = keras.ops.divide_no_nan(loss, batch)
             layer.add_loss(loss)
 
 
-# Whether this Keras divides an activity regularizer's loss by the batch
-# size (newer versions do, 3.12 does not): measured once, eagerly, by
-# `measure_activity_loss`.
-_ACTIVITY_PER_SAMPLE = [None]
-
-
-def measure_activity_loss():
-    if _ACTIVITY_PER_SAMPLE[0] is None:
-        probe = keras.layers.Identity(activity_regularizer=keras.ops.sum)
-        probe(keras.ops.ones((2, 1)))
-        loss = float(keras.ops.convert_to_numpy(probe.losses[0]))
-        _ACTIVITY_PER_SAMPLE[0] = loss < 1.5
+@functools.cache
+def activity_loss_per_sample():
+    """Whether this Keras divides an activity regularizer's loss by the
+    batch size (newer versions do, 3.12 does not), measured once."""
+    probe = keras.layers.Identity(activity_regularizer=keras.ops.sum)
+    probe(keras.ops.ones((2, 1)))
+    return float(keras.ops.convert_to_numpy(probe.losses[0])) < 1.5
 
 
 def override_call(hook, layer):

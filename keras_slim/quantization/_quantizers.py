@@ -18,6 +18,8 @@ every Keras backend. Fake quantization rounds as TensorFlow's kernel, and
 so the int8 file, does on every backend (`fake_quant`).
 """
 
+import functools
+
 import keras
 from keras import ops
 
@@ -88,16 +90,7 @@ def _fake_quant_ops(x, lo, hi, narrow_range=False, axis=None):
     x = ops.cast(x, "float32")
     lo = ops.stop_gradient(ops.cast(lo, "float32"))
     hi = ops.stop_gradient(ops.cast(hi, "float32"))
-    # TensorFlow's `Nudge`: the zero point is an integer, rounded half
-    # away from zero (it is >= 0 here: `floor(z) + 1` from a half up).
-    q_min = 1.0 if narrow_range else 0.0
-    q_max = float(2**NUM_BITS - 1)
-    scale = (hi - lo) / (q_max - q_min)
-    zero = ops.clip(q_min - lo / scale, q_min, q_max)
-    whole = ops.floor(zero)
-    zero = ops.where(zero - whole >= 0.5, whole + 1.0, whole)
-    nudged_min = (q_min - zero) * scale
-    nudged_max = (q_max - zero) * scale
+    scale, nudged_min, nudged_max = _nudge(lo, hi, narrow_range)
     shifted = ops.clip(ops.stop_gradient(x), nudged_min, nudged_max)
     shifted = shifted - nudged_min
     steps = ops.floor(shifted / scale + 0.5)
@@ -111,7 +104,17 @@ def _fake_quant_ops(x, lo, hi, narrow_range=False, axis=None):
     return ops.cast(quantized + straight, dtype)
 
 
-_TORCH_FAKE_QUANT = []
+def _nudge(lo, hi, narrow_range):
+    """TensorFlow's `Nudge` on float32 range tensors: `(scale, nudged_min,
+    nudged_max)`. The zero point is an integer, rounded half away from
+    zero (it is >= 0 here: `floor(z) + 1` from a half up)."""
+    q_min = 1.0 if narrow_range else 0.0
+    q_max = float(2**NUM_BITS - 1)
+    scale = (hi - lo) / (q_max - q_min)
+    zero = ops.clip(q_min - lo / scale, q_min, q_max)
+    whole = ops.floor(zero)
+    zero = ops.where(zero - whole >= 0.5, whole + 1.0, whole)
+    return scale, (q_min - zero) * scale, (q_max - zero) * scale
 
 
 def _torch_fake_quant(x, lo, hi, narrow_range):
@@ -125,15 +128,14 @@ def _torch_fake_quant(x, lo, hi, narrow_range):
     there too). One difference: an infinite `x` gives the clipped value
     here, as TensorFlow's kernel does, where the reference's `x - x`
     makes it NaN."""
-    if not _TORCH_FAKE_QUANT:
-        _TORCH_FAKE_QUANT.append(_torch_function())
-    function = _TORCH_FAKE_QUANT[0]
+    function = _torch_function()
     x = ops.convert_to_tensor(x)
     lo = ops.convert_to_tensor(lo)
     hi = ops.convert_to_tensor(hi)
     return function.apply(x, lo, hi, narrow_range)
 
 
+@functools.cache
 def _torch_function():
     import torch
 
@@ -142,17 +144,10 @@ def _torch_function():
         def forward(ctx, x, lo, hi, narrow_range):
             dtype = x.dtype
             x32 = x.float()
-            lo = lo.detach().float()
-            hi = hi.detach().float()
-            q_min = 1.0 if narrow_range else 0.0
-            q_max = float(2**NUM_BITS - 1)
-            # The reference's operations on the (small) range tensors.
-            scale = (hi - lo) / (q_max - q_min)
-            zero = torch.clip(q_min - lo / scale, q_min, q_max)
-            whole = torch.floor(zero)
-            zero = torch.where(zero - whole >= 0.5, whole + 1.0, whole)
-            nudged_min = (q_min - zero) * scale
-            nudged_max = (q_max - zero) * scale
+            # The reference's own operations on the (small) range tensors.
+            scale, nudged_min, nudged_max = _nudge(
+                lo.detach().float(), hi.detach().float(), narrow_range
+            )
             out = torch.clip(x32, min=nudged_min, max=nudged_max)
             if ctx.needs_input_grad[0]:
                 # Inside [nudged_min, nudged_max] exactly where clipping
