@@ -12,6 +12,11 @@ Converter facts this module handles (measured with TensorFlow 2.21):
   two-output model came out reversed); the wrapper names them `input_i`
   and `output_i` so that `_tflite_file.relabel` can restore Keras's order
   and names from the signature.
+- A layer under a mixed precision policy (`mixed_float16`,
+  `mixed_bfloat16`) traces float16 ops, which no builtin TFLite kernel
+  takes ("'tf.Conv2D' op is neither a custom op nor a flex op", for
+  every quantization): such layers compute in float32 while the model is
+  converted (`float32_compute`); their variables are float32 already.
 - Keras's `LayerNormalization` traces to a NEG op and `RMSNormalization`
   to a SQUARE op, neither of which the converter can quantize; int8
   conversions trace them in equivalent forms without those ops
@@ -66,9 +71,37 @@ def wrapper(model, sig, batch_size):
     return keras.Model(inputs, outs, name=f"{model.name}_export")
 
 
+@contextlib.contextmanager
+def float32_compute(model):
+    """Every layer of `model` (at any depth, the sub-layers of custom
+    layers too) whose policy computes in a narrower float than its
+    float32 variables computes in float32 inside the block; each gets its
+    own policy back after it, also on error."""
+    changed = []
+    try:
+        for layer in model._flatten_layers(include_self=True, recursive=True):
+            policy = layer.dtype_policy
+            if (
+                policy.quantization_mode is None
+                and policy.variable_dtype == "float32"
+                and policy.compute_dtype != "float32"
+            ):
+                changed.append((layer, policy))
+                layer.dtype_policy = keras.DTypePolicy("float32")
+        yield
+    finally:
+        for layer, policy in reversed(changed):
+            layer.dtype_policy = policy
+
+
 def convert(model, sig, options, samples):
     """Convert `model` with the `options` dict of `export_tflite`; return
     the file's bytes, inputs and outputs in Keras's order and names."""
+    with float32_compute(model):
+        return _convert(model, sig, options, samples)
+
+
+def _convert(model, sig, options, samples):
     import tensorflow as tf
 
     quantization = options["quantization"]

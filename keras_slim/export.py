@@ -228,7 +228,9 @@ def export_tflite(
         model: A built Keras 3 model. Under `KERAS_BACKEND=jax` or
             `torch` it is saved to a temporary `.keras` file and converted
             in a child process under the TensorFlow backend, with the same
-            checks (see `keras_slim._cross_backend`).
+            checks (see `keras_slim._cross_backend`). Layers under a mixed
+            precision policy (`mixed_float16`, `mixed_bfloat16`) compute
+            in float32 while it is converted and keep their policy.
         filepath: Path of the `.tflite` file to write; its folder must
             exist and be writable.
         quantization: `"float32"` (no quantization), `"float16"` (weights

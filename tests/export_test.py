@@ -9,11 +9,14 @@ import pytest
 import tensorflow as tf
 from conftest import ZOO
 from conftest import accuracy
+from conftest import compile_classifier
 
 from keras_slim import export_tflite
 from keras_slim import inspect_tflite
 from keras_slim import litert
+from keras_slim import models
 from keras_slim import profile
+from keras_slim.quantization import QuantizationAwareTraining
 
 # Under JAX and PyTorch each export runs in a TensorFlow child process
 # (10-30 s): the tests that export many files run on TensorFlow only; the
@@ -157,6 +160,66 @@ def test_dynamic_batch_runs_whole_arrays(trained_cnn, digits, tmp_path):
     export_tflite(trained_cnn, path, quantization="float32", batch_size=None)
     c = litert.compare(trained_cnn, path, x_test[:100])
     assert c.samples == 100 and c.agreement == 1.0
+
+
+def _mixed_precision_cnn(weights):
+    """The trained demo CNN under mixed_float16, after the usual first
+    layer of a keras.io image model: Rescaling of [0, 255] pixels (an
+    affine layer, which QAT computes with its own math)."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        cnn = models.small_cnn()
+        model = keras.Sequential(
+            [keras.Input((32, 32, 1)), keras.layers.Rescaling(1 / 255), cnn]
+        )
+        compile_classifier(model)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    cnn.set_weights(weights)
+    return model
+
+
+def _policies(model):
+    return [
+        layer.dtype_policy.name
+        for layer in model._flatten_layers(include_self=True, recursive=True)
+    ]
+
+
+@pytest.mark.parametrize("route", ["calibrated", "learned"])
+def test_mixed_precision_model_exports_int8_and_keeps_its_policy(
+    route, trained_cnn_weights, digits, tmp_path
+):
+    # Trained under mixed_float16, the model's layers trace float16 ops,
+    # which no builtin TFLite kernel takes: every quantization was
+    # refused. The export computes them in float32 and gives the layers
+    # their policies back.
+    (x, y), (x_test, y_test) = digits
+    x, x_test = x * 255.0, x_test * 255.0
+    model = _mixed_precision_cnn(trained_cnn_weights)
+    policies = _policies(model)
+    assert policies.count("mixed_float16") >= 10
+    kwargs = {"representative_data": x[:300]}
+    if route == "learned":
+        model.fit(
+            x,
+            y,
+            batch_size=64,
+            epochs=1,
+            verbose=0,
+            callbacks=[QuantizationAwareTraining()],
+        )
+        kwargs = {}
+    path = str(tmp_path / "mixed.tflite")
+    report = export_tflite(model, path, **kwargs)
+    assert report.int8_only and report.ranges == route
+    assert _policies(model) == policies
+    logits = model.predict(x_test, verbose=0)
+    assert logits.dtype == np.float16  # it still computes in float16
+    assert litert.compare(model, path, x_test).agreement >= 0.98
+    keras_accuracy = accuracy(logits, y_test)
+    assert keras_accuracy > 0.9
+    assert litert.evaluate(path, x_test, y_test) >= keras_accuracy - 0.02
 
 
 @_MANY_EXPORTS

@@ -132,6 +132,10 @@ class LayerHook:
                 return _with_quantized_kernel(
                     layer, rule, lambda: original(*new_args, **kwargs)
                 )
+            if self.context.dtype_policy is not layer.dtype_policy:
+                # The layer's policy changed since (a mixed precision
+                # model computes in float32 while it is converted).
+                self.context.dtype_policy = layer.dtype_policy
             outputs = self.context(
                 new_args[0], compute=lambda x: compute(x, fused)
             )
