@@ -30,6 +30,9 @@ QUANTIZATION_RULES = (
     "concat",
     "output",
     "affine",
+    "layernorm",
+    "embedding",
+    "attention",
     "passthrough",
     "skip",
     "quantizer",
@@ -184,6 +187,20 @@ def _row(classes, **fields):
     return tuple(classes), fields
 
 
+def _convnext_layer_scale():
+    """ConvNeXt's `LayerScale` (`x * gamma`, one factor a channel), which
+    `keras.applications.ConvNeXt*` build and `keras.layers` does not
+    export; `()` where this Keras has no such class."""
+    try:
+        from keras.src.applications import convnext
+    except ImportError:  # pragma: no cover - a Keras that moved it
+        return ()
+    found = getattr(convnext, "LayerScale", None)
+    if not (isinstance(found, type) and issubclass(found, L.Layer)):
+        return ()  # pragma: no cover
+    return (found,)
+
+
 KINDS = (
     _row(
         (L.Dense,),
@@ -240,8 +257,24 @@ KINDS = (
         channel_role="producer",
         int8_weights="per_channel",
     ),
-    _row((L.Embedding,), kernels=_EMBEDDING, macs=no_macs),
+    _row(
+        (L.Embedding,),
+        kernels=_EMBEDDING,
+        macs=no_macs,
+        quantization="embedding",
+        int8_weights="per_tensor",
+    ),
     _row((L.ReversibleEmbedding,), kernels=_REVERSIBLE, macs=unknown_macs),
+    # Its EinsumDense projections are its own weights, not leaves of the
+    # model: not pruned yet.
+    _row(
+        (L.MultiHeadAttention,),
+        macs=unknown_macs,
+        quantization="attention",
+        int8_weights="per_tensor",
+    ),
+    # An int8 MUL by its (constant) factors, as `Rescaling` runs.
+    _row(_convnext_layer_scale(), macs=no_macs, quantization="affine"),
     _row(
         (L.BatchNormalization,),
         macs=no_macs,
@@ -292,7 +325,8 @@ KINDS = (
             ("UpSampling1D UpSampling2D", "pass", "passthrough", False),
             ("UpSampling3D", "pass", None, False),
             ("Softmax", None, "output", False),
-            ("LayerNormalization GroupNormalization", None, None, False),
+            ("LayerNormalization", None, "layernorm", False),
+            ("GroupNormalization", None, None, False),
             ("RMSNormalization UnitNormalization", None, None, False),
             ("Normalization", None, "affine", False),
             ("PReLU", None, None, False),
@@ -338,9 +372,7 @@ UNSUPPORTED = (
     ),
     *(
         (getattr(L, name), _ATTENTION)
-        for name in (
-            "Attention AdditiveAttention MultiHeadAttention GroupQueryAttention"
-        ).split()
+        for name in ("Attention AdditiveAttention GroupQueryAttention").split()
         if hasattr(L, name)
     ),
     *(

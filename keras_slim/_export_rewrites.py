@@ -38,15 +38,16 @@ import keras
 from keras import ops
 
 
-def _float32_or_wider(x):
+def float32_or_wider(x):
     return ops.cast(x, keras.backend.result_type(x.dtype, "float32"))
 
 
-def _layer_normalization(self, x):
-    """`LayerNormalization.call` as `(x - mean) * inv + beta`."""
-    x = _float32_or_wider(x)
+def normalization_axes(layer, x):
+    """`(axes, broadcast)` of a LayerNormalization on `x`: the sorted
+    axes it normalizes over and a function that casts `gamma` or `beta`
+    to `x`'s dtype and shape for broadcasting, as Keras's call does."""
     ndims = len(x.shape)
-    axes = [self.axis] if isinstance(self.axis, int) else list(self.axis)
+    axes = [layer.axis] if isinstance(layer.axis, int) else list(layer.axis)
     axes = sorted(a % ndims for a in axes)
     shape = [1] * ndims
     for a in axes:
@@ -58,6 +59,13 @@ def _layer_normalization(self, x):
             v = ops.reshape(v, shape)
         return v
 
+    return axes, broadcast
+
+
+def _layer_normalization(self, x):
+    """`LayerNormalization.call` as `(x - mean) * inv + beta`."""
+    x = float32_or_wider(x)
+    axes, broadcast = normalization_axes(self, x)
     mean, variance = ops.moments(x, axes=axes, keepdims=True)
     inv = ops.rsqrt(variance + self.epsilon)
     if self.gamma is not None:
@@ -71,7 +79,7 @@ def _layer_normalization(self, x):
 def _rms_normalization(self, x):
     """`RMSNormalization.call` with `x * x` for `ops.square(x)`."""
     dtype = x.dtype
-    x = _float32_or_wider(x)
+    x = float32_or_wider(x)
     mean_square = ops.mean(x * x, axis=self.axis, keepdims=True)
     outputs = x * ops.rsqrt(mean_square + self.epsilon)
     if self.scale is not None:

@@ -111,6 +111,10 @@ _QUANTIZATION_RULES = {
     L.Identity: "passthrough",
     L.InputLayer: "passthrough",
     L.ReLU: "activation",
+    # Added with the catalogue (issue 20): int8 ops of their own.
+    L.LayerNormalization: "layernorm",
+    L.Embedding: "embedding",
+    L.MultiHeadAttention: "attention",
 }
 
 

@@ -111,7 +111,7 @@ def test_unsupported_layers_are_all_named_before_training(digits_small):
             keras.Input((8, 8, 1)),
             L.Flatten(),
             L.Dense(16, activation="softplus", name="soft"),
-            L.LayerNormalization(name="norm"),
+            L.UnitNormalization(name="norm"),
             L.Dense(10),
         ]
     )
@@ -121,7 +121,7 @@ def test_unsupported_layers_are_all_named_before_training(digits_small):
     with pytest.raises(
         ValueError,
         match=r"(?s)2 layer.*'soft' of type `Dense` has activation "
-        r"'softplus'.*'norm' of type `LayerNormalization`",
+        r"'softplus'.*'norm' of type `UnitNormalization`",
     ):
         model.fit(
             x,
@@ -134,6 +134,17 @@ def test_unsupported_layers_are_all_named_before_training(digits_small):
     for before, after in zip(weights, model.get_weights()):
         np.testing.assert_array_equal(before, after)
     with pytest.raises(ValueError, match="'soft' of type `Dense`"):
+        quantize_model(model)
+
+
+def test_layer_normalization_with_rms_scaling_is_refused_with_its_reason():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras: "rms_scaling is deprecated"
+        norm = L.LayerNormalization(rms_scaling=True, name="rms")
+    model = keras.Sequential([keras.Input((8,)), norm, L.Dense(2)])
+    with pytest.raises(ValueError, match=r"'rms' .*`rms_scaling=True`"):
         quantize_model(model)
 
 
@@ -169,6 +180,20 @@ def _hard_swish_ops(x):
     return L.Multiply()([x, L.ReLU(6.0)(x + 3.0) * (1.0 / 6.0)])
 
 
+def _convnext_block(x):
+    # ConvNeXt's block: a grouped 7x7 (here 3x3) convolution,
+    # LayerNormalization, Dense-GELU-Dense on the channels, LayerScale
+    # (initialised at 0.5, not ConvNeXt's 1e-6, so that the branch
+    # counts after a few steps), the residual Add.
+    from keras.src.applications.convnext import LayerScale
+
+    x = L.Conv2D(16, 3, padding="same")(x)
+    y = L.Conv2D(16, 3, padding="same", groups=16)(x)
+    y = L.LayerNormalization(epsilon=1e-6)(y)
+    y = L.Dense(16, activation="gelu")(L.Dense(32)(y))
+    return L.Add()([x, LayerScale(0.5, 16)(y)])
+
+
 # Each body maps the 8x8x1 digits to a feature map or sequence.
 BODIES = {
     "conv1d": lambda x: L.Conv1D(16, 3, activation="relu")(_sequence(x)),
@@ -199,6 +224,7 @@ BODIES = {
         L.Conv2D(8, 3, activation="relu")(x)
     ),
     "concatenation_of_concatenations": _inception,
+    "convnext_block": _convnext_block,
     "hard_swish_of_keras_ops": _hard_swish_ops,
     "conv2d_transpose": lambda x: L.Conv2DTranspose(
         8, 3, strides=2, padding="same", activation="relu"
@@ -236,6 +262,42 @@ def test_layer_kind_exports_all_int8_in_parity(body, digits_small, tmp_path):
         tmp_path / "m.tflite",
         epochs=EPOCHS.get(body, 3),
     )
+    assert agreement >= 0.99
+
+
+def _token_data(seed=0, n=768, length=16, vocab=50):
+    """Token sequences whose class sets which half of the vocabulary most
+    tokens come from (a quarter are drawn from all of it)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    half = vocab // 2
+    low = rng.integers(1, half, (n, length))
+    x = np.where(y[:, None] == 1, low + half - 1, low)
+    noise = rng.random((n, length)) < 0.25
+    x = np.where(noise, rng.integers(1, vocab, (n, length)), x)
+    return (x[:512].astype("int32"), y[:512]), (
+        x[512:].astype("int32"),
+        y[512:],
+    )
+
+
+@pytest.mark.parametrize("route", ["callback", "quantize_model"])
+def test_text_transformer_exports_int8_in_parity(route, tmp_path):
+    # The keras.io "Text classification with Transformer" block: integer
+    # ids into an Embedding (an int8 GATHER whose output keeps the table's
+    # scale), MultiHeadAttention (projections, BATCH_MATMUL, SOFTMAX,
+    # BATCH_MATMUL), residual `+` (a `keras.ops` node),
+    # LayerNormalization, a feed-forward net, pooled.
+    inputs = keras.Input((16,), dtype="int32")
+    x = L.Embedding(50, 16)(inputs)
+    x = L.LayerNormalization()(x + L.MultiHeadAttention(2, 8)(x, x))
+    x = L.Dense(16, activation="relu")(x)
+    model = keras.Model(inputs, L.Dense(2)(L.GlobalAveragePooling1D()(x)))
+    path = tmp_path / "m.tflite"
+    agreement = _fit_export(model, _token_data(), path, route)
+    ops = keras_slim.inspect_tflite(path).ops
+    assert ops.get("GATHER") == 1 and ops.get("RSQRT") == 1, ops
+    assert ops.get("BATCH_MATMUL") == 2 and ops.get("SOFTMAX") == 1, ops
     assert agreement >= 0.99
 
 
@@ -291,6 +353,8 @@ def test_densenet_transition_pool_before_a_concatenation_exports_int8(
         "normalization",
         "conv2d_transpose",
         "conv2d_transpose_batchnorm",
+        "convnext_block",
+        "hard_swish_of_keras_ops",
     ],
 )
 def test_quantize_model_twins_export_int8_and_reload(

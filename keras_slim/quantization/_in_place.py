@@ -133,7 +133,8 @@ class QuantizationAwareness:
         self.hooks = {}
         self.graphs = set()  # ids of the graph models it runs itself
         self.ranges = {}  # layer path -> _Range
-        # layer path -> _Range of an inner tensor (`_rules.INNER_RULES`).
+        # layer path -> {name: _Range} of its inner tensors
+        # (`_rules.inner_names`).
         self.inner = {}
         # layer path -> _Range of the input of a weight layer's own
         # activation, when it runs as an op of its own.
@@ -144,9 +145,11 @@ class QuantizationAwareness:
             if _rules.output_mode(layer, rule) != "none":
                 fixed = _rules.fixed_range(layer, rule)
                 self.ranges[path] = _Range(new_variable, _safe(path), fixed)
-            if rule in _rules.INNER_RULES:
-                name = f"{_safe(path)}_inner"
-                self.inner[path] = _Range(new_variable, name)
+            names = _rules.inner_names(layer, rule)
+            if names:
+                self.inner[path] = {
+                    n: _Range(new_variable, f"{_safe(path)}_{n}") for n in names
+                }
             if _rules.splits_activation(layer, rule):
                 name = f"{_safe(path)}_preactivation"
                 self.pre[path] = _Range(new_variable, name)
@@ -158,7 +161,7 @@ class QuantizationAwareness:
         return [
             self.input,
             *self.ranges.values(),
-            *self.inner.values(),
+            *(r for inner in self.inner.values() for r in inner.values()),
             *self.pre.values(),
         ]
 
@@ -212,8 +215,7 @@ def make_aware(model, rows):
     and nested models its graph does not reach (a subclassed model's) get
     an overridden `call` of their own (see the module docstring).
     """
-    # The `keras.ops` nodes of a graph model run under rules too (in place
-    # only: `quantize_model` keeps them float).
+    # The `keras.ops` nodes of a graph model run under rules too.
     rows = [*rows, *_rules.op_rows(model)]
     awareness = QuantizationAwareness(model, rows)
     if not awareness.owned and keras.backend.backend() != "tensorflow":
@@ -351,7 +353,12 @@ def _model_call(awareness, model, graph):
             if not awareness.active:
                 return inputs
             return keras.tree.map_structure(
-                lambda t: awareness.input(t, training, awareness), inputs
+                lambda t: (
+                    awareness.input(t, training, awareness)
+                    if _rules.is_float(t)
+                    else t
+                ),  # integer ids (an Embedding's) stay as they are
+                inputs,
             )
 
         with _placement.scope(training, new=True) as sc:

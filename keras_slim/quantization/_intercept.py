@@ -25,6 +25,8 @@ import functools
 import keras
 
 from keras_slim import _layers
+from keras_slim.quantization import _attention
+from keras_slim.quantization import _layernorm
 from keras_slim.quantization import _placement
 from keras_slim.quantization import _quantizers
 from keras_slim.quantization import _rules
@@ -58,26 +60,30 @@ class LayerHook:
     """Runs one layer (or `keras.ops` node) of a model made
     quantization-aware in place, under its rule.
 
-    `quantizers` are the `_Range`s of its output, of its inner tensor and
-    of the input of its own activation (each `None` if it has none);
-    `shared`: its output feeds several consumers.
+    `quantizers`: the `_Range` of its output, `{name: _Range}` of its
+    inner tensors, the `_Range` of the input of its own activation (each
+    `None` if it has none); `shared`: its output feeds several consumers.
     """
 
     def __init__(self, awareness, layer, rule, quantizers, shared):
         self.awareness = awareness
         self.layer = layer
         self.rule = rule
-        self.output_range, self.inner_range, self.pre_range = quantizers
+        self.output_range, self.inner_ranges, self.pre_range = quantizers
+        self.inner_ranges = self.inner_ranges or {}
+        self.inner_range = self.inner_ranges.get("inner")
         self.shared = shared
         self.weighted = rule in _rules.WEIGHT_RULES
         self.split = _rules.splits_activation(layer, rule)
         self.batchnorm = isinstance(layer, keras.layers.BatchNormalization)
-        custom = self.weighted or rule in ("affine", "batchnorm")
+        custom = self.weighted or rule in _CUSTOM_RULES
         needs_context = custom and isinstance(layer, keras.layers.Layer)
         self.context = _Context(layer) if needs_context else None
         if self.context is not None and layer.activity_regularizer:
             activity_loss_per_sample()  # eagerly, not while tracing
-        self.keras_math = self.weighted and _runs_keras_math(
+        self.keras_math = (
+            self.weighted or rule == "embedding"
+        ) and _runs_keras_math(
             layer, rule, self.split or self.inner_range is not None
         )
 
@@ -104,6 +110,9 @@ class LayerHook:
         def pre(t):
             return self.pre_range(t, sc.training, awareness)
 
+        def step(name, t):
+            return self.inner_ranges[name](t, sc.training, awareness)
+
         def compute(x, fused):
             if self.weighted:
                 return _quantizers.weight_forward(
@@ -116,18 +125,35 @@ class LayerHook:
                 )
             if rule == "affine":
                 return _quantizers.affine_forward(layer, x, inner)
-            training = kwargs.get("training", sc.training)
+            if rule == "layernorm":
+                return _layernorm.forward(layer, x, step)
+            if rule == "embedding":
+                return _quantizers.embedding_lookup(layer, x)
+            if rule == "attention":
+                return _attention.forward(layer, x, step, training, **masks)
             return _quantizers.standalone_batchnorm(
                 layer, x, bool(training), inner, original
             )
 
+        masks, training = {}, kwargs.get("training", sc.training)
+
         def run(new_args, fused):
-            custom = self.weighted or rule == "affine"
-            custom = custom or (rule == "batchnorm" and not fused)
+            nonlocal masks, training
+            custom = self.weighted or rule in _CUSTOM_RULES
+            custom = custom and (rule != "batchnorm" or not fused)
             if not custom:
                 return original(*new_args, **kwargs)
+            first = new_args[0]
+            if rule == "attention":
+                bound = _attention.bind(layer, new_args, kwargs)
+                if bound is None:
+                    return original(*new_args, **kwargs)
+                first, masks, called_with = bound
+                first = sc.materialize(first)  # `key=` or `value=` too
+                if called_with is not None:
+                    training = called_with
             if in_call or self.context is None:
-                return compute(new_args[0], fused)
+                return compute(first, fused)
             if self.keras_math:
                 return _with_quantized_kernel(
                     layer, rule, lambda: original(*new_args, **kwargs)
@@ -136,9 +162,7 @@ class LayerHook:
                 # The layer's policy changed since (a mixed precision
                 # model computes in float32 while it is converted).
                 self.context.dtype_policy = layer.dtype_policy
-            outputs = self.context(
-                new_args[0], compute=lambda x: compute(x, fused)
-            )
+            outputs = self.context(first, compute=lambda x: compute(x, fused))
             _activity_loss(layer, outputs)
             return outputs
 
@@ -150,6 +174,9 @@ class LayerHook:
         )
 
 
+_CUSTOM_RULES = ("affine", "batchnorm", "layernorm", "embedding", "attention")
+
+
 def _runs_keras_math(layer, rule, split):
     """Whether the layer's own call computes what the int8 file does once
     its kernel is fake-quantized: a Dense or 2D/3D convolution whose
@@ -157,6 +184,8 @@ def _runs_keras_math(layer, rule, split):
     fake-quantized expanded to 2D (`weight_forward`), a separable one has
     a range between its two convolutions, and an activation that runs as
     an op of its own needs a range before it."""
+    if rule == "embedding":
+        return isinstance(getattr(layer, "embeddings", None), keras.Variable)
     if split or rule not in ("conv", "depthwise", "dense", "transpose"):
         return False
     kernel = getattr(layer, "kernel", None)
@@ -171,7 +200,10 @@ def _with_quantized_kernel(layer, rule, call):
     layer's variables to its current value, the kernel to the quantized
     one (the gradient reaches the kernel through the straight-through
     estimator)."""
-    kernel = layer.kernel
+    if rule == "embedding":  # a table quantized per tensor, as a Dense
+        kernel, rule = layer.embeddings, "dense"
+    else:
+        kernel = layer.kernel
     mapping = [
         (v, _quantizers.quantize_kernel(v, rule) if v is kernel else v.value)
         for v in layer.variables

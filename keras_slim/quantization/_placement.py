@@ -98,7 +98,7 @@ def place(rule, layer, args, run, quantize_output, shared=False):
     if sc is None or rule == "quantizer":
         return run(args, False)
     fused = fuses(sc, rule, args)
-    if not fused:
+    if not fused and rule != "embedding":  # an embedding reads integer ids
         args = sc.materialize(args)
     outputs = run(args, fused)
     if rule == "skip":

@@ -195,6 +195,15 @@ def quantize_kernel(kernel, rule):
     return ops.reshape(out, shape) if rule == "depthwise" else out
 
 
+def embedding_lookup(layer, ids):
+    """`keras.layers.Embedding`'s lookup in its table fake-quantized per
+    tensor (the int8 GATHER's table)."""
+    if "int" not in str(ids.dtype):
+        ids = ops.cast(ids, "int32")
+    table = quantize_kernel(layer.embeddings, "dense")
+    return ops.cast(ops.take(table, ids, axis=0), layer.compute_dtype)
+
+
 def fake_quant_fixed(x, fixed):
     """Fake quantization with a fixed `(min, max)` range."""
     dtype = x.dtype
@@ -401,7 +410,12 @@ def standalone_batchnorm(layer, x, training, inner, original):
 
 
 def affine_parameters(layer, dtype):
-    """The `(scale, offset)` of a `Rescaling` or `Normalization` layer."""
+    """The `(scale, offset)` of a `Rescaling` or `Normalization` layer;
+    of ConvNeXt's `LayerScale`, `(gamma, None)`."""
+    if not isinstance(
+        layer, (keras.layers.Rescaling, keras.layers.Normalization)
+    ):
+        return ops.cast(layer.gamma, dtype), None
     if isinstance(layer, keras.layers.Normalization):
         std = ops.maximum(
             ops.sqrt(ops.cast(layer.variance, dtype)), keras.config.epsilon()
@@ -416,7 +430,10 @@ def affine_parameters(layer, dtype):
 def affine_forward(layer, x, inner):
     """`Rescaling` or `Normalization` as the int8 file runs it: an int8
     MUL by the scale, then an int8 ADD of the offset; the product is
-    fake-quantized by `inner`."""
+    fake-quantized by `inner`. `LayerScale`: the MUL only."""
     x = ops.cast(x, layer.compute_dtype)
     scale, offset = affine_parameters(layer, x.dtype)
-    return inner(x * quantize_constant(scale)) + quantize_constant(offset)
+    product = x * quantize_constant(scale)
+    if offset is None:  # `LayerScale`: the product is the output
+        return product
+    return inner(product) + quantize_constant(offset)

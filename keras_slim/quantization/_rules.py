@@ -16,7 +16,18 @@ A rule says how a layer takes part in int8 simulation:
       Softmax, any element-wise op without weights).
   "affine": `Rescaling`, `Normalization`: an int8 MUL by the scale whose
       product has a range, then an int8 ADD of the offset; output
+      quantized. ConvNeXt's `LayerScale` (a MUL only): output quantized.
+  "layernorm": `LayerNormalization` as the int8 ops MEAN, SUB, MUL, MEAN,
+      ADD, RSQRT, MUL (and MUL by gamma, ADD of beta), each output with a
+      range of its own (`LAYERNORM_STEPS`); output quantized.
+  "embedding": the table fake-quantized per tensor (symmetric, as a Dense
+      kernel) and looked up by an int8 GATHER, whose output keeps the
+      table's scale: no range of its own. Its integer inputs are never
       quantized.
+  "attention": `MultiHeadAttention` as its int8 file runs it (projections,
+      MUL by 1/sqrt(key_dim), BATCH_MATMUL, SOFTMAX, BATCH_MATMUL, output
+      projection; `_attention`), each inner tensor with a range of its
+      own; output quantized.
   "passthrough": inputs quantized; the output keeps the input's range
       (MaxPooling, Flatten, Reshape, Dropout, padding, cropping; and
       `AveragePooling1D`/`2D`, whose int8 AVERAGE_POOL_2D needs its output
@@ -35,6 +46,7 @@ import keras
 from keras_slim import _layers
 from keras_slim import catalogue
 from keras_slim._layers import iter_layers
+from keras_slim.quantization import _attention
 from keras_slim.quantization import _quantizers
 
 # The rules a layer class can be given (the catalogue's list, less
@@ -77,6 +89,11 @@ def register_own_rule(layer_class, rule):
     _OWN_RULES[layer_class] = rule
 
 
+def is_float(t):
+    """Whether tensor `t` holds floating values (else ids, masks, ...)."""
+    return "float" in str(keras.backend.standardize_dtype(t.dtype))
+
+
 def activation_name(activation):
     """The registered name of an activation function, or "custom"."""
     if activation is None:
@@ -105,6 +122,8 @@ def layer_rule(layer):
             and layer.max_value in (None, 6.0, 6)
         )
         return "activation" if plain else "output"
+    if cls is _L.LayerNormalization and getattr(layer, "rms_scaling", 0):
+        return None  # Keras's deprecated RMS branch: not modelled
     for known, rule in _OWN_RULES.items():
         if cls is known or (rule == "quantizer" and isinstance(layer, known)):
             return rule
@@ -115,6 +134,35 @@ def layer_rule(layer):
 # standalone BatchNorm's or an affine layer's product, a separable
 # convolution's depthwise output.
 INNER_RULES = ("batchnorm", "affine", "separable")
+# The inner tensors of a LayerNormalization, in the order computed
+# (`_layernorm.forward`): the output of each int8 op but the last.
+LAYERNORM_STEPS = (
+    "mean",
+    "centered",
+    "square",
+    "variance",
+    "shifted_variance",
+    "rsqrt",
+    "normalized",
+    "scaled",
+)
+
+
+def inner_names(layer, rule):
+    """The names of the inner tensors of `layer` that get ranges of their
+    own (the last op's output is the layer's output and has its range)."""
+    if rule == "layernorm":
+        ops_after = int(bool(layer.scale)) + int(bool(layer.center))
+        return LAYERNORM_STEPS[: len(LAYERNORM_STEPS) - 2 + ops_after]
+    if rule == "attention":
+        return _attention.STEPS
+    if rule == "affine" and not _has_offset(layer):
+        return ()
+    return ("inner",) if rule in INNER_RULES else ()
+
+
+def _has_offset(layer):
+    return isinstance(layer, (_L.Rescaling, _L.Normalization))
 
 
 def splits_activation(layer, rule):
@@ -140,8 +188,15 @@ def fixed_range(layer, rule):
 
 def unsupported_reason(layer, rule):
     """Why QAT cannot quantize `layer` (its rule given), or `None`."""
+    if rule is None and getattr(layer, "rms_scaling", False):
+        return (
+            "uses `rms_scaling=True` (deprecated; use "
+            "`keras.layers.RMSNormalization`), which has no int8 rule"
+        )
     if rule is None:
         return "has no int8 quantization rule in the catalogue"
+    if rule == "attention":
+        return _attention.unsupported_reason(layer)
     activation = getattr(layer, "activation", None)
     if rule in (*WEIGHT_RULES, "output") and activation is not None:
         name = activation_name(activation)
@@ -160,7 +215,7 @@ def output_mode(layer, rule):
         return "pending" if name == "linear" else "quantize"
     if rule in ("batchnorm", "add", "activation"):
         return "pending"
-    if rule in ("output", "concat", "affine"):
+    if rule in ("output", "concat", "affine", "layernorm", "attention"):
         return "quantize"
     return "none"
 
@@ -178,6 +233,13 @@ _OP_RULES = {
         "output",
     ),
     **dict.fromkeys("Reshape ExpandDims Squeeze".split(), "passthrough"),
+    # Boolean results (`Embedding(mask_zero=True)`'s mask): nothing to
+    # quantize.
+    **dict.fromkeys(
+        "NotEqual Equal Greater GreaterEqual Less LessEqual LogicalAnd "
+        "LogicalOr LogicalNot".split(),
+        "skip",
+    ),
 }
 
 

@@ -8,6 +8,8 @@ All are registered Keras serializables: `model.save` and
 
 import keras
 
+from keras_slim.quantization import _attention
+from keras_slim.quantization import _layernorm
 from keras_slim.quantization import _quantizers
 from keras_slim.quantization import _rules
 
@@ -256,6 +258,83 @@ class StandaloneBatchNormalization(FreezableBatchNormalization):
         )
 
 
+@keras.saving.register_keras_serializable(package="keras_slim")
+class QuantizedLayerNormalization(keras.layers.LayerNormalization):
+    """`keras.layers.LayerNormalization` computed as its int8 file runs
+    it (MEAN, SUB, MUL, MEAN, ADD, RSQRT, MUL, MUL by gamma, ADD of beta),
+    each inner tensor through a `FakeQuant` sublayer of `step_quants`.
+
+    Same arguments and config as `LayerNormalization`.
+    """
+
+    quantize_active = True
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.step_names = _rules.inner_names(self, "layernorm")
+        self.step_quants = [FakeQuant(name=n) for n in self.step_names]
+        for quant in self.step_quants:
+            quant.build(())
+
+    def call(self, inputs, training=None):
+        if not self.quantize_active:
+            return super().call(inputs)
+        quants = dict(zip(self.step_names, self.step_quants))
+
+        def step(name, t):
+            return quants[name](t, training=training is True)
+
+        return _layernorm.forward(self, inputs, step)
+
+
+@keras.saving.register_keras_serializable(package="keras_slim")
+class QuantizedMultiHeadAttention(keras.layers.MultiHeadAttention):
+    """`keras.layers.MultiHeadAttention` computed as its int8 file runs it
+    (projections with int8 kernels, scaled dot product, softmax, weighted
+    sum), each inner tensor through a `FakeQuant` sublayer of
+    `step_quants` (see `_attention`).
+
+    Same arguments and config as `MultiHeadAttention`.
+    """
+
+    quantize_active = True
+
+    def build(self, query_shape, value_shape, key_shape=None):
+        super().build(query_shape, value_shape, key_shape)
+        self.step_names = _attention.STEPS
+        self.step_quants = [FakeQuant(name=n) for n in self.step_names]
+        for quant in self.step_quants:
+            quant.build(())
+
+    def call(self, query, value, key=None, training=None, **kwargs):
+        if not self.quantize_active or kwargs.get("return_attention_scores"):
+            return super().call(query, value, key, training=training, **kwargs)
+        bound = _attention.bind(self, (query, value, key), kwargs)
+        quants = dict(zip(self.step_names, self.step_quants))
+
+        def step(name, t):
+            return quants[name](t, training=training is True)
+
+        inputs, masks, _ = bound
+        return _attention.forward(self, inputs, step, training is True, **masks)
+
+
+@keras.saving.register_keras_serializable(package="keras_slim")
+class QuantizedEmbedding(keras.layers.Embedding):
+    """`keras.layers.Embedding` whose table is fake-quantized to int8 per
+    tensor, as the int8 file's GATHER reads it.
+
+    Same arguments and config as `Embedding`.
+    """
+
+    quantize_active = True
+
+    def call(self, inputs):
+        if not self.quantize_active:
+            return super().call(inputs)
+        return _quantizers.embedding_lookup(self, inputs)
+
+
 TWINS = {
     keras.layers.Conv1D: QuantizedConv1D,
     keras.layers.Conv2D: QuantizedConv2D,
@@ -266,7 +345,12 @@ TWINS = {
     keras.layers.Conv2DTranspose: QuantizedConv2DTranspose,
     keras.layers.Dense: QuantizedDense,
     keras.layers.BatchNormalization: FreezableBatchNormalization,
+    keras.layers.LayerNormalization: QuantizedLayerNormalization,
+    keras.layers.Embedding: QuantizedEmbedding,
+    keras.layers.MultiHeadAttention: QuantizedMultiHeadAttention,
 }
+# Twins that compute several int8 ops, a `FakeQuant` after each.
+STEP_TWINS = (QuantizedLayerNormalization, QuantizedMultiHeadAttention)
 WEIGHT_TWINS = (
     QuantizedConv1D,
     QuantizedConv2D,
@@ -281,4 +365,7 @@ for _twin in WEIGHT_TWINS:
     _rules.register_own_rule(_twin, _twin.weight_rule)
 _rules.register_own_rule(FreezableBatchNormalization, "batchnorm")
 _rules.register_own_rule(StandaloneBatchNormalization, "batchnorm")
+_rules.register_own_rule(QuantizedLayerNormalization, "layernorm")
+_rules.register_own_rule(QuantizedEmbedding, "embedding")
+_rules.register_own_rule(QuantizedMultiHeadAttention, "attention")
 _rules.register_own_rule(FakeQuant, "quantizer")

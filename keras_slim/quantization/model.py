@@ -38,6 +38,9 @@ class _Builder:
         return layer(tensor)
 
     def clone_layer(self, layer):
+        if not isinstance(layer, keras.layers.Layer):  # a `keras.ops` node
+            self.new_to_old[id(layer)] = layer  # stateless: called again
+            return layer
         if isinstance(layer, keras.Model):
             new = self.build(layer, top=False)
         else:
@@ -63,7 +66,7 @@ class _Builder:
         source = inner = pre = None
         if self.awareness is not None:
             source = self.awareness.ranges.get(path)
-            inner = self.awareness.inner.get(path)
+            inner = self.awareness.inner.get(path, {}).get("inner")
             pre = self.awareness.pre.get(path)
         if rule == "batchnorm" and not _placement.fuses(sc, rule, args):
             new = self.standalone_batchnorm(old, inner)
@@ -104,6 +107,8 @@ class _Builder:
         x = keras.layers.Rescaling(
             constant(scale), name=self.unique(f"{old.name}_scale")
         )(x)
+        if offset is None:  # `LayerScale`: the product is the output
+            return x
         x = self.fake_quant(x, f"{old.name}_product_quant", inner)
         return keras.layers.Rescaling(
             1.0, constant(offset), name=self.unique(f"{old.name}_offset")
@@ -131,6 +136,8 @@ class _Builder:
                 aware = self.awareness
                 source = aware.input if aware else None
                 for t in keras.tree.flatten(inputs):
+                    if not _rules.is_float(t):
+                        continue  # integer ids (an Embedding's)
                     sc.defer(
                         t,
                         "input",
@@ -161,18 +168,22 @@ def _copy_weights(new_layer, old, builder):
     """Copy `old`'s weights into its twin; return the `(FakeQuant, in-place
     range)` pairs of the twin's own range sublayer, if it has one."""
     inner = [
-        getattr(new_layer, name)
+        (getattr(new_layer, name), "inner")
         for name in ("depthwise_quant", "product")
         if hasattr(new_layer, name)
     ]
-    skip = {id(v) for layer in inner for v in layer.weights}
+    inner += zip(
+        getattr(new_layer, "step_quants", ()),
+        getattr(new_layer, "step_names", ()),
+    )
+    skip = {id(v) for layer, _ in inner for v in layer.weights}
     own = [v for v in new_layer.weights if id(v) not in skip]
     for variable, value in zip(own, old.get_weights(), strict=True):
         variable.assign(value)
-    source = None
+    sources = {}
     if builder.awareness is not None:
-        source = builder.awareness.inner.get(builder.paths[id(old)])
-    return [(layer, source) for layer in inner]
+        sources = builder.awareness.inner.get(builder.paths[id(old)], {})
+    return [(layer, sources.get(name)) for layer, name in inner]
 
 
 def quantize_model(model, filters=None):
@@ -244,6 +255,9 @@ def quantize_model(model, filters=None):
     predicate = _validation.compile_filters(filters)
     rows = _rules.plan(model, predicate)
     _rules.check_filters_matched(rows, filters, model)
+    # The `keras.ops` nodes of the graph (MobileNetV3's hard-swish, a
+    # residual `x + y`) run under rules too, as in place.
+    rows += _rules.op_rows(model)
     for _, layer, _ in rows:
         if isinstance(layer, _twins.FakeQuant):
             raise ValueError(

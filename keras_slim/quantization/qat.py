@@ -188,6 +188,13 @@ class QuantizationAwareTraining(keras.callbacks.Callback):
                     inner = getattr(layer, "depthwise_quant", None)
                     if inner is not None:
                         inner.ranges_frozen = frozen
+                elif isinstance(layer, _twins.QuantizedEmbedding):
+                    layer.quantize_active = active
+                elif isinstance(layer, _twins.STEP_TWINS):
+                    layer.quantize_active = active
+                    for quant in layer.step_quants:
+                        quant.quantize_active = active
+                        quant.ranges_frozen = frozen
                 elif isinstance(layer, _twins.StandaloneBatchNormalization):
                     layer.frozen = bn_frozen
                     layer.quantize_active = active

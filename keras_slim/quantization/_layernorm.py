@@ -1,0 +1,52 @@
+"""`LayerNormalization` as its int8 file computes it.
+
+LiteRT has no LayerNormalization op: the converter keeps the ops the
+layer is traced as, and a quantization-aware model must give every
+tensor between them a range, or the converter leaves it float. Measured
+(TensorFlow 2.21, `benchmarks/probes/layernorm_qat.py`): written as
+
+    mean = MEAN(x); centered = SUB(x, mean); square = MUL(centered, centered)
+    variance = MEAN(square); shifted = ADD(variance, epsilon)
+    inv = RSQRT(shifted); normalized = MUL(centered, inv)
+    scaled = MUL(normalized, gamma); output = ADD(scaled, beta)
+
+with a fake quantization after each op, a Dense-LayerNormalization-Dense
+model converts to a file with only int8 tensors (MEAN, SUB, MUL, ADD and
+RSQRT all have int8 kernels). Centring before the division keeps the
+ranges small when `x` has a large mean (see `keras_slim._export_rewrites`,
+which computes the same form for post-training int8). `gamma` and `beta`
+are stored as one int8 range each, as the converter stores the constant
+operand of a MUL or ADD (`_quantizers.quantize_constant`).
+"""
+
+from keras import ops
+
+from keras_slim import _export_rewrites
+from keras_slim.quantization import _quantizers
+
+
+def forward(layer, x, step):
+    """The output of `layer` on `x`, with `step(name, t)` fake-quantizing
+    the inner tensor `name` (one of `_rules.inner_names(layer, ...)`); the
+    last op's output is left to the layer's output range."""
+    x = _export_rewrites.float32_or_wider(x)
+    axes, broadcast = _export_rewrites.normalization_axes(layer, x)
+    mean = step("mean", ops.mean(x, axis=axes, keepdims=True))
+    centered = step("centered", x - mean)
+    square = step("square", centered * centered)
+    variance = step("variance", ops.mean(square, axis=axes, keepdims=True))
+    shifted = step("shifted_variance", variance + layer.epsilon)
+    # A variance that rounds to 0 on its int8 grid makes LiteRT's RSQRT
+    # saturate at the top of its output range; `rsqrt(0)` would be inf
+    # (and its gradient NaN): the clamp saturates as the file does.
+    shifted = ops.maximum(shifted, layer.epsilon)
+    outputs = centered * step("rsqrt", ops.rsqrt(shifted))
+    if layer.gamma is not None:
+        outputs = step("normalized", outputs)
+        gamma = _quantizers.quantize_constant(layer.gamma)
+        outputs = outputs * broadcast(gamma)
+    if layer.beta is not None:
+        name = "scaled" if layer.gamma is not None else "normalized"
+        outputs = step(name, outputs)
+        outputs = outputs + broadcast(_quantizers.quantize_constant(layer.beta))
+    return ops.cast(outputs, layer.compute_dtype)
