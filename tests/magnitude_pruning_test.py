@@ -152,6 +152,29 @@ def test_nested_model_paths_and_filters_on_inner_layers(digits_small):
     assert np.all(model.get_layer("head").kernel.numpy() != 0)
 
 
+def test_multi_head_attention_projections_are_pruned_and_stay_zero():
+    # MultiHeadAttention's EinsumDense projections are its own sub-layers,
+    # not leaves of the model: pruned at `attention/query` etc.
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, 50, (256, 16)).astype("int32")
+    y = (np.sum(x == 1, axis=1) > np.sum(x == 2, axis=1)).astype("int32")
+    inputs = keras.Input((16,), dtype="int32")
+    h = keras.layers.Embedding(50, 16)(inputs)
+    h = h + keras.layers.MultiHeadAttention(2, 8, name="attention")(h, h)
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    model = compile_classifier(keras.Model(inputs, keras.layers.Dense(2)(h)))
+    pruning = MagnitudePruning(one_shot(0.5), filters=r"^attention/")
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[pruning])
+    report = sparsity_report(model, filters=r"^attention/")
+    assert [(r.path, r.sparsity) for r in report.layers] == [
+        (f"attention/{name}", 0.5)
+        for name in ("query", "key", "value", "attention_output")
+    ]
+    attention = model.get_layer("attention")
+    for dense in (attention.query_dense, attention.output_dense):
+        assert np.mean(dense.kernel.numpy() == 0) == 0.5
+
+
 def test_weights_are_untouched_before_pruning_begins(digits_small):
     (x, y), _ = digits_small
     model = ZOO["functional"]()

@@ -94,6 +94,27 @@ def _kernels(layer, explicit):
     return {k.name: k for k in kernels} or None
 
 
+def _parts(leaves):
+    """`(path, layer)` for every leaf layer; a leaf whose kind has no
+    kernels but whose sub-layers do (`MultiHeadAttention` and its
+    `EinsumDense` projections, a custom layer that owns Dense layers) is
+    replaced by those sub-layers, at `leaf/sub` paths, depth first."""
+    for path, layer in leaves:
+        kind = catalogue.get_layer_kind(layer)
+        subs = []
+        if kind is None or not kind.kernels:
+            subs = [
+                (f"{path}/{sub.name}", sub)
+                for sub in layer._flatten_layers(
+                    include_self=False, recursive=False
+                )
+            ]
+        if any(sub.weights for _, sub in subs):
+            yield from _parts(subs)
+        else:
+            yield path, layer
+
+
 def pattern_reason(target_shape, input_axis, pattern):
     """Why `pattern` cannot apply to a kernel, or `None` if it can."""
     if pattern[0] != "n:m":
@@ -124,7 +145,7 @@ def select(model, filters, pattern, filters_name="filters"):
     predicate = _validation.compile_filters(filters, name=filters_name)
     explicit = filters is not None
     targets, skipped = [], []
-    for path, layer in _layers.iter_layers(model):
+    for path, layer in _parts(_layers.iter_layers(model)):
         if not layer.weights:
             continue
         if not predicate(path, layer):
