@@ -24,6 +24,7 @@ QUANTIZATION_RULES = (
     "separable",
     "transpose",
     "dense",
+    "einsum",
     "batchnorm",
     "activation",
     "add",
@@ -210,7 +211,13 @@ KINDS = (
         quantization="dense",
         int8_weights="per_tensor",
     ),
-    _row((L.EinsumDense,), kernels=_EINSUM, macs=einsum_dense_macs),
+    _row(
+        (L.EinsumDense,),
+        kernels=_EINSUM,
+        macs=einsum_dense_macs,
+        quantization="einsum",
+        int8_weights="per_tensor",
+    ),
     _row(
         (L.Conv1D, L.Conv2D),
         kernels=_CONV,

@@ -115,6 +115,7 @@ _QUANTIZATION_RULES = {
     L.LayerNormalization: "layernorm",
     L.Embedding: "embedding",
     L.MultiHeadAttention: "attention",
+    L.EinsumDense: "einsum",
 }
 
 

@@ -225,6 +225,11 @@ BODIES = {
     ),
     "concatenation_of_concatenations": _inception,
     "convnext_block": _convnext_block,
+    # keras-hub's projections: an EinsumDense on a sequence, its bias on
+    # the output features, a fused ReLU.
+    "einsum_dense": lambda x: L.EinsumDense(
+        "abc,cd->abd", output_shape=(8, 16), bias_axes="d", activation="relu"
+    )(_sequence(x)),
     "hard_swish_of_keras_ops": _hard_swish_ops,
     "conv2d_transpose": lambda x: L.Conv2DTranspose(
         8, 3, strides=2, padding="same", activation="relu"
@@ -354,6 +359,7 @@ def test_densenet_transition_pool_before_a_concatenation_exports_int8(
         "conv2d_transpose",
         "conv2d_transpose_batchnorm",
         "convnext_block",
+        "einsum_dense",
         "hard_swish_of_keras_ops",
     ],
 )

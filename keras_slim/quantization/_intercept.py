@@ -87,6 +87,41 @@ class LayerHook:
             layer, rule, self.split or self.inner_range is not None
         )
 
+    def _compute(self, x, sc, original, training, masks):
+        """The output of the layer on `x` (the tuple `(query, value, key)`
+        for attention), computed as the int8 file does, in scope `sc`."""
+        layer, rule, awareness = self.layer, self.rule, self.awareness
+
+        def inner(t):
+            return self.inner_range(t, sc.training, awareness)
+
+        def pre(t):
+            return self.pre_range(t, sc.training, awareness)
+
+        def step(name, t):
+            return self.inner_ranges[name](t, sc.training, awareness)
+
+        if self.weighted:
+            return _quantizers.weight_forward(
+                layer,
+                rule,
+                x,
+                True,
+                pre if self.split else None,
+                inner if self.inner_range is not None else None,
+            )
+        if rule == "affine":
+            return _quantizers.affine_forward(layer, x, inner)
+        if rule == "layernorm":
+            return _layernorm.forward(layer, x, step)
+        if rule == "embedding":
+            return _quantizers.embedding_lookup(layer, x)
+        if rule == "attention":
+            return _attention.forward(layer, x, step, training, **masks)
+        return _quantizers.standalone_batchnorm(
+            layer, x, bool(training), inner, original
+        )
+
     def __call__(self, original, args, kwargs, in_call):
         """Run the layer on `args`, `kwargs`.
 
@@ -104,36 +139,8 @@ class LayerHook:
             return original(*args, **kwargs)
         layer, rule = self.layer, self.rule
 
-        def inner(t):
-            return self.inner_range(t, sc.training, awareness)
-
-        def pre(t):
-            return self.pre_range(t, sc.training, awareness)
-
-        def step(name, t):
-            return self.inner_ranges[name](t, sc.training, awareness)
-
         def compute(x, fused):
-            if self.weighted:
-                return _quantizers.weight_forward(
-                    layer,
-                    rule,
-                    x,
-                    True,
-                    pre if self.split else None,
-                    inner if self.inner_range is not None else None,
-                )
-            if rule == "affine":
-                return _quantizers.affine_forward(layer, x, inner)
-            if rule == "layernorm":
-                return _layernorm.forward(layer, x, step)
-            if rule == "embedding":
-                return _quantizers.embedding_lookup(layer, x)
-            if rule == "attention":
-                return _attention.forward(layer, x, step, training, **masks)
-            return _quantizers.standalone_batchnorm(
-                layer, x, bool(training), inner, original
-            )
+            return self._compute(x, sc, original, training, masks)
 
         masks, training = {}, kwargs.get("training", sc.training)
 
@@ -186,12 +193,18 @@ def _runs_keras_math(layer, rule, split):
     an op of its own needs a range before it."""
     if rule == "embedding":
         return isinstance(getattr(layer, "embeddings", None), keras.Variable)
-    if split or rule not in ("conv", "depthwise", "dense", "transpose"):
+    if split or rule not in (
+        "conv",
+        "depthwise",
+        "dense",
+        "einsum",
+        "transpose",
+    ):
         return False
     kernel = getattr(layer, "kernel", None)
     if not isinstance(kernel, keras.Variable):
         return False  # e.g. a LoRA-enabled Dense computes its kernel
-    return rule == "dense" or len(kernel.shape) >= 4
+    return rule in ("dense", "einsum") or len(kernel.shape) >= 4
 
 
 def _with_quantized_kernel(layer, rule, call):

@@ -171,7 +171,7 @@ def _torch_function():
 
 def quantize_kernel(kernel, rule):
     """Symmetric narrow-range int8 fake quantization of a kernel."""
-    if rule == "dense":
+    if rule in ("dense", "einsum"):
         m = ops.max(ops.abs(kernel))
         m = ops.stop_gradient(ops.maximum(m, MIN_WEIGHT_RANGE))
         return fake_quant(kernel, -m, m, narrow_range=True)
@@ -252,6 +252,11 @@ def weight_forward(
         kernel = ops.expand_dims(kernel, 0)
     if quantize:
         kernel = quantize_kernel(kernel, rule)
+    if rule == "einsum":
+        outputs = ops.einsum(layer.equation, inputs, kernel)
+        if layer.bias is not None:
+            outputs = ops.add(outputs, layer.bias)
+        return _bias_activation(layer, outputs, pre_activation, bias=False)
     if rule == "dense":
         outputs = ops.matmul(inputs, kernel)
         if layer.use_bias:

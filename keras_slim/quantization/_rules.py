@@ -1,7 +1,7 @@
 """How each layer takes part in int8 simulation (its quantization rule).
 
 A rule says how a layer takes part in int8 simulation:
-  "conv", "depthwise", "separable", "transpose", "dense": weights
+  "conv", "depthwise", "separable", "transpose", "dense", "einsum": weights
       fake-quantized (a transposed convolution's kernel per output
       channel, its axis -2);
       output pending unless the layer's own activation is not linear (a
@@ -52,7 +52,14 @@ from keras_slim.quantization import _quantizers
 # The rules a layer class can be given (the catalogue's list, less
 # "quantizer", which only keras_slim's own FakeQuant has).
 RULES = tuple(r for r in catalogue.QUANTIZATION_RULES if r != "quantizer")
-WEIGHT_RULES = ("conv", "depthwise", "separable", "transpose", "dense")
+WEIGHT_RULES = (
+    "conv",
+    "depthwise",
+    "separable",
+    "transpose",
+    "dense",
+    "einsum",
+)
 # BatchNormalization folds into a convolution (per output channel); after a
 # Dense (quantized per tensor) or anything else it runs as int8 MUL and ADD.
 CONV_RULES = ("conv", "depthwise", "separable", "transpose")

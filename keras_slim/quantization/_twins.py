@@ -205,6 +205,14 @@ class QuantizedDense(_WeightQuantMixin, keras.layers.Dense):
 
 
 @keras.saving.register_keras_serializable(package="keras_slim")
+class QuantizedEinsumDense(_WeightQuantMixin, keras.layers.EinsumDense):
+    """`keras.layers.EinsumDense` with int8 per-tensor fake-quantized
+    kernel."""
+
+    weight_rule = "einsum"
+
+
+@keras.saving.register_keras_serializable(package="keras_slim")
 class FreezableBatchNormalization(keras.layers.BatchNormalization):
     """`keras.layers.BatchNormalization` that can run on its moving
     statistics in training too (`frozen = True`), as the folded int8 file
@@ -344,6 +352,7 @@ TWINS = {
     keras.layers.SeparableConv2D: QuantizedSeparableConv2D,
     keras.layers.Conv2DTranspose: QuantizedConv2DTranspose,
     keras.layers.Dense: QuantizedDense,
+    keras.layers.EinsumDense: QuantizedEinsumDense,
     keras.layers.BatchNormalization: FreezableBatchNormalization,
     keras.layers.LayerNormalization: QuantizedLayerNormalization,
     keras.layers.Embedding: QuantizedEmbedding,
@@ -360,6 +369,7 @@ WEIGHT_TWINS = (
     QuantizedSeparableConv2D,
     QuantizedConv2DTranspose,
     QuantizedDense,
+    QuantizedEinsumDense,
 )
 for _twin in WEIGHT_TWINS:
     _rules.register_own_rule(_twin, _twin.weight_rule)
