@@ -148,6 +148,21 @@ def test_layer_normalization_with_rms_scaling_is_refused_with_its_reason():
         quantize_model(model)
 
 
+def test_custom_layer_given_a_keras_class_rule_it_cannot_follow_is_refused():
+    from keras_slim import catalogue
+
+    class ScaleByStd(L.Layer):
+        def call(self, x):
+            return x / (keras.ops.std(x, axis=-1, keepdims=True) + 1e-3)
+
+    catalogue.register_layer(ScaleByStd, quantization="layernorm")
+    model = keras.Sequential(
+        [keras.Input((4,)), ScaleByStd(name="n"), L.Dense(2)]
+    )
+    with pytest.raises(ValueError, match=r"'n' .*'layernorm'.*\['axis'"):
+        quantize_model(model)
+
+
 def _sequence(x):
     return L.Reshape((8, 8))(x)
 

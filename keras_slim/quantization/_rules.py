@@ -193,6 +193,15 @@ def fixed_range(layer, rule):
     return None
 
 
+# The attributes a rule computes the layer with (its Keras class has them).
+_COMPUTES_WITH = {
+    "layernorm": ("axis", "epsilon", "gamma", "beta", "scale", "center"),
+    "embedding": ("embeddings",),
+    "einsum": ("equation", "kernel", "bias", "activation"),
+    "attention": ("query_dense", "key_dense", "value_dense", "output_dense"),
+}
+
+
 def unsupported_reason(layer, rule):
     """Why QAT cannot quantize `layer` (its rule given), or `None`."""
     if rule is None and getattr(layer, "rms_scaling", False):
@@ -202,6 +211,12 @@ def unsupported_reason(layer, rule):
         )
     if rule is None:
         return "has no int8 quantization rule in the catalogue"
+    missing = [a for a in _COMPUTES_WITH.get(rule, ()) if not hasattr(layer, a)]
+    if missing:  # a custom class registered with a Keras class's rule
+        return (
+            f"has the rule {rule!r}, whose int8 computation reads the "
+            f"attributes {missing}, which it lacks"
+        )
     if rule == "attention":
         return _attention.unsupported_reason(layer)
     activation = getattr(layer, "activation", None)
