@@ -277,24 +277,31 @@ def sweep_in_child(name, epochs, capabilities=CAPABILITIES, timeout=3600):
     """`sweep` in child processes, so that a converter crash (the LSTM
     calibration segfault) becomes a cell instead of ending the run: the
     capability that was running is marked `crash`, and a new child goes
-    on with the ones after it."""
+    on with the ones after it. A child still running after `timeout`
+    seconds is stopped: its capability is marked `timeout`, the ones
+    after it are not run."""
     cells, row, todo = {}, None, list(capabilities)
     while todo:
-        done = subprocess.run(
-            [sys.executable, "-m", "benchmarks.zoo", "--one", name]
-            + (["--epochs", str(epochs)] if epochs else [])
-            + ["--capabilities", ",".join(todo)],
-            cwd=os.path.dirname(HERE),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        for line in done.stdout.splitlines():
-            if line.startswith(_CELL):
-                capability, cell = json.loads(line[len(_CELL) :])
-                cells[capability] = cell
-            elif line.startswith(_MARK):
-                row = json.loads(line[len(_MARK) :])
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "benchmarks.zoo", "--one", name]
+                + (["--epochs", str(epochs)] if epochs else [])
+                + ["--capabilities", ",".join(todo)],
+                cwd=os.path.dirname(HERE),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as stopped:
+            # The cells it finished, then the one it was in: `timeout`;
+            # the ones after it are not run (the table says so).
+            _read_cells(stopped.stdout or "", cells)
+            running = [c for c in todo if c not in cells]
+            if running:
+                reason = f"stopped after {timeout} s"
+                cells[running[0]] = vars(Outcome("timeout", reason))
+            break
+        row = _read_cells(done.stdout, cells) or row
         todo = [c for c in todo if c not in cells]
         failed = todo or any(
             cells[c]["status"] in ("error", "crash") for c in cells
@@ -306,6 +313,20 @@ def sweep_in_child(name, epochs, capabilities=CAPABILITIES, timeout=3600):
             cells[todo.pop(0)] = vars(Outcome("crash", reason))
     row = row or dict(name=name, accuracy=float("nan"), seconds=float("nan"))
     row["cells"] = cells
+    return row
+
+
+def _read_cells(stdout, cells):
+    """Add the cells a child printed to `cells`; return its row or None."""
+    if isinstance(stdout, bytes):
+        stdout = stdout.decode(errors="replace")
+    row = None
+    for line in stdout.splitlines():
+        if line.startswith(_CELL):
+            capability, cell = json.loads(line[len(_CELL) :])
+            cells[capability] = cell
+        elif line.startswith(_MARK):
+            row = json.loads(line[len(_MARK) :])
     return row
 
 
