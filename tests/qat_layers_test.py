@@ -163,6 +163,22 @@ def test_custom_layer_given_a_keras_class_rule_it_cannot_follow_is_refused():
         quantize_model(model)
 
 
+def test_pooling_called_with_a_keras_mask_is_refused_before_training():
+    # `Embedding(mask_zero=True)` makes GlobalAveragePooling1D compute a
+    # masked average (CAST, SUM, DIV), float ops in the file.
+    inputs = keras.Input((16,), dtype="int32")
+    x = L.Dense(8)(L.Embedding(50, 8, mask_zero=True)(inputs))
+    x = L.GlobalAveragePooling1D(name="pool")(x)
+    model = keras.Model(inputs, L.Dense(2)(x))
+    model.compile("adam", "mse")
+    (x, y), _ = _token_data()
+    with pytest.raises(ValueError, match=r"'pool' .*called with a Keras mask"):
+        model.fit(x, np.eye(2)[y], callbacks=[QuantizationAwareTraining()])
+    assert model.optimizer.iterations.numpy() == 0
+    with pytest.raises(ValueError, match=r"'pool' .*called with a Keras mask"):
+        quantize_model(model)
+
+
 def _sequence(x):
     return L.Reshape((8, 8))(x)
 

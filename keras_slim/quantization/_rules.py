@@ -332,18 +332,42 @@ def plan(model, predicate):
     """
     rows = []
     refused = []
+    masked = _mask_consumers(model)
     for path, layer, is_model in walk(model):
         if is_model:
             continue
         rule = layer_rule(layer)
         selected = predicate(path, layer)
         reason = unsupported_reason(layer, rule)
+        if reason is None and id(layer) in masked:
+            reason = (
+                "is called with a Keras mask (from `Embedding(mask_zero="
+                "True)` or `Masking`): its masked computation runs as "
+                "float ops in the int8 file (CAST, SUM, DIV for a masked "
+                "average), which keras_slim does not place ranges for"
+            )
         if reason is not None and selected:
             refused.append((path, type(layer).__name__, reason))
         rows.append((path, layer, rule if selected else "skip"))
     if refused:
         raise ValueError(_refusal(refused))
     return rows
+
+
+def _mask_consumers(model):
+    """`id`s of the layers a graph model (or a nested one) calls with a
+    `mask` argument: they compute with it (a masked pooling)."""
+    found = set()
+    graphs = [model, *(sub for _, sub, is_model in walk(model) if is_model)]
+    for graph in graphs:
+        if not _layers.is_graph_model(graph):
+            continue
+        for op in graph.operations:
+            for node in getattr(op, "_inbound_nodes", ()):
+                mask = node.arguments.kwargs.get("mask")
+                if isinstance(mask, keras.KerasTensor):
+                    found.add(id(op))
+    return found
 
 
 def _refusal(refused):
