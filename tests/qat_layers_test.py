@@ -337,6 +337,25 @@ def test_text_transformer_exports_int8_in_parity(route, tmp_path):
     assert agreement >= 0.99
 
 
+def test_masked_attention_exports_int8_in_parity(tmp_path):
+    # `Embedding(mask_zero=True)`: MultiHeadAttention masks its softmax
+    # (int8 SELECT ops in the file); the max pooling ignores the mask.
+    inputs = keras.Input((16,), dtype="int32")
+    x = L.Embedding(50, 16, mask_zero=True)(inputs)
+    x = L.MultiHeadAttention(2, 8)(x, x)
+    with pytest.warns(UserWarning, match="does not support masking"):
+        x = L.GlobalMaxPooling1D()(x)
+    model = keras.Model(inputs, L.Dense(2)(x))
+    (x, y), (x_test, y_test) = _token_data()
+    rng = np.random.default_rng(1)
+    for ids in (x, x_test):  # padding: 0 to 8 trailing zeros per sequence
+        ids[np.arange(16) >= 16 - rng.integers(0, 9, (len(ids), 1))] = 0
+    path = tmp_path / "m.tflite"
+    agreement = _fit_export(model, ((x, y), (x_test, y_test)), path)
+    assert keras_slim.inspect_tflite(path).ops.get("SELECT_V2") == 2
+    assert agreement >= 0.99
+
+
 def _densenet_conv_block(x):
     # DenseNet's conv block: x ++ BN-ReLU-Conv1x1-BN-ReLU-Conv3x3(x).
     y = L.ReLU()(L.BatchNormalization()(x))
