@@ -735,6 +735,17 @@ def test_layer_without_rule_is_named_before_training(digits_small):
     assert model.optimizer.iterations.numpy() == 0
 
 
+def test_sequential_built_without_an_input_layer_learns_ranges(digits_small):
+    # `build(shape)` makes no graph: `model.operations` does not exist.
+    model = keras.Sequential(
+        [keras.layers.Flatten(), keras.layers.Dense(16, activation="relu")]
+        + [keras.layers.Dense(10)]
+    )
+    model.build((None, 8, 8, 1))
+    _qat_fit(model, digits_small)
+    assert is_quantization_aware(model)
+
+
 def test_subclassed_model_is_refused_by_quantize_model():
     with pytest.raises(ValueError, match="Sequential or Functional"):
         quantize_model(subclassed_model())

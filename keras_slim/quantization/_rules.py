@@ -362,7 +362,11 @@ def _mask_consumers(model):
     for graph in graphs:
         if not _layers.is_graph_model(graph):
             continue
-        for op in graph.operations:
+        try:
+            operations = graph.operations
+        except AttributeError:  # a Sequential model not built as a graph
+            continue
+        for op in operations:
             for node in getattr(op, "_inbound_nodes", ()):
                 mask = node.arguments.kwargs.get("mask")
                 if isinstance(mask, keras.KerasTensor):
