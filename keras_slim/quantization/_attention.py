@@ -22,6 +22,7 @@ is the layer's output. Masks are computed by Keras
 
 import inspect
 
+import keras
 from keras import ops
 
 from keras_slim.quantization import _quantizers
@@ -81,6 +82,32 @@ def _project(dense, x):
     return y
 
 
+def _masked_softmax(layer, scores, mask):
+    """`layer`'s softmax of `scores` under `mask`, in the form that
+    converts to int8 ops on every Keras we support.
+
+    Keras >= 3.13 masks with `where` (int8 SELECT_V2 in the file); Keras
+    3.12 adds `(1 - mask) * -1e9` and multiplies by the mask, float
+    CAST/SUB/MUL/ADD ops the int8 file cannot hold. Same values, so the
+    first form is written here once, as `MultiHeadAttention` expands the
+    mask (`_masked_softmax`).
+    """
+    if mask is None:
+        return layer._softmax(scores)
+    axis = -len(layer._attention_axes) * 2 - 1
+    for _ in range(len(scores.shape) - len(mask.shape)):
+        mask = ops.expand_dims(mask, axis=axis)
+    if keras.backend.standardize_dtype(mask.dtype) != "bool":
+        mask = ops.greater(mask, ops.cast(0.5, mask.dtype))
+    negative = (
+        -3e4
+        if keras.backend.standardize_dtype(scores.dtype) == ("float16")
+        else -1e9
+    )
+    probs = layer._softmax(ops.where(mask, scores, negative))
+    return ops.where(mask, probs, 0.0)
+
+
 def forward(layer, inputs, step, training=False, **masks):
     """The output of `layer` on `inputs` = `(query, value, key)`,
     with `step(name, t)` fake-quantizing each tensor of `STEPS`.
@@ -96,7 +123,7 @@ def forward(layer, inputs, step, training=False, **masks):
     scale = ops.cast(layer._inverse_sqrt_key_dim, q.dtype)
     q = step("query_scaled", q * scale)
     scores = step("scores", ops.einsum(layer._dot_product_equation, k, q))
-    probs = layer._masked_softmax(scores, mask)
+    probs = _masked_softmax(layer, scores, mask)
     probs = _quantizers.fake_quant_fixed(
         probs, _quantizers.FIXED_RANGES["softmax"]
     )
