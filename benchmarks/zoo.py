@@ -427,6 +427,12 @@ def main():
         "models are not run again) and this run's rows are added to it",
     )
     parser.add_argument("--note", help="a line added under the table")
+    parser.add_argument(
+        "--timeout",
+        type=int,
+        default=3600,
+        help="seconds a model's child process may run before it is stopped",
+    )
     args = parser.parse_args()
     capabilities = tuple(args.capabilities.split(","))
     if args.one:
@@ -441,7 +447,7 @@ def main():
     for name in args.models.split(","):
         if name in done:
             continue
-        rows.append(sweep_in_child(name, args.epochs))
+        rows.append(sweep_in_child(name, args.epochs, timeout=args.timeout))
         print(name, rows[-1]["cells"], flush=True)
         if args.rows:
             with open(args.rows, "w") as f:
