@@ -414,12 +414,18 @@ def standalone_batchnorm(layer, x, training, inner, original):
     return product + ops.reshape(quantize_constant(offset), shape)
 
 
+def has_offset(layer):
+    """Whether an `affine` layer adds an offset after its scale
+    (`Rescaling`, `Normalization`) or only scales (`LayerScale`)."""
+    return isinstance(
+        layer, (keras.layers.Rescaling, keras.layers.Normalization)
+    )
+
+
 def affine_parameters(layer, dtype):
     """The `(scale, offset)` of a `Rescaling` or `Normalization` layer;
     of ConvNeXt's `LayerScale`, `(gamma, None)`."""
-    if not isinstance(
-        layer, (keras.layers.Rescaling, keras.layers.Normalization)
-    ):
+    if not has_offset(layer):
         return ops.cast(layer.gamma, dtype), None
     if isinstance(layer, keras.layers.Normalization):
         std = ops.maximum(

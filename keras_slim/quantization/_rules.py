@@ -163,13 +163,9 @@ def inner_names(layer, rule):
         return LAYERNORM_STEPS[: len(LAYERNORM_STEPS) - 2 + ops_after]
     if rule == "attention":
         return _attention.STEPS
-    if rule == "affine" and not _has_offset(layer):
+    if rule == "affine" and not _quantizers.has_offset(layer):
         return ()
     return ("inner",) if rule in INNER_RULES else ()
-
-
-def _has_offset(layer):
-    return isinstance(layer, (_L.Rescaling, _L.Normalization))
 
 
 def splits_activation(layer, rule):

@@ -266,8 +266,30 @@ class StandaloneBatchNormalization(FreezableBatchNormalization):
         )
 
 
+class _StepQuantMixin:
+    """A twin whose int8 computation has inner tensors of its own: one
+    `FakeQuant` sublayer per step name, in `step_quants`."""
+
+    def _build_steps(self, names):
+        self.step_names = tuple(names)
+        self.step_quants = [FakeQuant(name=n) for n in self.step_names]
+        for quant in self.step_quants:
+            quant.build(())
+
+    def _step(self, training):
+        """`step(name, t)`: `t` through the `FakeQuant` of step `name`."""
+        quants = dict(zip(self.step_names, self.step_quants))
+
+        def step(name, t):
+            return quants[name](t, training=training is True)
+
+        return step
+
+
 @keras.saving.register_keras_serializable(package="keras_slim")
-class QuantizedLayerNormalization(keras.layers.LayerNormalization):
+class QuantizedLayerNormalization(
+    _StepQuantMixin, keras.layers.LayerNormalization
+):
     """`keras.layers.LayerNormalization` computed as its int8 file runs
     it (MEAN, SUB, MUL, MEAN, ADD, RSQRT, MUL, MUL by gamma, ADD of beta),
     each inner tensor through a `FakeQuant` sublayer of `step_quants`.
@@ -279,24 +301,18 @@ class QuantizedLayerNormalization(keras.layers.LayerNormalization):
 
     def build(self, input_shape):
         super().build(input_shape)
-        self.step_names = _rules.inner_names(self, "layernorm")
-        self.step_quants = [FakeQuant(name=n) for n in self.step_names]
-        for quant in self.step_quants:
-            quant.build(())
+        self._build_steps(_rules.inner_names(self, "layernorm"))
 
     def call(self, inputs, training=None):
         if not self.quantize_active:
             return super().call(inputs)
-        quants = dict(zip(self.step_names, self.step_quants))
-
-        def step(name, t):
-            return quants[name](t, training=training is True)
-
-        return _layernorm.forward(self, inputs, step)
+        return _layernorm.forward(self, inputs, self._step(training))
 
 
 @keras.saving.register_keras_serializable(package="keras_slim")
-class QuantizedMultiHeadAttention(keras.layers.MultiHeadAttention):
+class QuantizedMultiHeadAttention(
+    _StepQuantMixin, keras.layers.MultiHeadAttention
+):
     """`keras.layers.MultiHeadAttention` computed as its int8 file runs it
     (projections with int8 kernels, scaled dot product, softmax, weighted
     sum), each inner tensor through a `FakeQuant` sublayer of
@@ -309,22 +325,15 @@ class QuantizedMultiHeadAttention(keras.layers.MultiHeadAttention):
 
     def build(self, query_shape, value_shape, key_shape=None):
         super().build(query_shape, value_shape, key_shape)
-        self.step_names = _attention.STEPS
-        self.step_quants = [FakeQuant(name=n) for n in self.step_names]
-        for quant in self.step_quants:
-            quant.build(())
+        self._build_steps(_attention.STEPS)
 
     def call(self, query, value, key=None, training=None, **kwargs):
         if not self.quantize_active or kwargs.get("return_attention_scores"):
             return super().call(query, value, key, training=training, **kwargs)
-        bound = _attention.bind(self, (query, value, key), kwargs)
-        quants = dict(zip(self.step_names, self.step_quants))
-
-        def step(name, t):
-            return quants[name](t, training=training is True)
-
-        inputs, masks, _ = bound
-        return _attention.forward(self, inputs, step, training is True, **masks)
+        inputs, masks, _ = _attention.bind(self, (query, value, key), kwargs)
+        return _attention.forward(
+            self, inputs, self._step(training), training is True, **masks
+        )
 
 
 @keras.saving.register_keras_serializable(package="keras_slim")
