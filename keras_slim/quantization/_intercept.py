@@ -20,7 +20,9 @@ inside that code: for those the layer's `call` is overridden on the
 instance (`override_call`), the one place keras_slim still does so.
 """
 
+import contextlib
 import functools
+import threading
 
 import keras
 
@@ -77,7 +79,11 @@ class LayerHook:
         self.split = _rules.splits_activation(layer, rule)
         self.batchnorm = isinstance(layer, keras.layers.BatchNormalization)
         custom = self.weighted or rule in _CUSTOM_RULES
-        needs_context = custom and isinstance(layer, keras.layers.Layer)
+        # Swish runs as LOGISTIC (its fixed int8 grid) then MUL.
+        self.swish = rule == "output" and _quantizers.is_swish_operation(layer)
+        needs_context = (custom or self.swish) and isinstance(
+            layer, keras.layers.Layer
+        )
         self.context = _Context(layer) if needs_context else None
         if self.context is not None and layer.activity_regularizer:
             activity_loss_per_sample()  # eagerly, not while tracing
@@ -146,6 +152,12 @@ class LayerHook:
 
         def run(new_args, fused):
             nonlocal masks, training
+            if self.swish:
+                if self.context is None:  # a `keras.ops.silu` node
+                    return _quantizers.swish(new_args[0])
+                outputs = self.context(new_args[0], compute=_quantizers.swish)
+                _activity_loss(layer, outputs)
+                return outputs
             custom = self.weighted or rule in _CUSTOM_RULES
             custom = custom and (rule != "batchnorm" or not fused)
             if not custom:
@@ -335,6 +347,45 @@ def _context_kwargs(op, context):
     return {k: v for k, v in context.items() if k in names and v is not None}
 
 
+_local = threading.local()
+
+
+class Recorder:
+    """The output of each operation of the graph passes run while it is
+    open (`recording`): `outputs`, `(operation name, tensor)` in call
+    order. `values()` gives them as the file holds them: a pending
+    output quantized by its range (see `_placement`)."""
+
+    def __init__(self):
+        self.outputs = []
+        self.scope = None
+
+    def values(self):
+        """Dict of operation name to its (materialized) output, the last
+        call of each operation winning."""
+        return {
+            name: self.scope.materialize(t) if self.scope else t
+            for name, t in self.outputs
+        }
+
+
+@contextlib.contextmanager
+def recording():
+    """Record the operations' outputs of the model calls made inside
+    (eager calls of a model made quantization-aware in place)."""
+    outer = getattr(_local, "recorder", None)
+    recorder = Recorder()
+    _local.recorder = recorder
+    try:
+        yield recorder
+    finally:
+        _local.recorder = outer
+
+
+def current_recorder():
+    return getattr(_local, "recorder", None)
+
+
 def run_graph(model, inputs, hooks, graphs, training=None, mask=None, **kwargs):
     """`model.call(inputs, training, mask, **kwargs)` for a graph model,
     each operation called through its hook in `hooks` (by id), each
@@ -353,11 +404,17 @@ def run_graph(model, inputs, hooks, graphs, training=None, mask=None, **kwargs):
                 kw = {**positional, **kw}
                 training_arg = kw.pop("training", training)
                 out = run_graph(op, args[0], hooks, graphs, training_arg, **kw)
-                return out if sc is None else sc.materialize(out)
-            hook = hooks.get(id(op))
-            if hook is None:
-                return op(*args, **kw)
-            return hook(op, args, kw, in_call=False)
+                out = out if sc is None else sc.materialize(out)
+            else:
+                hook = hooks.get(id(op))
+                if hook is None:
+                    out = op(*args, **kw)
+                else:
+                    out = hook(op, args, kw, in_call=False)
+            recorder = current_recorder()
+            if recorder is not None:
+                recorder.outputs.append((op.name, out))
+            return out
 
         return call
 

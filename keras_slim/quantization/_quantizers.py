@@ -212,6 +212,32 @@ def fake_quant_fixed(x, fixed):
     return ops.cast(out, dtype)
 
 
+def is_swish(activation):
+    """Whether an activation function is swish (`silu`): the converter
+    writes it as LOGISTIC then MUL."""
+    return getattr(activation, "__name__", None) in ("silu", "swish")
+
+
+def is_swish_operation(op):
+    """Whether a graph operation computes swish: an `Activation("swish")`
+    layer (or its twin) or a `keras.ops.silu` node."""
+    if isinstance(op, keras.layers.Activation):
+        return is_swish(op.activation)
+    return type(op).__name__ == "Silu" and not isinstance(
+        op, keras.layers.Layer
+    )
+
+
+def swish(x):
+    """Swish as its int8 file computes it: `x * sigmoid(x)` with the
+    sigmoid on LOGISTIC's fixed int8 grid (scale 1/256). Without that
+    grid the simulation's product differs from the file's by up to a
+    step in about 1% of the outputs (measured on a Conv2D + swish), an
+    error that compounds over EfficientNet's 16 swish blocks."""
+    sigmoid = fake_quant_fixed(ops.sigmoid(x), FIXED_RANGES["sigmoid"])
+    return x * sigmoid
+
+
 def weight_forward(
     layer, rule, inputs, quantize, pre_activation=None, inner=None
 ):
@@ -277,6 +303,8 @@ def _bias_activation(layer, outputs, pre_activation, bias=True):
         outputs = ops.add(outputs, ops.reshape(layer.bias, bias_shape))
     if pre_activation is not None:
         outputs = pre_activation(outputs)
+        if is_swish(layer.activation):
+            return swish(outputs)
     if layer.activation is not None:
         outputs = layer.activation(outputs)
     return outputs

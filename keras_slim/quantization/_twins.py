@@ -352,6 +352,23 @@ class QuantizedEmbedding(keras.layers.Embedding):
         return _quantizers.embedding_lookup(self, inputs)
 
 
+@keras.saving.register_keras_serializable(package="keras_slim")
+class QuantizedActivation(keras.layers.Activation):
+    """`keras.layers.Activation("swish")` computed as its int8 file runs
+    it: LOGISTIC on its fixed int8 grid, then MUL (any other activation
+    as `Activation`).
+
+    Same arguments and config as `Activation`.
+    """
+
+    quantize_active = True
+
+    def call(self, inputs):
+        if self.quantize_active and _quantizers.is_swish(self.activation):
+            return _quantizers.swish(inputs)
+        return super().call(inputs)
+
+
 TWINS = {
     keras.layers.Conv1D: QuantizedConv1D,
     keras.layers.Conv2D: QuantizedConv2D,
@@ -386,5 +403,6 @@ _rules.register_own_rule(FreezableBatchNormalization, "batchnorm")
 _rules.register_own_rule(StandaloneBatchNormalization, "batchnorm")
 _rules.register_own_rule(QuantizedLayerNormalization, "layernorm")
 _rules.register_own_rule(QuantizedEmbedding, "embedding")
+_rules.register_own_rule(QuantizedActivation, "output")
 _rules.register_own_rule(QuantizedMultiHeadAttention, "attention")
 _rules.register_own_rule(FakeQuant, "quantizer")

@@ -48,6 +48,12 @@ class _Builder:
             cls = type(layer)
             if rule != "skip" and cls in _twins.TWINS:
                 cls = _twins.TWINS[cls]
+            elif (
+                rule == "output"
+                and cls is keras.layers.Activation
+                and _quantizers.is_swish(layer.activation)
+            ):  # swish: LOGISTIC on its int8 grid, then MUL
+                cls = _twins.QuantizedActivation
             config = layer.get_config()
             if rule != "skip" and _rules.splits_activation(layer, rule):
                 # The activation runs after a range of its own (call_layer).
@@ -75,14 +81,24 @@ class _Builder:
         def run(new_args, fused):
             if rule == "affine":
                 return self.affine(old, new_args[0], inner)
+            if rule == "output" and _quantizers.is_swish_operation(old):
+                if isinstance(old, keras.layers.Layer):
+                    return new(new_args[0])  # the QuantizedActivation
+                swish = _twins.QuantizedActivation(  # an `ops.silu` node
+                    "silu", name=self.unique(f"{old.name}_swish")
+                )
+                return swish(new_args[0])
             outputs = new(*new_args, **kwargs)
             if split:
                 outputs = self.fake_quant(
                     outputs, f"{old.name}_preactivation_quant", pre
                 )
-                activation = keras.layers.Activation(
-                    old.activation, name=self.unique(f"{old.name}_activation")
-                )
+                swish = _quantizers.is_swish(old.activation)
+                activation = (
+                    _twins.QuantizedActivation
+                    if swish
+                    else keras.layers.Activation
+                )(old.activation, name=self.unique(f"{old.name}_activation"))
                 outputs = activation(outputs)
             return outputs
 

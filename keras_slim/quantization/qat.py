@@ -188,7 +188,10 @@ class QuantizationAwareTraining(keras.callbacks.Callback):
                     inner = getattr(layer, "depthwise_quant", None)
                     if inner is not None:
                         inner.ranges_frozen = frozen
-                elif isinstance(layer, _twins.QuantizedEmbedding):
+                elif isinstance(
+                    layer,
+                    (_twins.QuantizedEmbedding, _twins.QuantizedActivation),
+                ):
                     layer.quantize_active = active
                 elif isinstance(layer, _twins.STEP_TWINS):
                     layer.quantize_active = active
