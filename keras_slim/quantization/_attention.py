@@ -101,7 +101,7 @@ def _masked_softmax(layer, scores, mask):
         mask = ops.greater(mask, ops.cast(0.5, mask.dtype))
     negative = (
         -3e4
-        if keras.backend.standardize_dtype(scores.dtype) == ("float16")
+        if keras.backend.standardize_dtype(scores.dtype) == "float16"
         else -1e9
     )
     probs = layer._softmax(ops.where(mask, scores, negative))
