@@ -32,6 +32,7 @@ QUANTIZATION_RULES = (
     "output",
     "affine",
     "layernorm",
+    "rmsnorm",
     "embedding",
     "attention",
     "passthrough",
@@ -334,7 +335,8 @@ KINDS = (
             ("Softmax", None, "output", False),
             ("LayerNormalization", None, "layernorm", False),
             ("GroupNormalization", None, None, False),
-            ("RMSNormalization UnitNormalization", None, None, False),
+            ("RMSNormalization", None, "rmsnorm", False),
+            ("UnitNormalization", None, None, False),
             ("Normalization", None, "affine", False),
             ("PReLU", None, None, False),
         )

@@ -113,6 +113,7 @@ _QUANTIZATION_RULES = {
     L.ReLU: "activation",
     # Added with the catalogue (issue 20): int8 ops of their own.
     L.LayerNormalization: "layernorm",
+    L.RMSNormalization: "rmsnorm",
     L.Embedding: "embedding",
     L.MultiHeadAttention: "attention",
     L.EinsumDense: "einsum",

@@ -262,6 +262,10 @@ BODIES = {
         "abc,cd->abd", output_shape=(8, 16), bias_axes="d", activation="relu"
     )(_sequence(x)),
     "hard_swish_of_keras_ops": _hard_swish_ops,
+    # Gemma-style: the residual stream of a sequence, RMS-normalized.
+    "rms_normalization": lambda x: L.RMSNormalization()(
+        L.Add()([L.Dense(8)(_sequence(x)), _sequence(x)])
+    ),
     "conv2d_transpose": lambda x: L.Conv2DTranspose(
         8, 3, strides=2, padding="same", activation="relu"
     )(L.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)),
@@ -411,6 +415,7 @@ def test_densenet_transition_pool_before_a_concatenation_exports_int8(
         "convnext_block",
         "einsum_dense",
         "hard_swish_of_keras_ops",
+        "rms_normalization",
     ],
 )
 def test_quantize_model_twins_export_int8_and_reload(

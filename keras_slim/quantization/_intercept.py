@@ -120,6 +120,8 @@ class LayerHook:
             return _quantizers.affine_forward(layer, x, inner)
         if rule == "layernorm":
             return _layernorm.forward(layer, x, step)
+        if rule == "rmsnorm":
+            return _layernorm.rms_forward(layer, x, step)
         if rule == "embedding":
             return _quantizers.embedding_lookup(layer, x)
         if rule == "attention":
@@ -193,7 +195,14 @@ class LayerHook:
         )
 
 
-_CUSTOM_RULES = ("affine", "batchnorm", "layernorm", "embedding", "attention")
+_CUSTOM_RULES = (
+    "affine",
+    "batchnorm",
+    "layernorm",
+    "rmsnorm",
+    "embedding",
+    "attention",
+)
 
 
 def _runs_keras_math(layer, rule, split):

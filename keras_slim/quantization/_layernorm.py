@@ -25,6 +25,25 @@ from keras_slim import _export_rewrites
 from keras_slim.quantization import _quantizers
 
 
+def rms_forward(layer, x, step):
+    """`RMSNormalization` on `x` as its int8 file computes it: `x * x`
+    (MUL: `ops.square` would be a float-only SQUARE op), MEAN, ADD of
+    epsilon, RSQRT, MUL by it, MUL by the scale stored as one int8
+    range; `step(name, t)` fake-quantizes each inner tensor
+    (`_rules.RMSNORM_STEPS`), the output is left to the layer's range."""
+    dtype = layer.compute_dtype
+    x = _export_rewrites.float32_or_wider(x)
+    square = step("square", x * x)
+    variance = step(
+        "variance", ops.mean(square, axis=layer.axis, keepdims=True)
+    )
+    shifted = step("shifted_variance", variance + layer.epsilon)
+    shifted = ops.maximum(shifted, layer.epsilon)  # as in `forward`
+    outputs = step("normalized", x * step("rsqrt", ops.rsqrt(shifted)))
+    scale = _quantizers.quantize_constant(layer.scale)
+    return ops.cast(outputs * ops.cast(scale, x.dtype), dtype)
+
+
 def forward(layer, x, step):
     """The output of `layer` on `x`, with `step(name, t)` fake-quantizing
     the inner tensor `name` (one of `_rules.inner_names(layer, ...)`); the

@@ -20,6 +20,8 @@ A rule says how a layer takes part in int8 simulation:
   "layernorm": `LayerNormalization` as the int8 ops MEAN, SUB, MUL, MEAN,
       ADD, RSQRT, MUL (and MUL by gamma, ADD of beta), each output with a
       range of its own (`LAYERNORM_STEPS`); output quantized.
+  "rmsnorm": `RMSNormalization` as MUL (x * x), MEAN, ADD, RSQRT, MUL,
+      MUL by its scale (`RMSNORM_STEPS`); output quantized.
   "embedding": the table fake-quantized per tensor (symmetric, as a Dense
       kernel) and looked up by an int8 GATHER, whose output keeps the
       table's scale: no range of its own. Its integer inputs are never
@@ -155,9 +157,21 @@ LAYERNORM_STEPS = (
 )
 
 
+# The inner tensors of an RMSNormalization (`_layernorm.rms_forward`).
+RMSNORM_STEPS = (
+    "square",
+    "variance",
+    "shifted_variance",
+    "rsqrt",
+    "normalized",
+)
+
+
 def inner_names(layer, rule):
     """The names of the inner tensors of `layer` that get ranges of their
     own (the last op's output is the layer's output and has its range)."""
+    if rule == "rmsnorm":
+        return RMSNORM_STEPS
     if rule == "layernorm":
         ops_after = int(bool(layer.scale)) + int(bool(layer.center))
         return LAYERNORM_STEPS[: len(LAYERNORM_STEPS) - 2 + ops_after]
@@ -192,6 +206,7 @@ def fixed_range(layer, rule):
 # The attributes a rule computes the layer with (its Keras class has them).
 _COMPUTES_WITH = {
     "layernorm": ("axis", "epsilon", "gamma", "beta", "scale", "center"),
+    "rmsnorm": ("axis", "epsilon", "scale"),
     "embedding": ("embeddings",),
     "einsum": ("equation", "kernel", "bias", "activation"),
     "attention": ("query_dense", "key_dense", "value_dense", "output_dense"),
@@ -233,7 +248,14 @@ def output_mode(layer, rule):
         return "pending" if name == "linear" else "quantize"
     if rule in ("batchnorm", "add", "activation"):
         return "pending"
-    if rule in ("output", "concat", "affine", "layernorm", "attention"):
+    if rule in (
+        "output",
+        "concat",
+        "affine",
+        "layernorm",
+        "rmsnorm",
+        "attention",
+    ):
         return "quantize"
     return "none"
 

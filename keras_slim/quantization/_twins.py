@@ -310,6 +310,27 @@ class QuantizedLayerNormalization(
 
 
 @keras.saving.register_keras_serializable(package="keras_slim")
+class QuantizedRMSNormalization(_StepQuantMixin, keras.layers.RMSNormalization):
+    """`keras.layers.RMSNormalization` computed as its int8 file runs it
+    (MUL, MEAN, ADD, RSQRT, MUL, MUL by the scale), each inner tensor
+    through a `FakeQuant` sublayer of `step_quants`.
+
+    Same arguments and config as `RMSNormalization`.
+    """
+
+    quantize_active = True
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_steps(_rules.RMSNORM_STEPS)
+
+    def call(self, inputs, training=None):
+        if not self.quantize_active:
+            return super().call(inputs)
+        return _layernorm.rms_forward(self, inputs, self._step(training))
+
+
+@keras.saving.register_keras_serializable(package="keras_slim")
 class QuantizedMultiHeadAttention(
     _StepQuantMixin, keras.layers.MultiHeadAttention
 ):
@@ -383,9 +404,14 @@ TWINS = {
     keras.layers.LayerNormalization: QuantizedLayerNormalization,
     keras.layers.Embedding: QuantizedEmbedding,
     keras.layers.MultiHeadAttention: QuantizedMultiHeadAttention,
+    keras.layers.RMSNormalization: QuantizedRMSNormalization,
 }
 # Twins that compute several int8 ops, a `FakeQuant` after each.
-STEP_TWINS = (QuantizedLayerNormalization, QuantizedMultiHeadAttention)
+STEP_TWINS = (
+    QuantizedLayerNormalization,
+    QuantizedRMSNormalization,
+    QuantizedMultiHeadAttention,
+)
 WEIGHT_TWINS = (
     QuantizedConv1D,
     QuantizedConv2D,
@@ -402,6 +428,7 @@ for _twin in WEIGHT_TWINS:
 _rules.register_own_rule(FreezableBatchNormalization, "batchnorm")
 _rules.register_own_rule(StandaloneBatchNormalization, "batchnorm")
 _rules.register_own_rule(QuantizedLayerNormalization, "layernorm")
+_rules.register_own_rule(QuantizedRMSNormalization, "rmsnorm")
 _rules.register_own_rule(QuantizedEmbedding, "embedding")
 _rules.register_own_rule(QuantizedActivation, "output")
 _rules.register_own_rule(QuantizedMultiHeadAttention, "attention")
