@@ -97,6 +97,42 @@ def test_report_of_a_qat_model_compares_with_its_quantized_layers(
         assert layer.snr_db > 35, report.summary()
 
 
+def test_report_of_a_qat_model_reads_concatenated_branches(digits, tmp_path):
+    # An Inception-style concatenation: the converter gives its inputs the
+    # concatenation's range, so the branches' own ranges never see data.
+    # The recorded outputs are those the pass used (never quantized
+    # afterwards with a range that saw no data); every layer the file
+    # names stays within a step or so of the QAT model.
+    from keras_slim.quantization import QuantizationAwareTraining
+
+    (x, y), (x_test, _) = digits
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(x.shape[1:])
+    a = keras.layers.Conv2D(8, 3, activation="relu", name="branch_a")(inputs)
+    b = keras.layers.Conv2D(8, 3, activation="relu", name="branch_b")(inputs)
+    h = keras.layers.Concatenate(name="concat")([a, b])
+    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+    model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
+    model.compile(
+        "adam",
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(
+        x[:512],
+        y[:512],
+        batch_size=64,
+        epochs=2,
+        verbose=0,
+        callbacks=[QuantizationAwareTraining()],
+    )
+    path = str(tmp_path / "concat.tflite")
+    export_tflite(model, path)
+    report = error_report(model, path, x_test, max_samples=32)
+    assert {"concat", "logits"} <= {layer.name for layer in report.layers}
+    for layer in report.layers:
+        assert layer.snr_db > 35, report.summary()
+
+
 def test_int16_file_has_higher_snr_than_int8(
     trained_cnn, digits, int8_file, tmp_path
 ):

@@ -566,3 +566,22 @@ def test_swish_matches_its_int8_file_step_for_step(
     assert expected.std() > 4 * scale  # not a constant output
     assert off.max() <= 3
     assert (off > 0).mean() <= 0.03, (off > 0).mean()
+
+
+def test_swish_under_mixed_precision_exports_int8(digits_small, tmp_path):
+    # While the converter traces the model, its layers compute in float32;
+    # a swish `Activation` must too, or the file keeps float16 ops.
+    (x, y), (x_test, _) = digits_small
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((8, 8, 1))
+        h = L.Activation("swish")(L.Conv2D(8, 3)(inputs))
+        h = L.GlobalAveragePooling2D()(L.Conv2D(8, 3, activation="swish")(h))
+        model = keras.Model(inputs, L.Dense(10, dtype="float32")(h))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    agreement = _fit_export(
+        model, ((x, y), (x_test, None)), tmp_path / "m.tflite"
+    )
+    assert agreement >= 0.98

@@ -14,8 +14,9 @@ form, with Keras's own sub-layers' variables and equations:
     output = EinsumDense projection of combined
 
 with a range after each step (`STEPS`); the output projection's result
-is the layer's output. Masks are computed by Keras
-(`_compute_attention_mask`, `_masked_softmax`). Variants that add ops
+is the layer's output. The mask is computed by Keras
+(`_compute_attention_mask`) and applied here with `where`
+(`_masked_softmax`). Variants that add ops
 (a gated output, sliding windows) are refused before training
 (`unsupported_reason`).
 """
@@ -88,9 +89,10 @@ def _masked_softmax(layer, scores, mask):
 
     Keras >= 3.13 masks with `where` (int8 SELECT_V2 in the file); Keras
     3.12 adds `(1 - mask) * -1e9` and multiplies by the mask, float
-    CAST/SUB/MUL/ADD ops the int8 file cannot hold. Same values, so the
-    first form is written here once, as `MultiHeadAttention` expands the
-    mask (`_masked_softmax`).
+    CAST/SUB/MUL/ADD ops the int8 file cannot hold. The same values for a
+    boolean mask (Keras's own masks are boolean); a float mask is read as
+    `mask > 0.5`, as Keras >= 3.13 reads it (3.12 would weight by it). The
+    mask is expanded as `MultiHeadAttention._masked_softmax` does.
     """
     if mask is None:
         return layer._softmax(scores)

@@ -324,13 +324,15 @@ def _keras_outputs(model, layers, x, batch_size=64):
     from keras_slim.quantization import _in_place
     from keras_slim.quantization import _intercept
 
-    if _in_place.awareness_of(model) is None:
+    if _in_place.awareness_of(model) is None or not _intercept.runs_as_graph(
+        model
+    ):
         probe = keras.Model(model.inputs, [layer.output for layer in layers])
         out = probe.predict(x, verbose=0, batch_size=batch_size)
         return out if len(layers) > 1 else [out]
     arrays = keras.tree.flatten(x)
     n = len(arrays[0])
-    names = [layer.name for layer in layers]
+    names = [id(layer) for layer in layers]
     out = {name: [] for name in names}
     for start in range(0, n, batch_size):
         batch = [a[start : start + batch_size] for a in arrays]

@@ -154,10 +154,17 @@ class LayerHook:
 
         def run(new_args, fused):
             nonlocal masks, training
+            context = self.context
+            if context is not None and (
+                context.dtype_policy is not layer.dtype_policy
+            ):
+                # The layer's policy changed since (a mixed precision
+                # model computes in float32 while it is converted).
+                context.dtype_policy = layer.dtype_policy
             if self.swish:
-                if self.context is None:  # a `keras.ops.silu` node
+                if in_call or context is None:  # in its own call; an op
                     return _quantizers.swish(new_args[0])
-                outputs = self.context(new_args[0], compute=_quantizers.swish)
+                outputs = context(new_args[0], compute=_quantizers.swish)
                 _activity_loss(layer, outputs)
                 return outputs
             custom = self.weighted or rule in _CUSTOM_RULES
@@ -179,11 +186,7 @@ class LayerHook:
                 return _with_quantized_kernel(
                     layer, rule, lambda: original(*new_args, **kwargs)
                 )
-            if self.context.dtype_policy is not layer.dtype_policy:
-                # The layer's policy changed since (a mixed precision
-                # model computes in float32 while it is converted).
-                self.context.dtype_policy = layer.dtype_policy
-            outputs = self.context(first, compute=lambda x: compute(x, fused))
+            outputs = context(first, compute=lambda x: compute(x, fused))
             _activity_loss(layer, outputs)
             return outputs
 
@@ -361,20 +364,27 @@ _local = threading.local()
 
 class Recorder:
     """The output of each operation of the graph passes run while it is
-    open (`recording`): `outputs`, `(operation name, tensor)` in call
-    order. `values()` gives them as the file holds them: a pending
-    output quantized by its range (see `_placement`)."""
+    open (`recording`): `outputs`, `(id(operation), tensor)` in call
+    order."""
 
     def __init__(self):
         self.outputs = []
         self.scope = None
 
     def values(self):
-        """Dict of operation name to its (materialized) output, the last
-        call of each operation winning."""
+        """Dict of `id(operation)` to its output as the pass used it: a
+        pending output (see `_placement`) quantized where a consumer
+        quantized it, else as computed (fused into the next op, or
+        taking a concatenation's range); the last call of each operation
+        wins. Nothing is quantized after the pass."""
+        done = self.scope.done if self.scope is not None else {}
+
+        def used(t):
+            entry = done.get(id(t))
+            return entry[1] if entry is not None and entry[0] is t else t
+
         return {
-            name: self.scope.materialize(t) if self.scope else t
-            for name, t in self.outputs
+            key: keras.tree.map_structure(used, t) for key, t in self.outputs
         }
 
 
@@ -422,7 +432,7 @@ def run_graph(model, inputs, hooks, graphs, training=None, mask=None, **kwargs):
                     out = hook(op, args, kw, in_call=False)
             recorder = current_recorder()
             if recorder is not None:
-                recorder.outputs.append((op.name, out))
+                recorder.outputs.append((id(op), out))
             return out
 
         return call

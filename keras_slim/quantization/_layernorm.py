@@ -19,6 +19,7 @@ are stored as one int8 range each, as the converter stores the constant
 operand of a MUL or ADD (`_quantizers.quantize_constant`).
 """
 
+import keras
 from keras import ops
 
 from keras_slim import _export_rewrites
@@ -32,13 +33,16 @@ def rms_forward(layer, x, step):
     range; `step(name, t)` fake-quantizes each inner tensor
     (`_rules.RMSNORM_STEPS`), the output is left to the layer's range."""
     dtype = layer.compute_dtype
+    epsilon = layer.epsilon
+    if epsilon is None:  # as `ops.rms_normalization`
+        epsilon = keras.backend.epsilon()
     x = _export_rewrites.float32_or_wider(x)
     square = step("square", x * x)
     variance = step(
         "variance", ops.mean(square, axis=layer.axis, keepdims=True)
     )
-    shifted = step("shifted_variance", variance + layer.epsilon)
-    shifted = ops.maximum(shifted, layer.epsilon)  # as in `forward`
+    shifted = step("shifted_variance", variance + epsilon)
+    shifted = ops.maximum(shifted, epsilon)  # as in `forward`
     outputs = step("normalized", x * step("rsqrt", ops.rsqrt(shifted)))
     scale = _quantizers.quantize_constant(layer.scale)
     return ops.cast(outputs * ops.cast(scale, x.dtype), dtype)

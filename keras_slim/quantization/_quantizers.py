@@ -213,16 +213,30 @@ def fake_quant_fixed(x, fixed):
 
 
 def is_swish(activation):
-    """Whether an activation function is swish (`silu`): the converter
-    writes it as LOGISTIC then MUL."""
-    return getattr(activation, "__name__", None) in ("silu", "swish")
+    """Whether an activation function is Keras's swish (`silu`): the
+    converter writes it as LOGISTIC then MUL. A user's own function of
+    that name is not taken for it."""
+    return any(
+        activation is f
+        for f in (
+            keras.activations.silu,
+            keras.activations.swish,
+            keras.ops.silu,
+            getattr(keras.ops, "swish", None),
+        )
+    )
 
 
 def is_swish_operation(op):
     """Whether a graph operation computes swish: an `Activation("swish")`
     layer (or its twin) or a `keras.ops.silu` node."""
     if isinstance(op, keras.layers.Activation):
-        return is_swish(op.activation)
+        # Keras's class or keras_slim's twin, not a user's subclass (whose
+        # `call` may do more): as `quantize_model` swaps them.
+        module = type(op).__module__
+        return module.startswith(("keras.", "keras_slim.")) and is_swish(
+            op.activation
+        )
     return type(op).__name__ == "Silu" and not isinstance(
         op, keras.layers.Layer
     )
