@@ -66,6 +66,25 @@ def test_float_file_has_no_error_at_any_layer(trained_cnn, digits, tmp_path):
     )
 
 
+def _qat_report(model, digits, tmp_path, n, epochs):
+    """Train `model` quantization-aware on `n` digits, export it and
+    return `(error_report on 32 test digits, the file's path)`."""
+    from keras_slim.quantization import QuantizationAwareTraining
+
+    (x, y), (x_test, _) = digits
+    model.fit(
+        x[:n],
+        y[:n],
+        batch_size=64,
+        epochs=epochs,
+        verbose=0,
+        callbacks=[QuantizationAwareTraining()],
+    )
+    path = str(tmp_path / "qat.tflite")
+    export_tflite(model, path)
+    return error_report(model, path, x_test, max_samples=32), path
+
+
 def test_report_of_a_qat_model_compares_with_its_quantized_layers(
     trained_cnn, digits, tmp_path
 ):
@@ -76,21 +95,10 @@ def test_report_of_a_qat_model_compares_with_its_quantized_layers(
     # report then showed 25-37 dB (38-58 dB now) on a file that agrees
     # with the model on >= 99% of the digits.
     from keras_slim import litert
-    from keras_slim.quantization import QuantizationAwareTraining
 
-    (x, y), (x_test, _) = digits
-    trained_cnn.fit(
-        x[:256],
-        y[:256],
-        batch_size=64,
-        epochs=1,
-        verbose=0,
-        callbacks=[QuantizationAwareTraining()],
-    )
-    path = str(tmp_path / "qat.tflite")
-    export_tflite(trained_cnn, path)
+    report, path = _qat_report(trained_cnn, digits, tmp_path, 256, epochs=1)
+    _, (x_test, _) = digits
     assert litert.compare(trained_cnn, path, x_test).agreement >= 0.99
-    report = error_report(trained_cnn, path, x_test, max_samples=32)
     names = [layer.name for layer in report.layers]
     assert names[0] == "relu1" and names[-1] == "logits"
     for layer in report.layers:
@@ -103,9 +111,7 @@ def test_report_of_a_qat_model_reads_concatenated_branches(digits, tmp_path):
     # The recorded outputs are those the pass used (never quantized
     # afterwards with a range that saw no data); every layer the file
     # names stays within a step or so of the QAT model.
-    from keras_slim.quantization import QuantizationAwareTraining
-
-    (x, y), (x_test, _) = digits
+    (x, _), _ = digits
     keras.utils.set_random_seed(0)
     inputs = keras.Input(x.shape[1:])
     a = keras.layers.Conv2D(8, 3, activation="relu", name="branch_a")(inputs)
@@ -117,17 +123,7 @@ def test_report_of_a_qat_model_reads_concatenated_branches(digits, tmp_path):
         "adam",
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    model.fit(
-        x[:512],
-        y[:512],
-        batch_size=64,
-        epochs=2,
-        verbose=0,
-        callbacks=[QuantizationAwareTraining()],
-    )
-    path = str(tmp_path / "concat.tflite")
-    export_tflite(model, path)
-    report = error_report(model, path, x_test, max_samples=32)
+    report, _ = _qat_report(model, digits, tmp_path, 512, epochs=2)
     assert {"concat", "logits"} <= {layer.name for layer in report.layers}
     for layer in report.layers:
         assert layer.snr_db > 35, report.summary()
