@@ -126,12 +126,16 @@ def _convert(model, sig, options, samples):
     # to int16, which LiteRT cannot run.
     if options.get("quantized_later", quantization) == "int8":
         rewrite = _export_rewrites.int8_normalization()
+    matmul = contextlib.nullcontext()
+    if quantization != "float32":
+        matmul = _export_rewrites.batched_matmul()
     try:
         # `from_keras_model` exports a SavedModel and prints its signature.
         # It also warns that the (float) input has no statistics, which is
         # expected: the first QUANTIZE op takes the calibrated input range.
         with (
             rewrite,
+            matmul,
             contextlib.redirect_stdout(io.StringIO()),
             warnings.catch_warnings(),
         ):

@@ -27,6 +27,20 @@ Measured with TensorFlow 2.21 and Keras 3.15
 Both forms match Keras to within float rounding (at most 5e-7 measured
 on unit-scale outputs).
 
+One op-level rewrite rides along (`batched_matmul`): Keras's TensorFlow
+backend multiplies a rank-3 (or higher) input by a Dense kernel with
+`tf.tensordot`, which traces as reshape to 2D, MatMul, reshape back. When
+the input's batch dimension is folded away (a fixed batch of 1 after a
+`Reshape` layer, as in every sequence model built from an image or a
+flat vector), the converter moves that last reshape past a following
+`x * x` (the MUL of `RMSNormalization` or `Multiply()([d, d])`) and then
+refuses a quantization-aware model: "'tfl.reshape' op quantization
+parameters violate the same scale constraint" (measured, TensorFlow 2.21:
+`Reshape((8, 8))`, `Dense(8)`, `RMSNormalization()` after one QAT epoch;
+post-training calibration was not affected). `tf.matmul` of the same
+operands (a broadcasting batch matmul) gives the same values and the same
+`FULLY_CONNECTED` op (`keep_num_dims`), with no reshape to move.
+
 The user's model, its layers and variables are not changed: the class's
 `call` is swapped for the converter's trace and restored on exit, and
 the Keras outputs the file is verified against are Keras's own.
@@ -114,6 +128,51 @@ def _int8_call(original, rewritten, applies):
         return rewritten(self, inputs)
 
     return call
+
+
+def _broadcast_matmul(original):
+    import tensorflow as tf
+
+    def matmul(x1, x2):
+        if isinstance(x1, tf.SparseTensor) or isinstance(x2, tf.SparseTensor):
+            return original(x1, x2)
+        # A Keras variable (the kernel) converts as its value.
+        a = tf.convert_to_tensor(x1)
+        b = tf.convert_to_tensor(x2)
+        if (
+            a.shape.rank is not None
+            and a.shape.rank > 2
+            and b.shape.rank == 2
+            and a.dtype == b.dtype
+            and a.dtype.is_floating
+        ):
+            return tf.matmul(a, b)
+        return original(x1, x2)
+
+    return matmul
+
+
+@contextlib.contextmanager
+def batched_matmul():
+    """Within the block, Keras's TensorFlow `ops.matmul` of a rank > 2
+    float tensor by a matrix traces as one broadcasting `tf.matmul`
+    instead of `tf.tensordot` (see the module docstring). Process-wide
+    while it lasts, like `int8_normalization`; a no-op where Keras's
+    TensorFlow backend module is not where this Keras keeps it."""
+    try:
+        from keras.src.backend.tensorflow import numpy as backend_numpy
+    except ImportError:  # pragma: no cover - a Keras that moved it
+        yield
+        return
+    original = vars(backend_numpy).get("matmul")
+    if original is None:  # pragma: no cover
+        yield
+        return
+    backend_numpy.matmul = _broadcast_matmul(original)
+    try:
+        yield
+    finally:
+        backend_numpy.matmul = original
 
 
 @contextlib.contextmanager

@@ -428,6 +428,33 @@ def test_quantize_model_twins_export_int8_and_reload(
     assert agreement >= 0.99
 
 
+def _squared(x):
+    return L.Multiply()([x, x])
+
+
+@pytest.mark.parametrize("square", ["rms_normalization", "multiply_by_itself"])
+def test_dense_on_a_reshaped_sequence_then_x_times_x_exports_int8(
+    square, digits_small, tmp_path
+):
+    # A Dense on a rank-3 tensor after a Reshape, then `x * x` (the MUL of
+    # RMSNormalization, or a Multiply of a tensor by itself): Keras's
+    # tensordot traced as reshape-MatMul-reshape, the converter moved the
+    # last reshape past the MUL and refused the file ("'tfl.reshape' op
+    # quantization parameters violate the same scale constraint").
+    inputs = keras.Input((8, 8, 1))
+    x = L.Dense(8)(_sequence(inputs))
+    x = (
+        L.RMSNormalization()(x)
+        if square == "rms_normalization"
+        else (_squared(x))
+    )
+    model = keras.Model(inputs, L.Dense(10)(L.Flatten()(x)))
+    path = tmp_path / "m.tflite"
+    agreement = _fit_export(model, digits_small, path)
+    assert keras_slim.inspect_tflite(path).ops.get("FULLY_CONNECTED") == 2
+    assert agreement >= 0.99
+
+
 def test_conv2d_transpose_kernel_is_quantized_per_output_channel():
     # A Conv2DTranspose kernel is (h, w, out, in): its output channels are
     # on axis -2. A per-tensor (or per-`in`) scale would round the small
