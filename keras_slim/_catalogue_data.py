@@ -348,7 +348,11 @@ _PREPROCESSING = (
     "outside the model that is compressed and exported"
 )
 _RECURRENT = (
-    "recurrent: its kernels, MACs, channels and int8 ops are not modelled"
+    "recurrent: Keras 3 traces it as a WHILE loop of float ops, which "
+    "TensorFlow's converter does not fuse into LiteRT's integer LSTM "
+    "kernel and whose calibration crashes it; its kernels, MACs and "
+    "channels are not modelled either. Export such a model with "
+    "quantization='dynamic' or 'float16'"
 )
 _ATTENTION = "attention: MACs depend on sequence lengths; not modelled"
 

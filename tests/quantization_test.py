@@ -657,6 +657,26 @@ def test_custom_layer_rule_can_be_registered():
     assert "halve_quant" in [layer.name for layer in qmodel.layers]
 
 
+def test_recurrent_layer_is_refused_before_training_with_the_reason():
+    # Keras 3's LSTM traces to a WHILE loop of float ops: the refusal
+    # says so and what to export instead, before any step.
+    model = keras.Sequential(
+        [keras.Input((6, 4)), keras.layers.LSTM(3), keras.layers.Dense(2)]
+    )
+    model.compile("adam", "mse")
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(ValueError, match="WHILE loop.*'dynamic'"):
+        model.fit(
+            np.zeros((8, 6, 4)),
+            np.zeros((8, 2)),
+            verbose=0,
+            callbacks=[QuantizationAwareTraining()],
+        )
+    assert int(model.optimizer.iterations) == 0
+    for w, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(w, b)
+
+
 def test_deprecated_register_quantization_rule_forwards_to_catalogue():
     class Third(keras.layers.Layer):
         def call(self, x):

@@ -221,6 +221,9 @@ def unsupported_reason(layer, rule):
             "`keras.layers.RMSNormalization`), which has no int8 rule"
         )
     if rule is None:
+        why = dict(catalogue.UNSUPPORTED).get(type(layer))
+        if why is not None:  # deliberately unsupported, with the reason
+            return f"has no int8 quantization rule ({why})"
         return "has no int8 quantization rule in the catalogue"
     missing = [a for a in _COMPUTES_WITH.get(rule, ()) if not hasattr(layer, a)]
     if missing:  # a custom class registered with a Keras class's rule
