@@ -24,8 +24,14 @@ Measured with TensorFlow 2.21 and Keras 3.15
 - `keras.layers.RMSNormalization` squares with `ops.square`, a TFLite
   `SQUARE` op; `tfl.square` is float-only and not quantizable either, so
   it stays float in the same way; `x * x` (MUL) does not.
-Both forms match Keras to within float rounding (at most 5e-7 measured
-on unit-scale outputs).
+- `keras.layers.GroupNormalization` computes `x * inv + (-mean * inv +
+  beta)` on its input reshaped into groups, with NEG and SQUARE ops
+  (measured: both kept float in a Conv2D-GroupNormalization model); the
+  LayerNormalization form on each group, reshaped back, then `* gamma +
+  beta` per channel, is all-int8.
+The forms match Keras to within float rounding (at most 5e-7 measured
+on unit-scale outputs for the first two; the tests hold all three to
+1e-5 on off-centre inputs).
 
 One op-level rewrite rides along (`batched_matmul`): Keras's TensorFlow
 backend multiplies a rank-3 (or higher) input by a Dense kernel with
@@ -101,6 +107,40 @@ def _rms_normalization(self, x):
     return ops.cast(outputs, dtype)
 
 
+def group_view(layer, x):
+    """`(grouped, axes, restore)` of a GroupNormalization on `x`, as
+    Keras computes them: `x` reshaped with its channel axis split into
+    `(groups, channels // groups)`, the axes each group's moments run
+    over (all but batch and groups), and a function reshaping a tensor of
+    `grouped`'s shape back to `x`'s."""
+    ndims = len(x.shape)
+    axis = layer.axis % ndims
+    dynamic = ops.shape(x)
+    shape = [d if d is not None else dynamic[i] for i, d in enumerate(x.shape)]
+    shape[0] = -1
+    shape[axis] = shape[axis] // layer.groups
+    shape.insert(axis, layer.groups)
+    axes = [a for a in range(1, ndims + 1) if a != axis]
+    return ops.reshape(x, shape), axes, lambda t: ops.reshape(t, dynamic)
+
+
+def _group_normalization(self, x):
+    """`GroupNormalization.call` as `(x - mean) * inv`, then `* gamma +
+    beta` per channel: the LayerNormalization form on each group."""
+    grouped, axes, restore = group_view(self, x)
+    grouped = float32_or_wider(grouped)
+    mean = ops.mean(grouped, axis=axes, keepdims=True)
+    centered = grouped - mean
+    variance = ops.mean(centered * centered, axis=axes, keepdims=True)
+    outputs = restore(centered * ops.rsqrt(variance + self.epsilon))
+    _, broadcast = normalization_axes(self, outputs)
+    if self.scale:
+        outputs = outputs * broadcast(self.gamma)
+    if self.center:
+        outputs = outputs + broadcast(self.beta)
+    return ops.cast(outputs, self.compute_dtype)
+
+
 def _applies_to_layer_normalization(layer):
     # Keras's deprecated `rms_scaling` branch has no NEG op.
     return not layer.rms_scaling
@@ -117,8 +157,15 @@ def _rewrites():
     ]
     rms = getattr(keras.layers, "RMSNormalization", None)  # Keras >= 3.9
     if rms is not None:
-        found.append((rms, _rms_normalization, lambda layer: True))
+        found.append((rms, _rms_normalization, _always))
+    found.append(
+        (keras.layers.GroupNormalization, _group_normalization, _always)
+    )
     return found
+
+
+def _always(layer):
+    return True
 
 
 def _int8_call(original, rewritten, applies):

@@ -114,6 +114,7 @@ _QUANTIZATION_RULES = {
     # Added with the catalogue (issue 20): int8 ops of their own.
     L.LayerNormalization: "layernorm",
     L.RMSNormalization: "rmsnorm",
+    L.GroupNormalization: "groupnorm",
     L.Embedding: "embedding",
     L.MultiHeadAttention: "attention",
     L.EinsumDense: "einsum",

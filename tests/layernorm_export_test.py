@@ -1,6 +1,6 @@
 """Post-training int8 export of models with LayerNormalization (every
-Transformer, ConvNeXt) and RMSNormalization: all-int8 files that agree
-with Keras, the user's model untouched."""
+Transformer, ConvNeXt), RMSNormalization and GroupNormalization: all-int8
+files that agree with Keras, the user's model untouched."""
 
 import os
 
@@ -103,6 +103,63 @@ def test_int8_form_of_rms_normalization_is_the_same_function():
     with _export_rewrites.int8_normalization():
         rewritten = np.asarray(layer(x))
     np.testing.assert_allclose(rewritten, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "shape, kwargs",
+    [
+        ((2, 5, 5, 8), {"groups": 4}),
+        ((2, 5, 5, 8), {"groups": 1, "center": False}),
+        ((4, 12, 16), {"groups": 16, "scale": False}),
+        ((4, 16), {"groups": 2, "epsilon": 1e-5}),
+        ((2, 8, 5, 5), {"groups": 2, "axis": 1}),
+    ],
+)
+def test_int8_form_of_group_normalization_is_the_same_function(shape, kwargs):
+    rng = np.random.default_rng(0)
+    layer = keras.layers.GroupNormalization(**kwargs)
+    x = (rng.normal(size=shape) * 3 + 5).astype("float32")
+    layer.build(x.shape)
+    for weight in layer.weights:
+        weight.assign(rng.normal(size=weight.shape).astype("float32"))
+    expected = np.asarray(layer(x))
+    with _export_rewrites.int8_normalization():
+        rewritten = np.asarray(layer(x))
+    np.testing.assert_allclose(rewritten, expected, rtol=0, atol=1e-5)
+
+
+def _digits_conv_group_norm():
+    # A conv block with GroupNormalization, as in keras.io's diffusion
+    # and GAN examples.
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(16, 3, padding="same"),
+            keras.layers.GroupNormalization(groups=4),
+            keras.layers.ReLU(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10, name="logits"),
+        ]
+    )
+
+
+def test_group_normalization_ptq_int8_is_int8_only(tmp_path):
+    from keras_slim import datasets
+
+    (x, y), (x_test, _) = datasets.load_digits(image_size=8)
+    keras.utils.set_random_seed(0)
+    model = _digits_conv_group_norm()
+    model.compile(
+        keras.optimizers.Adam(3e-3),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(x, y, epochs=5, batch_size=64, verbose=0)
+    path = str(tmp_path / "group.tflite")
+    report = export_tflite(model, path, representative_data=x[:256])
+    assert report.int8_only, report.info.float_ops
+    assert "NEG" not in report.info.ops and "SQUARE" not in report.info.ops
+    assert report.info.ops["RSQRT"] == 1
+    assert litert.compare(model, path, x_test).agreement >= 0.97
 
 
 def test_text_transformer_ptq_int8_is_int8_only_and_agrees(tmp_path):

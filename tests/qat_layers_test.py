@@ -263,6 +263,9 @@ BODIES = {
     )(_sequence(x)),
     "hard_swish_of_keras_ops": _hard_swish_ops,
     # Gemma-style: the residual stream of a sequence, RMS-normalized.
+    "group_normalization": lambda x: L.ReLU()(
+        L.GroupNormalization(groups=4)(L.Conv2D(8, 3, padding="same")(x))
+    ),
     "rms_normalization": lambda x: L.RMSNormalization()(
         L.Add()([L.Dense(8)(_sequence(x)), _sequence(x)])
     ),
@@ -416,6 +419,7 @@ def test_densenet_transition_pool_before_a_concatenation_exports_int8(
         "einsum_dense",
         "hard_swish_of_keras_ops",
         "rms_normalization",
+        "group_normalization",
     ],
 )
 def test_quantize_model_twins_export_int8_and_reload(

@@ -122,6 +122,8 @@ class LayerHook:
             return _layernorm.forward(layer, x, step)
         if rule == "rmsnorm":
             return _layernorm.rms_forward(layer, x, step)
+        if rule == "groupnorm":
+            return _layernorm.group_forward(layer, x, step)
         if rule == "embedding":
             return _quantizers.embedding_lookup(layer, x)
         if rule == "attention":
@@ -202,6 +204,7 @@ _CUSTOM_RULES = (
     "affine",
     "batchnorm",
     "layernorm",
+    "groupnorm",
     "rmsnorm",
     "embedding",
     "attention",

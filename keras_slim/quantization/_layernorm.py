@@ -1,4 +1,5 @@
-"""`LayerNormalization` as its int8 file computes it.
+"""`LayerNormalization` (and `GroupNormalization`, the same ops on each
+group, and `RMSNormalization`) as its int8 file computes it.
 
 LiteRT has no LayerNormalization op: the converter keeps the ops the
 layer is traced as, and a quantization-aware model must give every
@@ -53,7 +54,21 @@ def forward(layer, x, step):
     the inner tensor `name` (one of `_rules.inner_names(layer, ...)`); the
     last op's output is left to the layer's output range."""
     x = _export_rewrites.float32_or_wider(x)
-    axes, broadcast = _export_rewrites.normalization_axes(layer, x)
+    axes, _ = _export_rewrites.normalization_axes(layer, x)
+    return _normalize(layer, x, axes, lambda t: t, step)
+
+
+def group_forward(layer, x, step):
+    """`GroupNormalization` on `x` as its int8 file computes it: the
+    LayerNormalization ops on `x` reshaped into groups (RESHAPE keeps its
+    input's scale), reshaped back, then MUL by gamma and ADD of beta per
+    channel; `step` as in `forward`."""
+    x = _export_rewrites.float32_or_wider(x)
+    grouped, axes, restore = _export_rewrites.group_view(layer, x)
+    return _normalize(layer, grouped, axes, restore, step)
+
+
+def _normalize(layer, x, axes, restore, step):
     mean = step("mean", ops.mean(x, axis=axes, keepdims=True))
     centered = step("centered", x - mean)
     square = step("square", centered * centered)
@@ -63,7 +78,8 @@ def forward(layer, x, step):
     # saturate at the top of its output range; `rsqrt(0)` would be inf
     # (and its gradient NaN): the clamp saturates as the file does.
     shifted = ops.maximum(shifted, layer.epsilon)
-    outputs = centered * step("rsqrt", ops.rsqrt(shifted))
+    outputs = restore(centered * step("rsqrt", ops.rsqrt(shifted)))
+    _, broadcast = _export_rewrites.normalization_axes(layer, outputs)
     if layer.gamma is not None:
         outputs = step("normalized", outputs)
         gamma = _quantizers.quantize_constant(layer.gamma)

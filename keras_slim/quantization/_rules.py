@@ -20,6 +20,9 @@ A rule says how a layer takes part in int8 simulation:
   "layernorm": `LayerNormalization` as the int8 ops MEAN, SUB, MUL, MEAN,
       ADD, RSQRT, MUL (and MUL by gamma, ADD of beta), each output with a
       range of its own (`LAYERNORM_STEPS`); output quantized.
+  "groupnorm": `GroupNormalization` as the LayerNormalization ops on its
+      input reshaped into groups (RESHAPE keeps the scale), reshaped back,
+      then MUL by gamma, ADD of beta; same ranges; output quantized.
   "rmsnorm": `RMSNormalization` as MUL (x * x), MEAN, ADD, RSQRT, MUL,
       MUL by its scale (`RMSNORM_STEPS`); output quantized.
   "embedding": the table fake-quantized per tensor (symmetric, as a Dense
@@ -172,7 +175,7 @@ def inner_names(layer, rule):
     own (the last op's output is the layer's output and has its range)."""
     if rule == "rmsnorm":
         return RMSNORM_STEPS
-    if rule == "layernorm":
+    if rule in ("layernorm", "groupnorm"):
         ops_after = int(bool(layer.scale)) + int(bool(layer.center))
         return LAYERNORM_STEPS[: len(LAYERNORM_STEPS) - 2 + ops_after]
     if rule == "attention":
@@ -206,6 +209,15 @@ def fixed_range(layer, rule):
 # The attributes a rule computes the layer with (its Keras class has them).
 _COMPUTES_WITH = {
     "layernorm": ("axis", "epsilon", "gamma", "beta", "scale", "center"),
+    "groupnorm": (
+        "axis",
+        "groups",
+        "epsilon",
+        "gamma",
+        "beta",
+        "scale",
+        "center",
+    ),
     "rmsnorm": ("axis", "epsilon", "scale"),
     "embedding": ("embeddings",),
     "einsum": ("equation", "kernel", "bias", "activation"),
@@ -256,6 +268,7 @@ def output_mode(layer, rule):
         "concat",
         "affine",
         "layernorm",
+        "groupnorm",
         "rmsnorm",
         "attention",
     ):

@@ -310,6 +310,29 @@ class QuantizedLayerNormalization(
 
 
 @keras.saving.register_keras_serializable(package="keras_slim")
+class QuantizedGroupNormalization(
+    _StepQuantMixin, keras.layers.GroupNormalization
+):
+    """`keras.layers.GroupNormalization` computed as its int8 file runs
+    it (the LayerNormalization ops on each group), each inner tensor
+    through a `FakeQuant` sublayer of `step_quants`.
+
+    Same arguments and config as `GroupNormalization`.
+    """
+
+    quantize_active = True
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_steps(_rules.inner_names(self, "groupnorm"))
+
+    def call(self, inputs, training=None):
+        if not self.quantize_active:
+            return super().call(inputs)
+        return _layernorm.group_forward(self, inputs, self._step(training))
+
+
+@keras.saving.register_keras_serializable(package="keras_slim")
 class QuantizedRMSNormalization(_StepQuantMixin, keras.layers.RMSNormalization):
     """`keras.layers.RMSNormalization` computed as its int8 file runs it
     (MUL, MEAN, ADD, RSQRT, MUL, MUL by the scale), each inner tensor
@@ -405,11 +428,13 @@ TWINS = {
     keras.layers.Embedding: QuantizedEmbedding,
     keras.layers.MultiHeadAttention: QuantizedMultiHeadAttention,
     keras.layers.RMSNormalization: QuantizedRMSNormalization,
+    keras.layers.GroupNormalization: QuantizedGroupNormalization,
 }
 # Twins that compute several int8 ops, a `FakeQuant` after each.
 STEP_TWINS = (
     QuantizedLayerNormalization,
     QuantizedRMSNormalization,
+    QuantizedGroupNormalization,
     QuantizedMultiHeadAttention,
 )
 WEIGHT_TWINS = (
@@ -429,6 +454,7 @@ _rules.register_own_rule(FreezableBatchNormalization, "batchnorm")
 _rules.register_own_rule(StandaloneBatchNormalization, "batchnorm")
 _rules.register_own_rule(QuantizedLayerNormalization, "layernorm")
 _rules.register_own_rule(QuantizedRMSNormalization, "rmsnorm")
+_rules.register_own_rule(QuantizedGroupNormalization, "groupnorm")
 _rules.register_own_rule(QuantizedEmbedding, "embedding")
 _rules.register_own_rule(QuantizedActivation, "output")
 _rules.register_own_rule(QuantizedMultiHeadAttention, "attention")
