@@ -137,6 +137,32 @@ def test_unsupported_layers_are_all_named_before_training(digits_small):
         quantize_model(model)
 
 
+@pytest.mark.parametrize("name", ["elu", "hard_sigmoid"])
+@pytest.mark.parametrize("as_layer", [False, True])
+def test_activation_without_an_int8_op_is_refused_before_training(
+    name, as_layer, digits_small
+):
+    # The converter keeps ELU float and traces hard_sigmoid as ADD and MUL
+    # with no range between them: both used to train, then be refused at
+    # export.
+    inputs = keras.Input((8, 8, 1))
+    if as_layer:
+        x = L.Activation(name, name="act")(L.Conv2D(8, 3)(inputs))
+    else:
+        x = L.Conv2D(8, 3, activation=name, name="act")(inputs)
+    model = keras.Model(inputs, L.Dense(10)(L.Flatten()(x)))
+    model.compile("adam", "mse")
+    (x, y), _ = digits_small
+    with pytest.raises(ValueError, match=f"'act'.*activation '{name}'"):
+        model.fit(
+            x[:64],
+            np.eye(10)[y[:64]],
+            verbose=0,
+            callbacks=[QuantizationAwareTraining()],
+        )
+    assert model.optimizer.iterations.numpy() == 0
+
+
 def test_layer_normalization_with_rms_scaling_is_refused_with_its_reason():
     import warnings
 

@@ -75,7 +75,10 @@ FUSING_PRODUCERS = (*WEIGHT_RULES, "batchnorm", "add")
 CONCAT_PRODUCERS = (*FUSING_PRODUCERS, "activation")
 _FUSED_ACTIVATIONS = ("relu", "relu6")
 # Activations that run as an int8 op of their own (the fixed-range ones
-# included); any other activation has no int8 kernel here.
+# included); any other activation has no int8 kernel here. Not "elu"
+# (TensorFlow's converter keeps ELU float) nor "hard_sigmoid" (traced as
+# ADD and MUL whose inner tensor would need a range): listed, they passed
+# the check before training and the export refused the file after it.
 _OWN_OP_ACTIVATIONS = (
     "softmax",
     "sigmoid",
@@ -85,9 +88,7 @@ _OWN_OP_ACTIVATIONS = (
     "hard_swish",
     "hard_silu",
     "gelu",
-    "hard_sigmoid",
     "leaky_relu",
-    "elu",
 )
 
 _L = keras.layers
