@@ -311,7 +311,8 @@ KINDS = (
             ("Rescaling", "rescaling", "affine", False),
             ("Activation", "activation", None, False),
             ("ReLU", "pass", "activation", False),
-            ("LeakyReLU ELU", "pass", None, False),
+            ("LeakyReLU", "pass", "output", False),
+            ("ELU", "pass", None, False),
             ("Dropout SpatialDropout1D", "pass", "passthrough", False),
             ("SpatialDropout2D", "pass", "passthrough", False),
             ("GaussianNoise Identity", "pass", "passthrough", False),
@@ -339,7 +340,7 @@ KINDS = (
             ("RMSNormalization", None, "rmsnorm", False),
             ("UnitNormalization", None, None, False),
             ("Normalization", None, "affine", False),
-            ("PReLU", None, None, False),
+            ("PReLU", None, "output", False),
         )
     ),
 )

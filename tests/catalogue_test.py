@@ -115,6 +115,8 @@ _QUANTIZATION_RULES = {
     L.LayerNormalization: "layernorm",
     L.RMSNormalization: "rmsnorm",
     L.GroupNormalization: "groupnorm",
+    L.LeakyReLU: "output",
+    L.PReLU: "output",
     L.Embedding: "embedding",
     L.MultiHeadAttention: "attention",
     L.EinsumDense: "einsum",

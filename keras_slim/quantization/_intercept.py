@@ -25,6 +25,7 @@ import functools
 import threading
 
 import keras
+from keras import ops
 
 from keras_slim import _layers
 from keras_slim.quantization import _attention
@@ -81,6 +82,9 @@ class LayerHook:
         custom = self.weighted or rule in _CUSTOM_RULES
         # Swish runs as LOGISTIC (its fixed int8 grid) then MUL.
         self.swish = rule == "output" and _quantizers.is_swish_operation(layer)
+        # PReLU runs as an int8 PRELU whose alpha the file stores per
+        # tensor, symmetric (as a Dense kernel).
+        self.prelu = rule == "output" and _quantizers.is_prelu(layer)
         needs_context = (custom or self.swish) and isinstance(
             layer, keras.layers.Layer
         )
@@ -171,6 +175,10 @@ class LayerHook:
                 return outputs
             custom = self.weighted or rule in _CUSTOM_RULES
             custom = custom and (rule != "batchnorm" or not fused)
+            if self.prelu:
+                return with_quantized_kernel(
+                    layer, "prelu", lambda: original(*new_args, **kwargs)
+                )
             if not custom:
                 return original(*new_args, **kwargs)
             first = new_args[0]
@@ -185,7 +193,7 @@ class LayerHook:
             if in_call or self.context is None:
                 return compute(first, fused)
             if self.keras_math:
-                return _with_quantized_kernel(
+                return with_quantized_kernel(
                     layer, rule, lambda: original(*new_args, **kwargs)
                 )
             outputs = context(first, compute=lambda x: compute(x, fused))
@@ -234,19 +242,22 @@ def _runs_keras_math(layer, rule, split):
     return rule in ("dense", "einsum") or len(kernel.shape) >= 4
 
 
-def _with_quantized_kernel(layer, rule, call):
+def with_quantized_kernel(layer, rule, call):
     """`call()` (the layer's own call) with its kernel read as its
     fake-quantized value: Keras's `StatelessScope` maps each of the
     layer's variables to its current value, the kernel to the quantized
     one (the gradient reaches the kernel through the straight-through
     estimator)."""
+    quantize = functools.partial(_quantizers.quantize_kernel, rule=rule)
     if rule == "embedding":  # a table quantized per tensor, as a Dense
-        kernel, rule = layer.embeddings, "dense"
+        kernel = layer.embeddings
+        quantize = functools.partial(_quantizers.quantize_kernel, rule="dense")
+    elif rule == "prelu":
+        kernel, quantize = layer.alpha, _prelu_alpha
     else:
         kernel = layer.kernel
     mapping = [
-        (v, _quantizers.quantize_kernel(v, rule) if v is kernel else v.value)
-        for v in layer.variables
+        (v, quantize(v) if v is kernel else v.value) for v in layer.variables
     ]
     with keras.StatelessScope(
         state_mapping=mapping, collect_losses=True, initialize_variables=False
@@ -255,6 +266,18 @@ def _with_quantized_kernel(layer, rule, call):
     for loss in scope.losses:  # an activity regularizer's loss
         layer.add_loss(loss)
     return outputs
+
+
+def _prelu_alpha(alpha):
+    """PReLU's `alpha` as the file stores it: int8, one symmetric scale
+    `max|alpha| / 127` (measured: TensorFlow 2.21's converter). Rounded
+    with `keras.ops` and a straight-through gradient, not a `FakeQuant`
+    op: with one on `alpha` the converter kept PRELU float."""
+    a = ops.convert_to_tensor(alpha)
+    m = ops.maximum(ops.max(ops.abs(a)), _quantizers.MIN_WEIGHT_RANGE)
+    scale = ops.stop_gradient(m / 127.0)
+    q = ops.clip(ops.round(a / scale), -127.0, 127.0) * scale
+    return a + ops.stop_gradient(q - a)
 
 
 def _activity_loss(layer, outputs):

@@ -212,6 +212,13 @@ def fake_quant_fixed(x, fixed):
     return ops.cast(out, dtype)
 
 
+def is_prelu(layer):
+    """Whether `layer` is Keras's `PReLU` with its `alpha` variable."""
+    return type(layer) is keras.layers.PReLU and isinstance(
+        getattr(layer, "alpha", None), keras.Variable
+    )
+
+
 def is_swish(activation):
     """Whether an activation function is Keras's swish (`silu`): the
     converter writes it as LOGISTIC then MUL. A user's own function of

@@ -9,6 +9,7 @@ All are registered Keras serializables: `model.save` and
 import keras
 
 from keras_slim.quantization import _attention
+from keras_slim.quantization import _intercept
 from keras_slim.quantization import _layernorm
 from keras_slim.quantization import _quantizers
 from keras_slim.quantization import _rules
@@ -413,6 +414,25 @@ class QuantizedActivation(keras.layers.Activation):
         return super().call(inputs)
 
 
+@keras.saving.register_keras_serializable(package="keras_slim")
+class QuantizedPReLU(keras.layers.PReLU):
+    """`keras.layers.PReLU` with its `alpha` read as the int8 file stores
+    it (per tensor, symmetric); its output range is the `FakeQuant` after
+    it.
+
+    Same arguments and config as `PReLU`.
+    """
+
+    quantize_active = True
+
+    def call(self, inputs):
+        if not self.quantize_active:
+            return super().call(inputs)
+        return _intercept.with_quantized_kernel(
+            self, "prelu", lambda: super(QuantizedPReLU, self).call(inputs)
+        )
+
+
 TWINS = {
     keras.layers.Conv1D: QuantizedConv1D,
     keras.layers.Conv2D: QuantizedConv2D,
@@ -429,6 +449,7 @@ TWINS = {
     keras.layers.MultiHeadAttention: QuantizedMultiHeadAttention,
     keras.layers.RMSNormalization: QuantizedRMSNormalization,
     keras.layers.GroupNormalization: QuantizedGroupNormalization,
+    keras.layers.PReLU: QuantizedPReLU,
 }
 # Twins that compute several int8 ops, a `FakeQuant` after each.
 STEP_TWINS = (
@@ -457,5 +478,6 @@ _rules.register_own_rule(QuantizedRMSNormalization, "rmsnorm")
 _rules.register_own_rule(QuantizedGroupNormalization, "groupnorm")
 _rules.register_own_rule(QuantizedEmbedding, "embedding")
 _rules.register_own_rule(QuantizedActivation, "output")
+_rules.register_own_rule(QuantizedPReLU, "output")
 _rules.register_own_rule(QuantizedMultiHeadAttention, "attention")
 _rules.register_own_rule(FakeQuant, "quantizer")

@@ -190,7 +190,11 @@ class QuantizationAwareTraining(keras.callbacks.Callback):
                         inner.ranges_frozen = frozen
                 elif isinstance(
                     layer,
-                    (_twins.QuantizedEmbedding, _twins.QuantizedActivation),
+                    (
+                        _twins.QuantizedEmbedding,
+                        _twins.QuantizedActivation,
+                        _twins.QuantizedPReLU,
+                    ),
                 ):
                     layer.quantize_active = active
                 elif isinstance(layer, _twins.STEP_TWINS):
