@@ -34,6 +34,7 @@ QUANTIZATION_RULES = (
     "layernorm",
     "rmsnorm",
     "groupnorm",
+    "unitnorm",
     "embedding",
     "attention",
     "passthrough",
@@ -338,7 +339,7 @@ KINDS = (
             ("LayerNormalization", None, "layernorm", False),
             ("GroupNormalization", None, "groupnorm", False),
             ("RMSNormalization", None, "rmsnorm", False),
-            ("UnitNormalization", None, None, False),
+            ("UnitNormalization", None, "unitnorm", False),
             ("Normalization", None, "affine", False),
             ("PReLU", None, "output", False),
         )

@@ -141,6 +141,16 @@ def _group_normalization(self, x):
     return ops.cast(outputs, self.compute_dtype)
 
 
+def _unit_normalization(self, x):
+    """`UnitNormalization.call` (`ops.normalize`, order 2) with `x * x`
+    for `ops.square(x)`."""
+    dtype = x.dtype
+    x = float32_or_wider(x)
+    square_sum = ops.sum(x * x, axis=self.axis, keepdims=True)
+    inv_norm = ops.minimum(ops.rsqrt(square_sum), 1.0 / 1e-12)
+    return ops.cast(x * inv_norm, dtype)
+
+
 def _applies_to_layer_normalization(layer):
     # Keras's deprecated `rms_scaling` branch has no NEG op.
     return not layer.rms_scaling
@@ -161,6 +171,7 @@ def _rewrites():
     found.append(
         (keras.layers.GroupNormalization, _group_normalization, _always)
     )
+    found.append((keras.layers.UnitNormalization, _unit_normalization, _always))
     return found
 
 

@@ -117,6 +117,7 @@ _QUANTIZATION_RULES = {
     L.GroupNormalization: "groupnorm",
     L.LeakyReLU: "output",
     L.PReLU: "output",
+    L.UnitNormalization: "unitnorm",
     L.Embedding: "embedding",
     L.MultiHeadAttention: "attention",
     L.EinsumDense: "einsum",

@@ -1,5 +1,6 @@
 """Post-training int8 export of models with LayerNormalization (every
-Transformer, ConvNeXt), RMSNormalization and GroupNormalization: all-int8
+Transformer, ConvNeXt), RMSNormalization, GroupNormalization and
+UnitNormalization: all-int8
 files that agree with Keras, the user's model untouched."""
 
 import os
@@ -126,6 +127,31 @@ def test_int8_form_of_group_normalization_is_the_same_function(shape, kwargs):
     with _export_rewrites.int8_normalization():
         rewritten = np.asarray(layer(x))
     np.testing.assert_allclose(rewritten, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "shape, axis", [((4, 12, 16), -1), ((2, 5, 5, 8), (1, 2)), ((4, 16), -1)]
+)
+def test_int8_form_of_unit_normalization_is_the_same_function(shape, axis):
+    layer = keras.layers.UnitNormalization(axis=axis)
+    x = np.random.default_rng(0).normal(size=shape).astype("float32") + 2
+    x[0] = 0.0  # an all-zero row: 0, not NaN
+    expected = np.asarray(layer(x))
+    with _export_rewrites.int8_normalization():
+        rewritten = np.asarray(layer(x))
+    np.testing.assert_allclose(rewritten, expected, rtol=0, atol=1e-6)
+
+
+def test_unit_normalization_ptq_int8_is_int8_only(tmp_path):
+    model, x, x_test = _trained(
+        lambda: _dense_norm_dense(keras.layers.UnitNormalization()),
+        _features,
+    )
+    path = str(tmp_path / "unit.tflite")
+    report = export_tflite(model, path, representative_data=x[:256])
+    assert report.int8_only, report.info.float_ops
+    assert "SQUARE" not in report.info.ops and report.info.ops["SUM"] == 1
+    assert litert.compare(model, path, x_test).agreement >= 0.97
 
 
 def _digits_conv_group_norm():

@@ -111,7 +111,7 @@ def test_unsupported_layers_are_all_named_before_training(digits_small):
             keras.Input((8, 8, 1)),
             L.Flatten(),
             L.Dense(16, activation="softplus", name="soft"),
-            L.UnitNormalization(name="norm"),
+            L.ELU(name="norm"),
             L.Dense(10),
         ]
     )
@@ -121,7 +121,7 @@ def test_unsupported_layers_are_all_named_before_training(digits_small):
     with pytest.raises(
         ValueError,
         match=r"(?s)2 layer.*'soft' of type `Dense` has activation "
-        r"'softplus'.*'norm' of type `UnitNormalization`",
+        r"'softplus'.*'norm' of type `ELU`",
     ):
         model.fit(
             x,
@@ -295,6 +295,9 @@ BODIES = {
     "prelu_layer": lambda x: L.PReLU(
         alpha_initializer=keras.initializers.RandomUniform(0.0, 0.5)
     )(L.Conv2D(8, 3)(x)),
+    "unit_normalization": lambda x: L.UnitNormalization()(
+        L.Dense(8)(_sequence(x))
+    ),
     "group_normalization": lambda x: L.ReLU()(
         L.GroupNormalization(groups=4)(L.Conv2D(8, 3, padding="same")(x))
     ),
@@ -453,6 +456,7 @@ def test_densenet_transition_pool_before_a_concatenation_exports_int8(
         "rms_normalization",
         "group_normalization",
         "prelu_layer",
+        "unit_normalization",
     ],
 )
 def test_quantize_model_twins_export_int8_and_reload(

@@ -128,6 +128,8 @@ class LayerHook:
             return _layernorm.rms_forward(layer, x, step)
         if rule == "groupnorm":
             return _layernorm.group_forward(layer, x, step)
+        if rule == "unitnorm":
+            return _layernorm.unit_forward(layer, x, step)
         if rule == "embedding":
             return _quantizers.embedding_lookup(layer, x)
         if rule == "attention":
@@ -214,6 +216,7 @@ _CUSTOM_RULES = (
     "layernorm",
     "groupnorm",
     "rmsnorm",
+    "unitnorm",
     "embedding",
     "attention",
 )

@@ -49,6 +49,20 @@ def rms_forward(layer, x, step):
     return ops.cast(outputs * ops.cast(scale, x.dtype), dtype)
 
 
+def unit_forward(layer, x, step):
+    """`UnitNormalization` on `x` as its int8 file computes it: `x * x`,
+    SUM, RSQRT (bounded by `1 / 1e-12`, as `ops.normalize`), MUL; `step`
+    as in `forward`."""
+    dtype = layer.compute_dtype
+    x = _export_rewrites.float32_or_wider(x)
+    square = step("square", x * x)
+    total = step("sum", ops.sum(square, axis=layer.axis, keepdims=True))
+    # A sum that rounds to 0 on its grid saturates LiteRT's RSQRT at the
+    # top of its range; the clamp keeps the simulation finite there.
+    inv = ops.rsqrt(ops.maximum(total, 1e-24))
+    return ops.cast(x * step("rsqrt", ops.minimum(inv, 1e12)), dtype)
+
+
 def forward(layer, x, step):
     """The output of `layer` on `x`, with `step(name, t)` fake-quantizing
     the inner tensor `name` (one of `_rules.inner_names(layer, ...)`); the

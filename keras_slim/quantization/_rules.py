@@ -23,6 +23,8 @@ A rule says how a layer takes part in int8 simulation:
   "groupnorm": `GroupNormalization` as the LayerNormalization ops on its
       input reshaped into groups (RESHAPE keeps the scale), reshaped back,
       then MUL by gamma, ADD of beta; same ranges; output quantized.
+  "unitnorm": `UnitNormalization` as MUL (x * x), SUM, RSQRT, MUL
+      (`UNITNORM_STEPS`); output quantized.
   "rmsnorm": `RMSNormalization` as MUL (x * x), MEAN, ADD, RSQRT, MUL,
       MUL by its scale (`RMSNORM_STEPS`); output quantized.
   "embedding": the table fake-quantized per tensor (symmetric, as a Dense
@@ -171,11 +173,17 @@ RMSNORM_STEPS = (
 )
 
 
+# The inner tensors of a UnitNormalization (`_layernorm.unit_forward`).
+UNITNORM_STEPS = ("square", "sum", "rsqrt")
+
+
 def inner_names(layer, rule):
     """The names of the inner tensors of `layer` that get ranges of their
     own (the last op's output is the layer's output and has its range)."""
     if rule == "rmsnorm":
         return RMSNORM_STEPS
+    if rule == "unitnorm":
+        return UNITNORM_STEPS
     if rule in ("layernorm", "groupnorm"):
         ops_after = int(bool(layer.scale)) + int(bool(layer.center))
         return LAYERNORM_STEPS[: len(LAYERNORM_STEPS) - 2 + ops_after]
@@ -220,6 +228,7 @@ _COMPUTES_WITH = {
         "center",
     ),
     "rmsnorm": ("axis", "epsilon", "scale"),
+    "unitnorm": ("axis",),
     "embedding": ("embeddings",),
     "einsum": ("equation", "kernel", "bias", "activation"),
     "attention": ("query_dense", "key_dense", "value_dense", "output_dense"),
@@ -271,6 +280,7 @@ def output_mode(layer, rule):
         "layernorm",
         "groupnorm",
         "rmsnorm",
+        "unitnorm",
         "attention",
     ):
         return "quantize"

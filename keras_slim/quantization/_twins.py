@@ -334,6 +334,29 @@ class QuantizedGroupNormalization(
 
 
 @keras.saving.register_keras_serializable(package="keras_slim")
+class QuantizedUnitNormalization(
+    _StepQuantMixin, keras.layers.UnitNormalization
+):
+    """`keras.layers.UnitNormalization` computed as its int8 file runs it
+    (MUL, SUM, RSQRT, MUL), each inner tensor through a `FakeQuant`
+    sublayer of `step_quants`.
+
+    Same arguments and config as `UnitNormalization`.
+    """
+
+    quantize_active = True
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_steps(_rules.UNITNORM_STEPS)
+
+    def call(self, inputs, training=None):
+        if not self.quantize_active:
+            return super().call(inputs)
+        return _layernorm.unit_forward(self, inputs, self._step(training))
+
+
+@keras.saving.register_keras_serializable(package="keras_slim")
 class QuantizedRMSNormalization(_StepQuantMixin, keras.layers.RMSNormalization):
     """`keras.layers.RMSNormalization` computed as its int8 file runs it
     (MUL, MEAN, ADD, RSQRT, MUL, MUL by the scale), each inner tensor
@@ -450,12 +473,14 @@ TWINS = {
     keras.layers.RMSNormalization: QuantizedRMSNormalization,
     keras.layers.GroupNormalization: QuantizedGroupNormalization,
     keras.layers.PReLU: QuantizedPReLU,
+    keras.layers.UnitNormalization: QuantizedUnitNormalization,
 }
 # Twins that compute several int8 ops, a `FakeQuant` after each.
 STEP_TWINS = (
     QuantizedLayerNormalization,
     QuantizedRMSNormalization,
     QuantizedGroupNormalization,
+    QuantizedUnitNormalization,
     QuantizedMultiHeadAttention,
 )
 WEIGHT_TWINS = (
@@ -476,6 +501,7 @@ _rules.register_own_rule(StandaloneBatchNormalization, "batchnorm")
 _rules.register_own_rule(QuantizedLayerNormalization, "layernorm")
 _rules.register_own_rule(QuantizedRMSNormalization, "rmsnorm")
 _rules.register_own_rule(QuantizedGroupNormalization, "groupnorm")
+_rules.register_own_rule(QuantizedUnitNormalization, "unitnorm")
 _rules.register_own_rule(QuantizedEmbedding, "embedding")
 _rules.register_own_rule(QuantizedActivation, "output")
 _rules.register_own_rule(QuantizedPReLU, "output")
