@@ -29,9 +29,11 @@ Measured with TensorFlow 2.21 and Keras 3.15
   (measured: both kept float in a Conv2D-GroupNormalization model); the
   LayerNormalization form on each group, reshaped back, then `* gamma +
   beta` per channel, is all-int8.
+- `keras.layers.UnitNormalization` (`ops.normalize`, order 2) squares
+  with SQUARE too; `x * x` (then SUM, RSQRT, MINIMUM, MUL) is all-int8.
 The forms match Keras to within float rounding (at most 5e-7 measured
-on unit-scale outputs for the first two; the tests hold all three to
-1e-5 on off-centre inputs).
+on unit-scale outputs for the first two; the tests hold the others to
+1e-5 and 1e-6).
 
 One op-level rewrite rides along (`batched_matmul`): Keras's TensorFlow
 backend multiplies a rank-3 (or higher) input by a Dense kernel with
