@@ -742,14 +742,14 @@ def test_layer_without_rule_is_named_before_training(digits_small):
         [
             keras.Input((8, 8, 1)),
             keras.layers.Flatten(),
-            keras.layers.UnitNormalization(name="norm"),
+            keras.layers.ELU(name="norm"),
             keras.layers.Dense(10),
         ]
     )
     compile_classifier(model)
     with pytest.raises(
         ValueError,
-        match="(?s)'norm' of type `UnitNormalization`.*filters.*register_layer",
+        match="(?s)'norm' of type `ELU`.*filters.*register_layer",
     ):
         _qat_fit(model, digits_small)
     assert model.optimizer.iterations.numpy() == 0
