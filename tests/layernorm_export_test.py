@@ -67,6 +67,28 @@ def _trained(build, data):
     return model, x, data(512, 1)[0]
 
 
+def _assert_int8_form_is_the_same_function(layer, x, atol=1e-5):
+    """`layer` (weights drawn at random) computes the same on `x` in its
+    int8 form (`_export_rewrites`) as in Keras's, and gets Keras's call
+    back after."""
+    rng = np.random.default_rng(1)
+    layer.build(x.shape)
+    for weight in layer.weights:  # gamma and beta away from 1 and 0
+        weight.assign(rng.normal(size=weight.shape).astype("float32"))
+    keras_call = type(layer).call
+    expected = np.asarray(layer(x))
+    with _export_rewrites.int8_normalization():
+        assert type(layer).call is not keras_call  # the rewrite is in force
+        rewritten = np.asarray(layer(x))
+    np.testing.assert_allclose(rewritten, expected, rtol=0, atol=atol)
+    assert type(layer).call is keras_call
+    np.testing.assert_array_equal(np.asarray(layer(x)), expected)
+
+
+def _off_centre(shape):
+    return np.random.default_rng(0).normal(size=shape).astype("float32") * 3 + 5
+
+
 @pytest.mark.parametrize(
     "shape, kwargs",
     [
@@ -79,31 +101,13 @@ def _trained(build, data):
     ],
 )
 def test_int8_form_of_layer_normalization_is_the_same_function(shape, kwargs):
-    rng = np.random.default_rng(0)
     layer = keras.layers.LayerNormalization(**kwargs)
-    # Off-centre inputs, and gamma and beta away from 1 and 0.
-    x = (rng.normal(size=shape) * 3 + 5).astype("float32")
-    layer.build(x.shape)
-    for weight in layer.weights:
-        weight.assign(rng.normal(size=weight.shape).astype("float32"))
-    expected = np.asarray(layer(x))
-    with _export_rewrites.int8_normalization():
-        rewritten = np.asarray(layer(x))
-    np.testing.assert_allclose(rewritten, expected, rtol=0, atol=1e-5)
-    # Keras's own call is back once the block ends.
-    np.testing.assert_array_equal(np.asarray(layer(x)), expected)
+    _assert_int8_form_is_the_same_function(layer, _off_centre(shape))
 
 
 def test_int8_form_of_rms_normalization_is_the_same_function():
-    rng = np.random.default_rng(0)
     layer = keras.layers.RMSNormalization()
-    x = (rng.normal(size=(4, 12, 16)) * 3 + 1).astype("float32")
-    layer.build(x.shape)
-    layer.scale.assign(rng.normal(size=layer.scale.shape).astype("float32"))
-    expected = np.asarray(layer(x))
-    with _export_rewrites.int8_normalization():
-        rewritten = np.asarray(layer(x))
-    np.testing.assert_allclose(rewritten, expected, rtol=0, atol=1e-5)
+    _assert_int8_form_is_the_same_function(layer, _off_centre((4, 12, 16)))
 
 
 @pytest.mark.parametrize(
@@ -117,29 +121,18 @@ def test_int8_form_of_rms_normalization_is_the_same_function():
     ],
 )
 def test_int8_form_of_group_normalization_is_the_same_function(shape, kwargs):
-    rng = np.random.default_rng(0)
     layer = keras.layers.GroupNormalization(**kwargs)
-    x = (rng.normal(size=shape) * 3 + 5).astype("float32")
-    layer.build(x.shape)
-    for weight in layer.weights:
-        weight.assign(rng.normal(size=weight.shape).astype("float32"))
-    expected = np.asarray(layer(x))
-    with _export_rewrites.int8_normalization():
-        rewritten = np.asarray(layer(x))
-    np.testing.assert_allclose(rewritten, expected, rtol=0, atol=1e-5)
+    _assert_int8_form_is_the_same_function(layer, _off_centre(shape))
 
 
 @pytest.mark.parametrize(
     "shape, axis", [((4, 12, 16), -1), ((2, 5, 5, 8), (1, 2)), ((4, 16), -1)]
 )
 def test_int8_form_of_unit_normalization_is_the_same_function(shape, axis):
-    layer = keras.layers.UnitNormalization(axis=axis)
-    x = np.random.default_rng(0).normal(size=shape).astype("float32") + 2
+    x = _off_centre(shape)
     x[0] = 0.0  # an all-zero row: 0, not NaN
-    expected = np.asarray(layer(x))
-    with _export_rewrites.int8_normalization():
-        rewritten = np.asarray(layer(x))
-    np.testing.assert_allclose(rewritten, expected, rtol=0, atol=1e-6)
+    layer = keras.layers.UnitNormalization(axis=axis)
+    _assert_int8_form_is_the_same_function(layer, x, atol=1e-6)
 
 
 def test_unit_normalization_ptq_int8_is_int8_only(tmp_path):
