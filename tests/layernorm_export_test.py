@@ -11,6 +11,7 @@ import pytest
 
 from keras_slim import _export_rewrites
 from keras_slim import _litert_quantizer
+from keras_slim import datasets
 from keras_slim import export_tflite
 from keras_slim import litert
 
@@ -162,17 +163,15 @@ def _digits_conv_group_norm():
     )
 
 
-def test_group_normalization_ptq_int8_is_int8_only(tmp_path):
-    from keras_slim import datasets
+def _digits(n, seed):
+    """The offline digits at 8x8: the training split for seed 0, the
+    test split otherwise (`n` ignored: each split is used whole)."""
+    train, test = datasets.load_digits(image_size=8)
+    return train if seed == 0 else test
 
-    (x, y), (x_test, _) = datasets.load_digits(image_size=8)
-    keras.utils.set_random_seed(0)
-    model = _digits_conv_group_norm()
-    model.compile(
-        keras.optimizers.Adam(3e-3),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    model.fit(x, y, epochs=5, batch_size=64, verbose=0)
+
+def test_group_normalization_ptq_int8_is_int8_only(tmp_path):
+    model, x, x_test = _trained(_digits_conv_group_norm, _digits)
     path = str(tmp_path / "group.tflite")
     report = export_tflite(model, path, representative_data=x[:256])
     assert report.int8_only, report.info.float_ops

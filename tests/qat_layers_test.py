@@ -593,10 +593,17 @@ def _swish_model():
     return keras.Model(inputs, L.Flatten()(x))
 
 
-def _steps_off_the_file(model, callbacks, x, x_test, path):
-    """Train `model` (compiled, mse) 2 epochs towards zeros, export it with
-    int8 outputs to `path`; return by how many int8 output steps each of
-    its outputs on `x_test` is off the file's."""
+def _steps_off_the_file(model, route, data, path):
+    """Train `model` quantization-aware (`route`: the callback or
+    `quantize_model`) 2 epochs towards zeros on the images of `data`,
+    export it with int8 outputs to `path`; return by how many int8 output
+    steps each of its outputs on the test images is off the file's."""
+    (x, _), (x_test, _) = data
+    model.compile(keras.optimizers.Adam(1e-3), "mse")
+    callbacks = [QuantizationAwareTraining()]
+    if route == "quantize_model":
+        model = quantize_model(model)
+        callbacks = []
     targets = np.zeros((len(x), model.output.shape[-1]), "float32")
     model.fit(
         x, targets, batch_size=64, epochs=2, verbose=0, callbacks=callbacks
@@ -628,16 +635,10 @@ def test_swish_matches_its_int8_file_step_for_step(
     # this model's outputs were off the file's by 1-5 int8 steps (0.9%
     # by 1-3 steps with the grid), and over EfficientNet's 16 swish blocks
     # the QAT model and its file agreed on 83-95% of the digits.
-    (x, _), (x_test, _) = digits_small
     keras.utils.set_random_seed(0)
     model = _swish_model()
-    model.compile(keras.optimizers.Adam(1e-3), "mse")
-    callbacks = [QuantizationAwareTraining()]
-    if route == "quantize_model":
-        model = quantize_model(model)
-        callbacks = []
     path = tmp_path / "swish.tflite"
-    off = _steps_off_the_file(model, callbacks, x, x_test, path)
+    off = _steps_off_the_file(model, route, digits_small, path)
     info = keras_slim.inspect_tflite(path)
     assert info.ops.get("LOGISTIC") == 3 and info.ops.get("MUL") == 3
     assert off.max() <= 3
@@ -650,20 +651,14 @@ def test_prelu_alpha_is_trained_as_its_file_stores_it(
 ):
     # The file stores PReLU's alpha in int8 with one symmetric scale;
     # the simulation reads it rounded the same way.
-    (x, _), (x_test, _) = digits_small
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 1))
     prelu = L.PReLU(
         alpha_initializer=keras.initializers.RandomUniform(0.0, 0.5)
     )
     model = keras.Model(inputs, L.Flatten()(prelu(L.Conv2D(8, 3)(inputs))))
-    model.compile(keras.optimizers.Adam(1e-3), "mse")
-    callbacks = [QuantizationAwareTraining()]
-    if route == "quantize_model":
-        model = quantize_model(model)
-        callbacks = []
     path = tmp_path / "prelu.tflite"
-    off = _steps_off_the_file(model, callbacks, x, x_test, path)
+    off = _steps_off_the_file(model, route, digits_small, path)
     assert keras_slim.inspect_tflite(path).ops.get("PRELU") == 1
     # Measured: 0.30% of the outputs one or two steps off (2.85% with a
     # float alpha in the simulation).

@@ -1,5 +1,6 @@
 """`LayerNormalization` (and `GroupNormalization`, the same ops on each
-group, and `RMSNormalization`) as its int8 file computes it.
+group, `RMSNormalization` and `UnitNormalization`) as its int8 file
+computes it.
 
 LiteRT has no LayerNormalization op: the converter keeps the ops the
 layer is traced as, and a quantization-aware model must give every
