@@ -104,16 +104,25 @@ def compile_classifier(model, learning_rate=1e-3, **kwargs):
 
 
 def _train_small_cnn(digits, epochs):
+    # The learning rate decays to a tenth over the run. At a constant 1e-3
+    # the test accuracy of the last epochs swings by several points from
+    # one epoch to the next (0.85 to 0.98 under torch and JAX, measured
+    # epoch by epoch; BatchNorm's 0.9-momentum statistics follow the last
+    # few batches), so which epoch a run stops at decided whether it
+    # reached 93%. Decayed, the last five epochs stay within a point, at
+    # 95-97% on all three backends and seeds 0 and 1.
     (x, y), _ = digits
     keras.utils.set_random_seed(0)
-    model = compile_classifier(models.small_cnn())
+    steps = epochs * -(-len(x) // 64)
+    decay = keras.optimizers.schedules.CosineDecay(1e-3, steps, alpha=0.1)
+    model = compile_classifier(models.small_cnn(), learning_rate=decay)
     model.fit(x, y, batch_size=64, epochs=epochs, verbose=0)
     return model
 
 
 @pytest.fixture(scope="session")
 def trained_cnn_weights(digits):
-    """Weights of the demo CNN trained 20 epochs (about 97% test accuracy).
+    """Weights of the demo CNN trained 20 epochs (about 96% test accuracy).
 
     Session-scoped and returned as weights, so each test builds its own
     model object and cannot disturb another test's.
