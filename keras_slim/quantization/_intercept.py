@@ -25,7 +25,6 @@ import functools
 import threading
 
 import keras
-from keras import ops
 
 from keras_slim import _layers
 from keras_slim.quantization import _attention
@@ -256,7 +255,7 @@ def with_quantized_kernel(layer, rule, call):
         kernel = layer.embeddings
         quantize = functools.partial(_quantizers.quantize_kernel, rule="dense")
     elif rule == "prelu":
-        kernel, quantize = layer.alpha, _prelu_alpha
+        kernel = layer.alpha
     else:
         kernel = layer.kernel
     mapping = [
@@ -269,18 +268,6 @@ def with_quantized_kernel(layer, rule, call):
     for loss in scope.losses:  # an activity regularizer's loss
         layer.add_loss(loss)
     return outputs
-
-
-def _prelu_alpha(alpha):
-    """PReLU's `alpha` as the file stores it: int8, one symmetric scale
-    `max|alpha| / 127` (measured: TensorFlow 2.21's converter). Rounded
-    with `keras.ops` and a straight-through gradient, not a `FakeQuant`
-    op: with one on `alpha` the converter kept PRELU float."""
-    a = ops.convert_to_tensor(alpha)
-    m = ops.maximum(ops.max(ops.abs(a)), _quantizers.MIN_WEIGHT_RANGE)
-    scale = ops.stop_gradient(m / 127.0)
-    q = ops.clip(ops.round(a / scale), -127.0, 127.0) * scale
-    return a + ops.stop_gradient(q - a)
 
 
 def _activity_loss(layer, outputs):

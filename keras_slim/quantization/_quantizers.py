@@ -175,10 +175,13 @@ def quantize_kernel(kernel, rule):
         m = ops.max(ops.abs(kernel))
         m = ops.stop_gradient(ops.maximum(m, MIN_WEIGHT_RANGE))
         return fake_quant(kernel, -m, m, narrow_range=True)
-    if rule == "transpose":
-        # (..., out, in): one scale per output channel, on axis -2.
+    if rule in ("transpose", "prelu"):
+        # keras.ops rounding: transpose (..., out, in) per output channel
+        # (axis -2); PReLU's alpha per tensor, as TF 2.21's converter stores
+        # it (with a `FakeQuant` op on alpha it kept PRELU float).
         rank = len(kernel.shape)
-        axes = tuple(i for i in range(rank) if i != rank - 2)
+        kept = rank - 2 if rule == "transpose" else None
+        axes = tuple(i for i in range(rank) if i != kept)
         m = ops.max(ops.abs(kernel), axis=axes, keepdims=True)
         scale = ops.stop_gradient(ops.maximum(m, MIN_WEIGHT_RANGE) / 127.0)
         q = ops.clip(ops.round(kernel / scale), -127.0, 127.0) * scale

@@ -287,9 +287,25 @@ class _StepQuantMixin:
         return step
 
 
+class _NormQuantMixin(_StepQuantMixin):
+    """A normalization twin: `step_rule` (its catalogue rule) names its
+    inner steps, `forward` (a `_layernorm` function) computes it."""
+
+    quantize_active = True
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_steps(_rules.inner_names(self, self.step_rule))
+
+    def call(self, inputs, training=None):
+        if not self.quantize_active:
+            return super().call(inputs)
+        return self.forward(self, inputs, self._step(training))
+
+
 @keras.saving.register_keras_serializable(package="keras_slim")
 class QuantizedLayerNormalization(
-    _StepQuantMixin, keras.layers.LayerNormalization
+    _NormQuantMixin, keras.layers.LayerNormalization
 ):
     """`keras.layers.LayerNormalization` computed as its int8 file runs
     it (MEAN, SUB, MUL, MEAN, ADD, RSQRT, MUL, MUL by gamma, ADD of beta),
@@ -298,21 +314,13 @@ class QuantizedLayerNormalization(
     Same arguments and config as `LayerNormalization`.
     """
 
-    quantize_active = True
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_steps(_rules.inner_names(self, "layernorm"))
-
-    def call(self, inputs, training=None):
-        if not self.quantize_active:
-            return super().call(inputs)
-        return _layernorm.forward(self, inputs, self._step(training))
+    step_rule = "layernorm"
+    forward = staticmethod(_layernorm.forward)
 
 
 @keras.saving.register_keras_serializable(package="keras_slim")
 class QuantizedGroupNormalization(
-    _StepQuantMixin, keras.layers.GroupNormalization
+    _NormQuantMixin, keras.layers.GroupNormalization
 ):
     """`keras.layers.GroupNormalization` computed as its int8 file runs
     it (the LayerNormalization ops on each group), each inner tensor
@@ -321,21 +329,13 @@ class QuantizedGroupNormalization(
     Same arguments and config as `GroupNormalization`.
     """
 
-    quantize_active = True
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_steps(_rules.inner_names(self, "groupnorm"))
-
-    def call(self, inputs, training=None):
-        if not self.quantize_active:
-            return super().call(inputs)
-        return _layernorm.group_forward(self, inputs, self._step(training))
+    step_rule = "groupnorm"
+    forward = staticmethod(_layernorm.group_forward)
 
 
 @keras.saving.register_keras_serializable(package="keras_slim")
 class QuantizedUnitNormalization(
-    _StepQuantMixin, keras.layers.UnitNormalization
+    _NormQuantMixin, keras.layers.UnitNormalization
 ):
     """`keras.layers.UnitNormalization` computed as its int8 file runs it
     (MUL, SUM, RSQRT, MUL), each inner tensor through a `FakeQuant`
@@ -344,20 +344,12 @@ class QuantizedUnitNormalization(
     Same arguments and config as `UnitNormalization`.
     """
 
-    quantize_active = True
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_steps(_rules.UNITNORM_STEPS)
-
-    def call(self, inputs, training=None):
-        if not self.quantize_active:
-            return super().call(inputs)
-        return _layernorm.unit_forward(self, inputs, self._step(training))
+    step_rule = "unitnorm"
+    forward = staticmethod(_layernorm.unit_forward)
 
 
 @keras.saving.register_keras_serializable(package="keras_slim")
-class QuantizedRMSNormalization(_StepQuantMixin, keras.layers.RMSNormalization):
+class QuantizedRMSNormalization(_NormQuantMixin, keras.layers.RMSNormalization):
     """`keras.layers.RMSNormalization` computed as its int8 file runs it
     (MUL, MEAN, ADD, RSQRT, MUL, MUL by the scale), each inner tensor
     through a `FakeQuant` sublayer of `step_quants`.
@@ -365,16 +357,8 @@ class QuantizedRMSNormalization(_StepQuantMixin, keras.layers.RMSNormalization):
     Same arguments and config as `RMSNormalization`.
     """
 
-    quantize_active = True
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_steps(_rules.RMSNORM_STEPS)
-
-    def call(self, inputs, training=None):
-        if not self.quantize_active:
-            return super().call(inputs)
-        return _layernorm.rms_forward(self, inputs, self._step(training))
+    step_rule = "rmsnorm"
+    forward = staticmethod(_layernorm.rms_forward)
 
 
 @keras.saving.register_keras_serializable(package="keras_slim")
