@@ -289,7 +289,8 @@ class _StepQuantMixin:
 
 class _NormQuantMixin(_StepQuantMixin):
     """A normalization twin: `step_rule` (its catalogue rule) names its
-    inner steps, `forward` (a `_layernorm` function) computes it."""
+    inner steps, `step_forward` (a `_layernorm` function) computes it
+    (not `forward`: on torch that is `torch.nn.Module.forward`)."""
 
     quantize_active = True
 
@@ -300,7 +301,7 @@ class _NormQuantMixin(_StepQuantMixin):
     def call(self, inputs, training=None):
         if not self.quantize_active:
             return super().call(inputs)
-        return self.forward(self, inputs, self._step(training))
+        return self.step_forward(self, inputs, self._step(training))
 
 
 @keras.saving.register_keras_serializable(package="keras_slim")
@@ -315,7 +316,7 @@ class QuantizedLayerNormalization(
     """
 
     step_rule = "layernorm"
-    forward = staticmethod(_layernorm.forward)
+    step_forward = staticmethod(_layernorm.forward)
 
 
 @keras.saving.register_keras_serializable(package="keras_slim")
@@ -330,7 +331,7 @@ class QuantizedGroupNormalization(
     """
 
     step_rule = "groupnorm"
-    forward = staticmethod(_layernorm.group_forward)
+    step_forward = staticmethod(_layernorm.group_forward)
 
 
 @keras.saving.register_keras_serializable(package="keras_slim")
@@ -345,7 +346,7 @@ class QuantizedUnitNormalization(
     """
 
     step_rule = "unitnorm"
-    forward = staticmethod(_layernorm.unit_forward)
+    step_forward = staticmethod(_layernorm.unit_forward)
 
 
 @keras.saving.register_keras_serializable(package="keras_slim")
@@ -358,7 +359,7 @@ class QuantizedRMSNormalization(_NormQuantMixin, keras.layers.RMSNormalization):
     """
 
     step_rule = "rmsnorm"
-    forward = staticmethod(_layernorm.rms_forward)
+    step_forward = staticmethod(_layernorm.rms_forward)
 
 
 @keras.saving.register_keras_serializable(package="keras_slim")
