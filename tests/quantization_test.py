@@ -633,11 +633,12 @@ def test_twins_train_and_reload_on_every_backend(digits_small, tmp_path):
         "QuantizedUnitNormalization",
         "QuantizedConv1D",
     } <= twins
-    qmodel.fit(x, y, batch_size=64, epochs=5, verbose=0)
+    qmodel.fit(x, y, batch_size=64, epochs=10, verbose=0)
     assert is_quantization_aware(qmodel)
     expected = qmodel.predict(x_test, verbose=0)
-    # 0.83-0.84 after 5 epochs on TensorFlow, JAX and torch (chance 0.1).
-    assert accuracy(expected, y_test) >= 0.75
+    # 10 epochs: 0.91/0.90/0.93 on TensorFlow/JAX/torch, 0.89 on Keras
+    # 3.12 (5 epochs gave 0.73-0.84: not yet converged; chance is 0.1).
+    assert accuracy(expected, y_test) >= 0.8
     qmodel.save(tmp_path / "q.keras")
     reloaded = keras.models.load_model(tmp_path / "q.keras")
     assert _ranges(reloaded) == _ranges(qmodel)
