@@ -13,8 +13,6 @@ top, so that `--help` answers at once; TensorFlow loads only to work.
 """
 
 import argparse
-import contextlib
-import io
 import logging
 import os
 import sys
@@ -282,7 +280,6 @@ def _check_output_dir(folder):
             f"--output-dir {folder}: its parent folder {parent} does not exist"
         )
     target = folder if os.path.isdir(folder) else parent
-    import tempfile
 
     try:
         fd, probe = tempfile.mkstemp(prefix=".keras_slim-", dir=target)
@@ -390,65 +387,6 @@ def build_parser():
     return parser
 
 
-# Native lines every run prints on a machine without a GPU, whatever
-# `TF_CPP_MIN_LOG_LEVEL` says: not replayed after a successful command
-# (a clean run must not end on "E0000 ... failed call to cuInit").
-_ROUTINE = (
-    "All log messages before absl::InitializeLog()",
-    "cudart_stub.cc",
-    "cuda_platform.cc",
-    "cuda_executor.cc",
-    "cpu_feature_guard.cc",
-    "oneDNN custom operations are on",
-    "To enable the following instructions",
-    "Created TensorFlow Lite XNNPACK delegate",
-    "fully_quantize: ",
-    "Estimated count of arithmetic ops",
-)
-
-
-def _worth_replaying(data):
-    """The lines of `data` (bytes) that are not `_ROUTINE`."""
-    lines = data.decode(errors="replace").splitlines(keepends=True)
-    kept = [ln for ln in lines if not any(r in ln for r in _ROUTINE)]
-    return "".join(kept).encode()
-
-
-@contextlib.contextmanager
-def _native_stderr_held():
-    """Hold what native code writes to file descriptor 2 while a command
-    runs (TensorFlow 2.21's absl and oneDNN lines, whatever
-    `TF_CPP_MIN_LOG_LEVEL` says; the converter's and LiteRT's prints):
-    replayed when the command succeeds, but for the routine lines every
-    run prints (`_ROUTINE`), dropped when it fails, so that a failure
-    stays one line. Python's `sys.stderr` keeps writing live."""
-    try:
-        sys.stderr.flush()
-        python_stderr = sys.stderr.fileno() == 2
-        saved = os.dup(2)
-    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
-        yield lambda: None  # no file descriptor 2 to hold (embedded)
-        return
-    original = sys.stderr
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        if python_stderr:
-            sys.stderr = open(os.dup(saved), "w")  # noqa: SIM115
-
-        def replay():
-            sink.seek(0)
-            os.write(saved, _worth_replaying(sink.read()))
-
-        try:
-            yield replay
-        finally:
-            if python_stderr:
-                sys.stderr.close()
-                sys.stderr = original
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
 def _check_usage(parser, args):
     if args.command != "convert":
         return
@@ -488,10 +426,13 @@ def main(argv=None):
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Imported here: `--help` must not import the package (TensorFlow).
+    from keras_slim._native_stderr import native_stderr_held
+
     _check_usage(parser, args)
     start = time.perf_counter()
     try:
-        with _native_stderr_held() as replay:
+        with native_stderr_held() as replay:
             args.func(args)
             replay()
     except CLIError as e:

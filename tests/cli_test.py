@@ -462,7 +462,7 @@ def test_a_failure_after_converting_holds_back_native_log_lines(tmp_path):
 
 
 def test_native_lines_replayed_after_success_are_all_but_routine_ones():
-    from keras_slim.cli import _worth_replaying
+    from keras_slim._native_stderr import worth_replaying
 
     held = (
         b"I0000 00:00:17 1 cudart_stub.cc:31] Could not find cuda drivers\n"
@@ -472,7 +472,7 @@ def test_native_lines_replayed_after_success_are_all_but_routine_ones():
         b"fully_quantize: 0, inference_type: 6\n"
         b"Segment 2: an unrecognised native line\n"
     )
-    assert _worth_replaying(held) == (
+    assert worth_replaying(held) == (
         b"W0000 00:00:17 1 some_kernel.cc:9] denormal values flushed\n"
         b"Segment 2: an unrecognised native line\n"
     )

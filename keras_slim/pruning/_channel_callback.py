@@ -14,6 +14,7 @@ from keras_slim.pruning import _constants
 from keras_slim.pruning import _graph
 from keras_slim.pruning import _masks
 from keras_slim.pruning import _selection
+from keras_slim.pruning import _train_step
 
 _KIND = "channel"  # the kind of this callback's `_masks.MaskConstraint`s
 
@@ -128,9 +129,9 @@ class ChannelPruning(keras.callbacks.Callback):
         # during `fit` only assign it (no new constraint, no retrace).
         changed = self._hold(attach=True)
         self._maybe_update(self._epoch_start, exact=True)
-        if changed or _masks.masks_are_traced():
+        if changed or _train_step.masks_are_traced():
             # `fit` built its train function before `on_train_begin`.
-            _masks.rebuild_train_function(self._trained, reuse=not changed)
+            _train_step.rebuild_train_function(self._trained, reuse=not changed)
 
     def _step(self):
         # `self.model` syncs a JAX `fit`'s state into the variables: read
@@ -243,9 +244,9 @@ class ChannelPruning(keras.callbacks.Callback):
                     value = keras.ops.convert_to_numpy(var)
                     var.assign((value * mask).astype(value.dtype))
         variables = [var for var, _ in masks]
-        released = _masks.refresh_released(variables)
+        released = _train_step.refresh_released(variables)
         if released and not attach:
-            _masks.rebuild_train_function(model)
+            _train_step.rebuild_train_function(model)
         return changed or released
 
     def _log(self, logs):
@@ -260,7 +261,7 @@ class ChannelPruning(keras.callbacks.Callback):
         self._log(logs)
 
     def on_train_end(self, logs=None):
-        _masks.restore_train_step(self._trained)
+        _train_step.restore_train_step(self._trained)
 
     def get_config(self):
         return {

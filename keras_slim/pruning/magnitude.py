@@ -7,6 +7,7 @@ from keras_slim import _layers
 from keras_slim import _validation
 from keras_slim import schedules as schedules_module
 from keras_slim.pruning import _masks
+from keras_slim.pruning import _train_step
 
 __all__ = ["MagnitudePruning"]
 
@@ -217,10 +218,10 @@ class MagnitudePruning(keras.callbacks.Callback):
                 print(f"MagnitudePruning: skipped {path}: {reason}")
         changed = self._attach_masks()
         variables = [t.variable for t in self._targets]
-        released = _masks.refresh_released(variables)
-        if changed or released or _masks.masks_are_traced():
+        released = _train_step.refresh_released(variables)
+        if changed or released or _train_step.masks_are_traced():
             # `fit` built its train function before `on_train_begin`.
-            _masks.rebuild_train_function(
+            _train_step.rebuild_train_function(
                 self.model, reuse=not (changed or released)
             )
         step = self._step()
@@ -275,7 +276,7 @@ class MagnitudePruning(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._maybe_update(None)
-        _masks.restore_train_step(self.model)
+        _train_step.restore_train_step(self.model)
 
     # -------------------------------------------------------------- helpers
 
@@ -306,7 +307,7 @@ class MagnitudePruning(keras.callbacks.Callback):
                 variable = target.variable
                 keep = (variable.numpy() != 0).astype(np.float32)
                 old = _masks.find_mask(variable, _KIND)
-                if old is not None and _masks.masks_are_traced():
+                if old is not None and _train_step.masks_are_traced():
                     same = np.array_equal(
                         keras.ops.convert_to_numpy(old.mask), keep
                     )
@@ -341,8 +342,8 @@ class MagnitudePruning(keras.callbacks.Callback):
             for variable, w, mask in zip(variables, weights, masks):
                 _masks.hold(variable, mask, _KIND)
                 variable.assign((w * mask).astype(w.dtype))
-        if _masks.refresh_released(variables):
-            _masks.rebuild_train_function(self.model)
+        if _train_step.refresh_released(variables):
+            _train_step.rebuild_train_function(self.model)
         self._zeros = [int(np.sum(m == 0)) for m in masks]
         self._refresh_sparsity()
         if self.verbose:
