@@ -351,11 +351,11 @@ _PREPROCESSING = (
     "outside the model that is compressed and exported"
 )
 _RECURRENT = (
-    "recurrent: Keras 3 traces it as a WHILE loop of float ops, which "
-    "TensorFlow's converter does not fuse into LiteRT's integer LSTM "
-    "kernel and whose calibration crashes it; its kernels, MACs and "
-    "channels are not modelled either. Export such a model with "
-    "quantization='dynamic' or 'float16'"
+    "recurrent: Keras 3 runs its gates in a loop (a WHILE loop of float "
+    "ops when traced) where QAT places no ranges, and its kernels, MACs "
+    "and channels are not modelled. After training, post-training "
+    "export_tflite(..., quantization='int8') unrolls LSTM, GRU and "
+    "SimpleRNN into int8 ops"
 )
 _ATTENTION = "attention: MACs depend on sequence lengths; not modelled"
 

@@ -129,6 +129,9 @@ def _convert(model, sig, options, samples):
     matmul = contextlib.nullcontext()
     if quantization != "float32":
         matmul = _export_rewrites.batched_matmul()
+    unrolled = contextlib.nullcontext()
+    if options.get("quantized_later", quantization) in ("int8", "int16x8"):
+        unrolled = _export_rewrites.unrolled_recurrence(model)
     try:
         # `from_keras_model` exports a SavedModel and prints its signature.
         # It also warns that the (float) input has no statistics, which is
@@ -136,6 +139,7 @@ def _convert(model, sig, options, samples):
         with (
             rewrite,
             matmul,
+            unrolled,
             contextlib.redirect_stdout(io.StringIO()),
             warnings.catch_warnings(),
         ):

@@ -376,28 +376,30 @@ def check_weights(model):
 
 
 def check_calibratable(model, quantization):
-    """Refuse calibrated quantization of recurrent layers before the
-    converter sees them.
+    """Refuse calibrated quantization of stateful recurrent layers before
+    the converter sees them.
 
-    Measured with TensorFlow 2.21: Keras 3's LSTM, GRU and SimpleRNN
-    convert to a WHILE loop whose int8 calibration segfaults inside the
-    converter's calibrator (`_feed_tensors`), killing the process; the
-    LiteRT Quantizer fails on the same float file ("Tensor data is
-    null"). `"dynamic"` and `"float16"` convert them fine.
+    Keras 3's LSTM, GRU and SimpleRNN trace as a WHILE loop whose int8
+    calibration segfaults inside TensorFlow's converter (2.21), killing
+    the process; the conversion unrolls them over the signature's fixed
+    steps instead (`_export_rewrites.unrolled_recurrence`). A stateful
+    layer carries its state in variables from one call to the next,
+    which a file run one batch at a time cannot reproduce as Keras
+    computes it: refused here, as before any conversion.
     """
-    from keras_slim import _layers
+    from keras_slim import _export_rewrites
 
     if quantization not in ("int8", "int16x8"):
         return
-    for path, layer in _layers.iter_layers(model):
-        if isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional)):
+    for layer in _export_rewrites.recurrent_layers(model):
+        if layer.stateful:
             raise ValueError(
                 f"Post-training `quantization={quantization!r}` cannot "
-                f"calibrate recurrent layer {path!r} "
-                f"({type(layer).__name__}): with TensorFlow's converter its "
-                "WHILE loop crashes the calibrator and the whole Python "
-                "process (a segmentation fault), and the LiteRT Quantizer "
-                "cannot calibrate it either. Export it with "
-                "`quantization='dynamic'` (int8 weights, float activations) "
-                "or `'float16'`. Nothing was converted."
+                f"calibrate the stateful recurrent layer {layer.name!r} "
+                f"({type(layer).__name__}, stateful=True): its state "
+                "lives in variables across calls, which the file cannot "
+                "follow. Rebuild it with `stateful=False` and the same "
+                "weights, or export with `quantization='dynamic'` (int8 "
+                "weights, float activations) or `'float16'`. Nothing was "
+                "converted."
             )

@@ -49,6 +49,18 @@ post-training calibration was not affected). `tf.matmul` of the same
 operands (a broadcasting batch matmul) gives the same values and the same
 `FULLY_CONNECTED` op (`keep_num_dims`), with no reshape to move.
 
+One layer-level rewrite rides along too (`unrolled_recurrence`): Keras
+3's LSTM, GRU and SimpleRNN trace as a WHILE loop of float ops, whose
+int8 calibration segfaults inside TensorFlow's converter (2.21). Unrolled
+over the signature's fixed number of steps (`unroll=True`, Keras's own
+code path), they trace as FULLY_CONNECTED, ADD, MUL, LOGISTIC and TANH
+ops, which the converter calibrates and quantizes (weights shared by
+every step: 24 steps of LSTM(16) give a 180 KB file). LSTM and GRU cells
+also compute each gate with its own matmul (`implementation=1`): with
+the one-matmul form the converter keeps the gates' SPLIT float after the
+first step of a masked or sequence-returning LSTM (measured: DEQUANTIZE,
+SPLIT, QUANTIZE). Same function, float rounding apart.
+
 The user's model, its layers and variables are not changed: the class's
 `call` is swapped for the converter's trace and restored on exit, and
 the Keras outputs the file is verified against are Keras's own.
@@ -258,3 +270,41 @@ def int8_normalization():
     finally:
         for cls, original in reversed(swapped):
             cls.call = original
+
+
+def recurrent_layers(model):
+    """Every `keras.layers.RNN` in `model`, nested ones, the two halves
+    of a `Bidirectional` and those inside custom layers included."""
+    flatten = getattr(model, "_flatten_layers", None)
+    if flatten is not None:
+        layers = flatten(include_self=False, recursive=True)
+    else:  # pragma: no cover - a Keras without the tracker walk
+        from keras_slim import _layers
+
+        layers = [layer for _, layer in _layers.iter_layers(model)]
+    return [layer for layer in layers if isinstance(layer, keras.layers.RNN)]
+
+
+def _cells(rnn):
+    cell = rnn.cell
+    return list(getattr(cell, "cells", None) or [cell])
+
+
+@contextlib.contextmanager
+def unrolled_recurrence(model):
+    """Within the block, `model`'s recurrent layers run unrolled, their
+    LSTM and GRU cells one matmul per gate (see the module docstring).
+    Their attributes are set back on exit, whatever happens."""
+    changed = []
+    try:
+        for rnn in recurrent_layers(model):
+            changed.append((rnn, "unroll", rnn.unroll))
+            rnn.unroll = True
+            for cell in _cells(rnn):
+                if getattr(cell, "implementation", None) == 2:
+                    changed.append((cell, "implementation", 2))
+                    cell.implementation = 1
+        yield
+    finally:
+        for obj, name, value in reversed(changed):
+            setattr(obj, name, value)

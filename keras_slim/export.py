@@ -308,13 +308,14 @@ def export_tflite(
             `"int8"` is asked for without `representative_data` on a model
             with no learned ranges, if a weight or a calibration sample is
             NaN, inf or out of range, if `"int8"`/`"int16x8"` calibration
-            meets a recurrent layer (LSTM, GRU, SimpleRNN: the converter's
-            calibrator crashes the process on them), if the folder is
-            not writable, if float ops remain in an int8 file and
-            `allow_float_fallback=False` (each named with the Keras layer
-            it came from), if LiteRT cannot load the
-            converted file with its default delegate, or if the file
-            outputs NaN/inf or agrees with Keras less than
+            meets a `stateful=True` recurrent layer (LSTM, GRU and
+            SimpleRNN layers are otherwise unrolled over the input's fixed
+            steps, whose WHILE loop would crash the converter's
+            calibrator), if the folder is not writable, if float ops
+            remain in an int8 file and `allow_float_fallback=False` (each
+            named with the Keras layer it came from), if LiteRT cannot
+            load the converted file with its default delegate, or if the
+            file outputs NaN/inf or agrees with Keras less than
             `min_agreement`. Nothing is written then.
 
     Example:

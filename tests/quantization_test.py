@@ -700,13 +700,14 @@ def test_custom_layer_rule_can_be_registered():
 
 def test_recurrent_layer_is_refused_before_training_with_the_reason():
     # Keras 3's LSTM traces to a WHILE loop of float ops: the refusal
-    # says so and what to export instead, before any step.
+    # says so and what to do instead (post-training int8), before any
+    # step.
     model = keras.Sequential(
         [keras.Input((6, 4)), keras.layers.LSTM(3), keras.layers.Dense(2)]
     )
     model.compile("adam", "mse")
     before = [w.copy() for w in model.get_weights()]
-    with pytest.raises(ValueError, match="WHILE loop.*'dynamic'"):
+    with pytest.raises(ValueError, match="WHILE loop.*post-training"):
         model.fit(
             np.zeros((8, 6, 4)),
             np.zeros((8, 2)),
