@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from conftest import accuracy
 from conftest import compile_classifier
-from conftest import nested_model
 from conftest import sequential_model
 from conftest import subclassed_model
 
@@ -686,9 +685,97 @@ def test_subclassed_model_gets_a_clear_error():
         prune_channels(subclassed_model(), 0.5)
 
 
-def test_nested_model_gets_a_clear_error():
+def _backbone_in_a_model(kind):
+    """A trainable conv backbone nested as transfer learning nests one."""
+    backbone = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(16, 3, padding="same", name="conv_a"),
+            keras.layers.BatchNormalization(momentum=0.9, name="bn_a"),
+            keras.layers.ReLU(),
+            keras.layers.Conv2D(32, 3, padding="same", name="conv_b"),
+            keras.layers.BatchNormalization(momentum=0.9, name="bn_b"),
+            keras.layers.ReLU(),
+        ],
+        name="backbone",
+    )
+    if kind == "sequential":
+        return keras.Sequential(
+            [
+                keras.Input((8, 8, 1)),
+                backbone,
+                keras.layers.GlobalAveragePooling2D(),
+                keras.layers.Dense(10, name="head"),
+            ]
+        )
+    inputs = keras.Input((8, 8, 1))
+    h = backbone(inputs, training=False)  # the transfer-learning call
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    return keras.Model(inputs, keras.layers.Dense(10, name="head")(h))
+
+
+@pytest.mark.parametrize("kind", ["sequential", "functional"])
+def test_nested_backbone_is_pruned_as_one_flat_graph(kind, digits_small):
+    (x, y), (xt, yt) = digits_small
+    keras.utils.set_random_seed(0)
+    model = compile_classifier(_backbone_in_a_model(kind), 3e-3)
+    model.fit(x, y, batch_size=64, epochs=8, verbose=0)
+    assert accuracy(model.predict(xt, verbose=0), yt) >= 0.85
+    copy = prune_channels(model, 0.0)
+    assert "backbone" not in [layer.name for layer in copy.layers]
+    np.testing.assert_allclose(
+        copy.predict(xt, verbose=0), model.predict(xt, verbose=0), atol=1e-5
+    )
+    small = prune_channels(model, 0.5)
+    assert _channels(small) == {"conv_a": 8, "conv_b": 16, "head": 10}
+    if kind == "functional":  # `training=False` reaches the inlined layers
+        [bn_a] = [
+            entry
+            for entry in small.get_config()["layers"]
+            if entry["name"] == "bn_a"
+        ]
+        assert bn_a["inbound_nodes"][0]["kwargs"].get("training") is False
+    compile_classifier(small, 3e-3).fit(x, y, epochs=4, verbose=0)
+    assert accuracy(small.predict(xt, verbose=0), yt) >= 0.8
+    assert model.get_layer("backbone").get_layer("conv_a").filters == 16
+
+
+def test_channel_pruning_fit_on_a_nested_backbone_then_shrink(digits_small):
+    (x, y), (xt, _) = digits_small
+    keras.utils.set_random_seed(0)
+    model = compile_classifier(_backbone_in_a_model("sequential"), 3e-3)
+    model.fit(
+        x,
+        y,
+        batch_size=64,
+        epochs=3,
+        verbose=0,
+        callbacks=[ChannelPruning(0.5)],
+    )
+    conv_a = model.get_layer("backbone").get_layer("conv_a")
+    zero = np.all(np.asarray(conv_a.kernel) == 0, axis=(0, 1, 2))
+    assert int(zero.sum()) == 8  # masked in place, in the user's model
+    small = shrink(model)
+    assert _channels(small) == {"conv_a": 8, "conv_b": 16, "head": 10}
+    np.testing.assert_allclose(
+        small.predict(xt, verbose=0), model.predict(xt, verbose=0), atol=1e-5
+    )
+
+
+def test_subclassed_nested_model_gets_a_clear_error():
+    class Body(keras.Model):
+        def __init__(self):
+            super().__init__(name="body")
+            self.conv = keras.layers.Conv2D(8, 3)
+
+        def call(self, x):
+            return self.conv(x)
+
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.GlobalAveragePooling2D()(Body()(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(10)(h))
     with pytest.raises(ValueError, match="nested models.*'body'"):
-        prune_channels(nested_model(), 0.5)
+        prune_channels(model, 0.5)
 
 
 def test_unbuilt_model_is_refused():
@@ -766,3 +853,31 @@ def test_shrunk_model_trains_quantization_aware_and_exports_int8_only(
     report = export_tflite(small, tmp_path / "qat.tflite")
     assert report.ranges == "learned"
     assert report.info.int8_only
+
+
+def test_grouped_convolution_left_whole_while_other_layers_shrink(
+    digits_small,
+):
+    # ConvNeXt's depthwise convolutions are Conv2D(groups=channels): their
+    # kernel's input axis holds channels / groups. With `filters` keeping
+    # them whole, the Dense layers after them shrink (the rebuild copied
+    # the grouped kernel through the channel slicing: IndexError).
+    (x, y), (xt, _) = digits_small
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(16, 3, padding="same", name="stem")(inputs)
+    h = keras.layers.Conv2D(16, 3, padding="same", groups=16, name="grouped")(h)
+    h = keras.layers.Dense(64, activation="gelu", name="expand")(h)
+    h = keras.layers.Dense(16, name="project")(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    model = keras.Model(inputs, keras.layers.Dense(10, name="head")(h))
+    compile_classifier(model, 3e-3).fit(x, y, epochs=2, verbose=0)
+    with pytest.raises(ValueError, match="'grouped'.*grouped convolutions"):
+        prune_channels(model, 0.5)
+    small = prune_channels(model, 0.5, filters="expand")
+    assert _channels(small)["expand"] == 32
+    assert _channels(small)["grouped"] == 16
+    np.testing.assert_array_equal(
+        small.get_layer("grouped").kernel, model.get_layer("grouped").kernel
+    )
+    assert small.predict(xt[:4], verbose=0).shape == (4, 10)

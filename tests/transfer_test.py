@@ -505,7 +505,7 @@ def _ragged_extraction():
     np.testing.assert_allclose(
         np.concatenate([first, second]), _numpy(gap(x)), atol=1e-5
     )
-    [body] = _heads._BODIES[model].values()
+    [body] = getattr(model, _heads._BODIES).values()
     return model, body
 
 

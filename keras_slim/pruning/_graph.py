@@ -22,6 +22,7 @@ import keras
 import numpy as np
 
 from keras_slim import catalogue
+from keras_slim.pruning import _inline
 
 # Element-wise `keras.ops` that appear in Functional graphs (`x + 3.0`),
 # by class name; layer kinds are in `keras_slim.catalogue`.
@@ -189,6 +190,7 @@ class Analysis:
     """Element/class bookkeeping for a model graph."""
 
     def __init__(self, model):
+        model = _inline.inline(model)  # nested models: one flat graph
         self.model = model
         (
             self.kind,

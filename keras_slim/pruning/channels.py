@@ -81,7 +81,9 @@ def _rebuild(analysis, remove, values):
                 _graph.channel_variables(_Shadow(node, target)),
             )
         )
-        if not pairs:
+        if not pairs or analysis.pinned_node(node):
+            # Nothing of it changes (a pinned layer, such as a grouped
+            # convolution, whose kernel's input axis is not its inputs').
             target.set_weights(node.layer.get_weights())
             continue
         for (old, role), (var, _) in pairs:
@@ -145,7 +147,10 @@ def prune_channels(
 
     Args:
         model: A built Sequential or Functional Keras model (including
-            `keras.applications` models). Not modified.
+            `keras.applications` models). Not modified. Nested Sequential
+            or Functional models (a backbone inside a transfer-learning
+            model) are inlined: their layers join the one graph, and a
+            `training=False` given to the nested call is kept.
         fraction: Fraction of the channels to remove in each group, in
             [0, 1).
         criterion: `"l1"` or `"l2"` norm of each filter's weights, or
@@ -160,15 +165,16 @@ def prune_channels(
 
     Returns:
         A new Keras model (Sequential stays Sequential, otherwise a
-        Functional model), uncompiled.
+        Functional model; one flat Functional model where `model` nests
+        models), uncompiled.
 
     Raises:
         TypeError: For a model that is not Sequential or Functional (such
             as a subclassed model), or arguments of the wrong type.
         ValueError: For `fraction` outside [0, 1), an unknown `criterion`,
             `filters` that match no Conv or Dense layer, an unbuilt model,
-            a nested model, or a layer through which channels cannot be
-            pruned consistently (named in the message).
+            a nested subclassed model, or a layer through which channels
+            cannot be pruned consistently (named in the message).
 
     Example:
 
@@ -219,6 +225,7 @@ def shrink(model):
 
     Args:
         model: A built Sequential or Functional Keras model. Not modified.
+            Nested models are inlined, as in `prune_channels`.
 
     Returns:
         A new, smaller Keras model with the same inputs and outputs.

@@ -1,17 +1,17 @@
 """swap_head, extract_features, attach_head: find and replace the head."""
 
-import weakref
-
 import keras
 import numpy as np
 
 from keras_slim import _validation
 from keras_slim import catalogue
 
-# model -> {(kind, index): the cut-off body}. Reusing the body reuses its
-# traced predict function: tracing a MobileNetV2 costs more than running
-# 500 images through it, and a user extracts train, then test features.
-_BODIES = weakref.WeakKeyDictionary()
+# On the model, {(kind, index): the cut-off body}, set past Keras's
+# attribute tracking (the bodies are not the model's layers nor saved with
+# it). Reusing the body reuses its traced predict function: tracing a
+# MobileNetV2 costs more than running 500 images through it, and a user
+# extracts train, then test features.
+_BODIES = "_keras_slim_feature_bodies"
 
 
 def _is_pooling(layer):
@@ -315,7 +315,10 @@ def extract_features(model, x, layer=None, batch_size=32, verbose=0):
     _validation.check_model(model)
     _validation.check_int("batch_size", batch_size, minimum=1)
     kind, index = _cut(model, layer, "layer", allow_headless=True)
-    bodies = _BODIES.setdefault(model, {})
+    bodies = model.__dict__.get(_BODIES)
+    if bodies is None:
+        bodies = {}
+        object.__setattr__(model, _BODIES, bodies)
     if (kind, index) not in bodies:
         bodies[(kind, index)] = keras.Model(
             model.inputs, _tensor(model, kind, index)
