@@ -881,3 +881,43 @@ def test_transferred_model_exports_to_int8_only(digits, source, tmp_path):
     assert info.int8_only, info.float_ops
     keras_acc = accuracy(model.predict(x_test, verbose=0), y_test)
     assert keras_slim.litert.evaluate(path, x_test, y_test) > keras_acc - 0.03
+
+
+def test_swap_head_of_a_sequence_classifier_keeps_its_recurrent_body():
+    # An LSTM that returns its last output reduces the time axis to one
+    # feature vector: the head after it is swapped (it was refused: "no
+    # recognisable classification head"). Digits read row by row; the
+    # body learns digits 0-4, the new head 5-9.
+    from keras_slim import datasets
+
+    (x, y), (xt, yt) = datasets.load_digits(image_size=8)
+    x, xt = x[..., 0], xt[..., 0]
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8)),
+            keras.layers.Bidirectional(keras.layers.LSTM(16), name="rnn"),
+            keras.layers.Dense(5, name="head"),
+        ]
+    )
+    model.compile(
+        keras.optimizers.Adam(1e-2),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(x[y < 5], y[y < 5], epochs=8, batch_size=64, verbose=0)
+    new = transfer.swap_head(model, 5)
+    assert new.output_shape == (None, 5)
+    assert "rnn" in [layer.name for layer in new.layers]
+    np.testing.assert_array_equal(
+        new.get_layer("rnn").get_weights()[0],
+        model.get_layer("rnn").get_weights()[0],
+    )
+    new.get_layer("rnn").trainable = False
+    new.compile(
+        keras.optimizers.Adam(1e-2),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    new.fit(x[y >= 5], y[y >= 5] - 5, epochs=20, batch_size=32, verbose=0)
+    predicted = np.argmax(new.predict(xt[yt >= 5], verbose=0), axis=-1)
+    assert np.mean(predicted == yt[yt >= 5] - 5) >= 0.7
+    assert transfer.extract_features(model, xt[:3]).shape == (3, 32)

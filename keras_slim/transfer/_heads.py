@@ -17,11 +17,18 @@ _BODIES = "_keras_slim_feature_bodies"
 def _is_pooling(layer):
     """A global pooling or Flatten layer, or a model that ends with one.
 
-    Pooling points are the catalogue's (`LayerKind.pooling`).
+    Pooling points are the catalogue's (`LayerKind.pooling`), and a
+    recurrent layer that returns its last output only (it reduces the
+    time axis to one feature vector, as a sequence classifier's body
+    does), alone or in `Bidirectional`.
     """
     kind = catalogue.get_layer_kind(layer)
     if kind is not None and kind.pooling:
         return True
+    if isinstance(layer, keras.layers.Bidirectional):
+        layer = layer.forward_layer
+    if isinstance(layer, keras.layers.RNN):
+        return not layer.return_sequences and not layer.return_state
     if isinstance(layer, keras.Model) and not isinstance(
         layer, keras.Sequential
     ):
@@ -154,7 +161,8 @@ def _cut(model, layer, name, allow_headless):
     raise ValueError(
         f"Model {model.name!r} has no recognisable classification head "
         "(a chain of layers with weights after a global pooling or Flatten "
-        "layer, ending at the output). "
+        "layer or a recurrent layer that returns its last output, ending "
+        "at the output). "
         f"Pass `{name}=` the name of the "
         + (
             "layer whose output are the features."
@@ -194,7 +202,8 @@ def swap_head(
     head. `swap_head` finds the head (for `keras.applications` models built
     with `include_top=True`, the layers after the final global pooling;
     for Sequential and Functional models, a chain of layers after a global
-    pooling or Flatten layer), clones the model with its weights and
+    pooling or Flatten layer, or after an LSTM/GRU/SimpleRNN that returns
+    its last output only), clones the model with its weights and
     trainable flags, cuts the head off and adds `Dropout(dropout)` and a
     fresh `Dense(num_classes, activation)` (a `Flatten` first when the
     features are not flat). Combine with `keras_slim.transfer.freeze` to
