@@ -921,3 +921,25 @@ def test_swap_head_of_a_sequence_classifier_keeps_its_recurrent_body():
     predicted = np.argmax(new.predict(xt[yt >= 5], verbose=0), axis=-1)
     assert np.mean(predicted == yt[yt >= 5] - 5) >= 0.7
     assert transfer.extract_features(model, xt[:3]).shape == (3, 32)
+
+
+def test_swap_head_of_a_reloaded_sequence_classifier(tmp_path):
+    # Loading calls a recurrent layer twice: its `output` is the first
+    # call's, not the tensor its head reads (was: "no recognisable
+    # classification head" after `load_model`, on every backend).
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8)),
+            keras.layers.GRU(16, name="rnn"),
+            keras.layers.Dense(10, activation="softmax", name="head"),
+        ]
+    )
+    path = str(tmp_path / "gru.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    new = transfer.swap_head(loaded, 3)
+    assert new.output_shape == (None, 3)
+    np.testing.assert_array_equal(
+        new.get_layer("rnn").get_weights()[0],
+        model.get_layer("rnn").get_weights()[0],
+    )

@@ -61,6 +61,16 @@ def _output_of(layer):
         return None
 
 
+def _produced_by(tensor, layer):
+    """Whether `tensor` is an output of any call of `layer` (a loaded
+    model's recurrent layer is called twice: `layer.output` is the
+    first call's)."""
+    for node in getattr(layer, "_inbound_nodes", None) or []:
+        if any(tensor is out for out in node.output_tensors):
+            return True
+    return tensor is _output_of(layer)
+
+
 def _input_of(layer):
     try:
         return layer.input
@@ -92,7 +102,7 @@ def find_head(model):
         pooled = _output_of(layers[p])
         if features is None or isinstance(features, (list, tuple)):
             return None
-        if features is not pooled and (
+        if not _produced_by(features, layers[p]) and (
             not isinstance(layers[p], keras.Model)
             or pooled is None
             or tuple(pooled.shape) != tuple(features.shape)
