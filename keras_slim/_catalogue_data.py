@@ -37,6 +37,7 @@ QUANTIZATION_RULES = (
     "unitnorm",
     "embedding",
     "attention",
+    "recurrent",
     "passthrough",
     "skip",
     "quantizer",
@@ -283,6 +284,15 @@ KINDS = (
         quantization="attention",
         int8_weights="per_tensor",
     ),
+    # Unrolled into int8 FULLY_CONNECTED, ADD, MUL, LOGISTIC and TANH ops
+    # per time step (`keras_slim.quantization._recurrent`); kernels, MACs
+    # and channels not modelled.
+    _row(
+        (L.LSTM, L.GRU, L.SimpleRNN, L.Bidirectional),
+        macs=unknown_macs,
+        quantization="recurrent",
+        int8_weights="per_channel",
+    ),
     # An int8 MUL by its (constant) factors, as `Rescaling` runs.
     _row(_convnext_layer_scale(), macs=no_macs, quantization="affine"),
     _row(
@@ -351,11 +361,9 @@ _PREPROCESSING = (
     "outside the model that is compressed and exported"
 )
 _RECURRENT = (
-    "recurrent: Keras 3 runs its gates in a loop (a WHILE loop of float "
-    "ops when traced) where QAT places no ranges, and its kernels, MACs "
-    "and channels are not modelled. After training, post-training "
-    "export_tflite(..., quantization='int8') unrolls LSTM, GRU and "
-    "SimpleRNN into int8 ops"
+    "recurrent: a cell or a recurrent layer keras_slim does not model "
+    "(QAT models the layers LSTM, GRU and SimpleRNN; post-training "
+    "export_tflite(..., quantization='int8') unrolls those three)"
 )
 _ATTENTION = "attention: MACs depend on sequence lengths; not modelled"
 
@@ -381,8 +389,8 @@ UNSUPPORTED = (
     *(
         (getattr(L, name), _RECURRENT)
         for name in (
-            "RNN SimpleRNN SimpleRNNCell GRU GRUCell LSTM LSTMCell "
-            "StackedRNNCells ConvLSTM1D ConvLSTM2D ConvLSTM3D"
+            "RNN SimpleRNNCell GRUCell LSTMCell StackedRNNCells "
+            "ConvLSTM1D ConvLSTM2D ConvLSTM3D"
         ).split()
         if hasattr(L, name)
     ),
@@ -393,9 +401,7 @@ UNSUPPORTED = (
     ),
     *(
         (getattr(L, name), "wraps another layer, which it calls its own way")
-        for name in (
-            "Wrapper Bidirectional TimeDistributed SpectralNormalization"
-        ).split()
+        for name in ("Wrapper TimeDistributed SpectralNormalization").split()
         if hasattr(L, name)
     ),
     *(

@@ -103,3 +103,19 @@ def sync_state(model):
     sync = getattr(model, "jax_state_sync", None)
     if sync is not None:
         sync()
+
+
+def get_keras_mask(t):
+    """The Keras mask attached to tensor `t` (`Embedding(mask_zero=True)`
+    downstream), or None. Keras's own accessor is not public API; it
+    keeps the masks of JAX arrays, which take no attributes, aside."""
+    from keras.src import backend
+
+    return backend.get_keras_mask(t)
+
+
+def set_keras_mask(t, mask):
+    """Attach `mask` to tensor `t`, as Keras's layers do."""
+    from keras.src import backend
+
+    backend.set_keras_mask(t, mask)

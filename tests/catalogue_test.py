@@ -120,6 +120,10 @@ _QUANTIZATION_RULES = {
     L.UnitNormalization: "unitnorm",
     L.Embedding: "embedding",
     L.MultiHeadAttention: "attention",
+    L.LSTM: "recurrent",
+    L.GRU: "recurrent",
+    L.SimpleRNN: "recurrent",
+    L.Bidirectional: "recurrent",
     L.EinsumDense: "einsum",
 }
 

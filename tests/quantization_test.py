@@ -698,16 +698,19 @@ def test_custom_layer_rule_can_be_registered():
     assert "halve_quant" in [layer.name for layer in qmodel.layers]
 
 
-def test_recurrent_layer_is_refused_before_training_with_the_reason():
-    # Keras 3's LSTM traces to a WHILE loop of float ops: the refusal
-    # says so and what to do instead (post-training int8), before any
-    # step.
+def test_recurrent_layer_keras_slim_does_not_model_is_refused_before_training():
+    # An LSTM with `dropout` computes, while training, what the int8
+    # simulation does not: refused with the reason before any step.
     model = keras.Sequential(
-        [keras.Input((6, 4)), keras.layers.LSTM(3), keras.layers.Dense(2)]
+        [
+            keras.Input((6, 4)),
+            keras.layers.LSTM(3, dropout=0.2, name="rnn"),
+            keras.layers.Dense(2),
+        ]
     )
     model.compile("adam", "mse")
     before = [w.copy() for w in model.get_weights()]
-    with pytest.raises(ValueError, match="WHILE loop.*post-training"):
+    with pytest.raises(ValueError, match="'rnn'.*uses `dropout`"):
         model.fit(
             np.zeros((8, 6, 4)),
             np.zeros((8, 2)),

@@ -20,6 +20,7 @@ from keras_slim import _layers
 from keras_slim import _validation
 from keras_slim import catalogue
 from keras_slim.quantization import _in_place
+from keras_slim.quantization import _recurrent_twins  # noqa: F401 - twins
 from keras_slim.quantization import _twins
 from keras_slim.quantization._error_report import ErrorReport
 from keras_slim.quantization._error_report import LayerError

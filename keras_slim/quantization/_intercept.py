@@ -31,6 +31,7 @@ from keras_slim.quantization import _attention
 from keras_slim.quantization import _layernorm
 from keras_slim.quantization import _placement
 from keras_slim.quantization import _quantizers
+from keras_slim.quantization import _recurrent
 from keras_slim.quantization import _rules
 
 
@@ -52,6 +53,9 @@ class _Context(keras.layers.Layer):
         # Keras's `compute_mask` passes the input's mask on, as the
         # layers computed here (weights, BatchNorm, affine) do.
         self.supports_masking = layer.supports_masking
+        if isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional)):
+            # Its output keeps the mask only if it returns sequences.
+            self.compute_mask = layer.compute_mask
         self.built = True
 
     def call(self, inputs, compute=None):
@@ -133,6 +137,8 @@ class LayerHook:
             return _quantizers.embedding_lookup(layer, x)
         if rule == "attention":
             return _attention.forward(layer, x, step, training, **masks)
+        if rule == "recurrent":
+            return _recurrent.forward(layer, x, step, masks.get("mask"))
         return _quantizers.standalone_batchnorm(
             layer, x, bool(training), inner, original
         )
@@ -191,6 +197,8 @@ class LayerHook:
                 first = sc.materialize(first)  # `key=` or `value=` too
                 if called_with is not None:
                     training = called_with
+            if rule == "recurrent":
+                first, masks = _recurrent.bind(layer, new_args, kwargs)
             if in_call or self.context is None:
                 return compute(first, fused)
             if self.keras_math:
@@ -218,6 +226,7 @@ _CUSTOM_RULES = (
     "unitnorm",
     "embedding",
     "attention",
+    "recurrent",
 )
 
 
@@ -461,15 +470,13 @@ def run_graph(model, inputs, hooks, graphs, training=None, mask=None, **kwargs):
             if layer._call_has_mask_arg:
                 kw["mask"] = mask
             outputs = operation_fn(layer)(outputs, **kw)
-            mask = keras.tree.map_structure(
-                keras.backend.get_keras_mask, outputs
-            )
+            mask = keras.tree.map_structure(_layers.get_keras_mask, outputs)
         return outputs
     inputs = functional._standardize_inputs(inputs)
     if mask is not None:
         for x, m in zip(inputs, keras.tree.flatten(mask)):
             if m is not None:
-                keras.backend.set_keras_mask(x, m)
+                _layers.set_keras_mask(x, m)
     outputs = functional._run_through_graph(inputs, operation_fn=operation_fn)
     if isinstance(outputs, (list, tuple)) and len(outputs) == 1:
         return outputs[0]

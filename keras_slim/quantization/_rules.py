@@ -35,6 +35,11 @@ A rule says how a layer takes part in int8 simulation:
       MUL by 1/sqrt(key_dim), BATCH_MATMUL, SOFTMAX, BATCH_MATMUL, output
       projection; `_attention`), each inner tensor with a range of its
       own; output quantized.
+  "recurrent": `LSTM`, `GRU`, `SimpleRNN` (and `Bidirectional` over
+      them) unrolled as their int8 file runs them (`_recurrent`): each
+      gate's matmuls, sums and products with ranges of their own, shared
+      by every time step; the new state's range is the output's (a
+      `Bidirectional` concatenation's output quantized).
   "passthrough": inputs quantized; the output keeps the input's range
       (MaxPooling, Flatten, Reshape, Dropout, padding, cropping; and
       `AveragePooling1D`/`2D`, whose int8 AVERAGE_POOL_2D needs its output
@@ -55,6 +60,7 @@ from keras_slim import catalogue
 from keras_slim._layers import iter_layers
 from keras_slim.quantization import _attention
 from keras_slim.quantization import _quantizers
+from keras_slim.quantization import _recurrent
 
 # The rules a layer class can be given (the catalogue's list, less
 # "quantizer", which only keras_slim's own FakeQuant has).
@@ -74,7 +80,7 @@ FUSING_PRODUCERS = (*WEIGHT_RULES, "batchnorm", "add")
 # Concatenation runs in int8 with one scale for its inputs and output: the
 # converter gives the inputs the output's range, so they are not quantized
 # on their own.
-CONCAT_PRODUCERS = (*FUSING_PRODUCERS, "activation")
+CONCAT_PRODUCERS = (*FUSING_PRODUCERS, "activation", "recurrent")
 _FUSED_ACTIVATIONS = ("relu", "relu6")
 # Activations that run as an int8 op of their own (the fixed-range ones
 # included); any other activation has no int8 kernel here. Not "elu"
@@ -189,6 +195,8 @@ def inner_names(layer, rule):
         return LAYERNORM_STEPS[: len(LAYERNORM_STEPS) - 2 + ops_after]
     if rule == "attention":
         return _attention.STEPS
+    if rule == "recurrent":
+        return _recurrent.steps(layer)
     if rule == "affine" and not _quantizers.has_offset(layer):
         return ()
     return ("inner",) if rule in INNER_RULES else ()
@@ -232,6 +240,7 @@ _COMPUTES_WITH = {
     "embedding": ("embeddings",),
     "einsum": ("equation", "kernel", "bias", "activation"),
     "attention": ("query_dense", "key_dense", "value_dense", "output_dense"),
+    "recurrent": ("return_sequences",),
 }
 
 
@@ -255,6 +264,8 @@ def unsupported_reason(layer, rule):
         )
     if rule == "attention":
         return _attention.unsupported_reason(layer)
+    if rule == "recurrent":
+        return _recurrent.unsupported_reason(layer)
     activation = getattr(layer, "activation", None)
     if rule in (*WEIGHT_RULES, "output") and activation is not None:
         name = activation_name(activation)
@@ -268,6 +279,10 @@ def unsupported_reason(layer, rule):
 
 def output_mode(layer, rule):
     """'pending', 'quantize' or 'none' for the output of `layer`."""
+    if rule == "recurrent":
+        if _recurrent.kind(layer) == "Bidirectional":
+            return "quantize"  # the concatenation of its directions
+        return "pending" if _recurrent.final_output_pending(layer) else "none"
     if rule in WEIGHT_RULES:
         name = activation_name(layer.activation)
         return "pending" if name == "linear" else "quantize"
