@@ -297,6 +297,7 @@ def test_initial_state_is_refused_with_the_layer_named():
     model = keras.Model([inputs, state], L.Dense(2)(outputs))
     model.compile("adam", "mse")
     data = [np.zeros((8, 6, 3), "float32"), np.zeros((8, 4), "float32")]
+    before = [w.copy() for w in model.get_weights()]
     with pytest.raises(ValueError, match="'rnn'.*`initial_state`"):
         model.fit(
             data,
@@ -305,3 +306,5 @@ def test_initial_state_is_refused_with_the_layer_named():
             callbacks=[QuantizationAwareTraining()],
         )
     assert int(model.optimizer.iterations) == 0
+    for w, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(w, b)

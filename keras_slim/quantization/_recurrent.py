@@ -116,6 +116,11 @@ def unsupported_reason(layer):
     name = kind(layer)
     if name is None:
         return "is a recurrent layer keras_slim does not model"
+    if any(_called_with_state(node) for node in layer._inbound_nodes):
+        return (
+            "is called with an `initial_state`, which quantization-aware "
+            "training does not model (its int8 file starts from zeros)"
+        )
     if name == "Bidirectional":
         return _bidirectional_reason(layer)
     cell = layer.cell
@@ -156,6 +161,15 @@ def unsupported_reason(layer):
             "(e.g. keras.Input((steps, features)))"
         )
     return None
+
+
+def _called_with_state(node):
+    """Whether a graph node calls its layer with an initial state (a
+    subclassed model's calls are seen only while they run: `bind`)."""
+    arguments = getattr(node, "arguments", None)
+    args = getattr(arguments, "args", ())
+    kwargs = getattr(arguments, "kwargs", {})
+    return len(args) > 1 or kwargs.get("initial_state") is not None
 
 
 def _bidirectional_reason(layer):
