@@ -65,6 +65,19 @@ def _recompile(model):
     )
 
 
+def _fit_aware(model, x, y, epochs):
+    """Fine-tune `model` quantization-aware with the callback."""
+    _recompile(model)
+    model.fit(
+        x,
+        y,
+        epochs=epochs,
+        batch_size=64,
+        verbose=0,
+        callbacks=[QuantizationAwareTraining()],
+    )
+
+
 # JAX compiles the unrolled steps for 20-30 s a function and every
 # backend but TensorFlow exports through a TensorFlow child process: the
 # other backends run the LSTM here, and the Bidirectional twin and the
@@ -90,15 +103,7 @@ def test_recurrent_model_trains_quantization_aware_and_exports_int8(
     model = _trained(kind, rows)
     float_accuracy = model.evaluate(xt, yt, verbose=0)[1]
     assert float_accuracy >= 0.75  # it learned (chance: 0.1)
-    _recompile(model)
-    model.fit(
-        x,
-        y,
-        epochs=2,
-        batch_size=64,
-        verbose=0,
-        callbacks=[QuantizationAwareTraining()],
-    )
+    _fit_aware(model, x, y, epochs=2)
     assert is_quantization_aware(model)  # ranges learned on this backend
     accuracy = model.evaluate(xt, yt, verbose=0)[1]
     assert accuracy >= float_accuracy - 0.03
@@ -170,15 +175,7 @@ def test_masked_lstm_after_an_embedding_exports_int8(tmp_path):
         metrics=["accuracy"],
     )
     model.fit(x, y, epochs=6, batch_size=64, verbose=0)
-    _recompile(model)
-    model.fit(
-        x,
-        y,
-        epochs=1,
-        batch_size=64,
-        verbose=0,
-        callbacks=[QuantizationAwareTraining()],
-    )
+    _fit_aware(model, x, y, epochs=1)
     assert model.evaluate(xt, yt, verbose=0)[1] >= 0.85
     path = str(tmp_path / "masked.tflite")
     report = keras_slim.export_tflite(model, path)

@@ -23,23 +23,14 @@ import time
 
 import keras
 
+from benchmarks.probes import rnn_ptq
 from keras_slim import datasets
 from keras_slim import litert
 from keras_slim.export import export_tflite
 from keras_slim.quantization import QuantizationAwareTraining
 
-KINDS = ("LSTM", "GRU", "SimpleRNN", "LSTM_sequences", "Bidirectional")
-
-
-def recurrent(kind):
-    if kind == "Bidirectional":
-        return [keras.layers.Bidirectional(keras.layers.LSTM(16))]
-    if kind == "LSTM_sequences":
-        return [
-            keras.layers.LSTM(16, return_sequences=True),
-            keras.layers.GlobalAveragePooling1D(),
-        ]
-    return [getattr(keras.layers, kind)(16)]
+KINDS = rnn_ptq.KINDS
+recurrent = rnn_ptq.recurrent
 
 
 def _compile(model, rate):
