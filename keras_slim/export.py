@@ -354,6 +354,10 @@ def export_tflite(
             "training, which only the converter reads; export it with "
             "`quantizer='converter'`. Received: quantizer='litert'"
         )
+    if learned and not per_channel_dense:
+        from keras_slim.quantization import _recurrent
+
+        _recurrent.refuse_per_tensor_export(model)
     samples = None
     if representative_data is not None:
         samples = _export_inputs.samples(

@@ -305,3 +305,20 @@ def test_initial_state_is_refused_with_the_layer_named():
     assert int(model.optimizer.iterations) == 0
     for w, b in zip(model.get_weights(), before):
         np.testing.assert_array_equal(w, b)
+
+
+def test_per_tensor_dense_export_of_a_recurrent_qat_model_is_refused(
+    rows, tmp_path
+):
+    # Its gate kernels learned per output unit, as the file stores them by
+    # default; a per-tensor file would not be what it was trained for.
+    (x, y), _ = rows
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [L.Input((8, 8)), L.SimpleRNN(8, name="rnn"), L.Dense(10)]
+    )
+    _fit_aware(model, x[:128], y[:128], epochs=1)
+    path = tmp_path / "never.tflite"
+    with pytest.raises(ValueError, match=r"\['rnn'\].*per_channel_dense=False"):
+        keras_slim.export_tflite(model, str(path), per_channel_dense=False)
+    assert not path.exists()

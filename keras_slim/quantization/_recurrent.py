@@ -388,3 +388,19 @@ def forward(layer, inputs, step, mask=None):
     if layer.return_sequences:
         return ops.stack(outputs, axis=1)
     return state[0]
+
+
+def refuse_per_tensor_export(model):
+    """Quantization-aware recurrent layers learned their gate kernels per
+    output unit, as the converter stores them by default."""
+    from keras_slim import _export_rewrites
+
+    names = [layer.name for layer in _export_rewrites.recurrent_layers(model)]
+    if names:
+        raise ValueError(
+            f"The recurrent layers {names} were trained quantization-aware "
+            "with their gate kernels quantized per output unit, as the "
+            "file stores them by default; `per_channel_dense=False` would "
+            "store them per tensor, which their ranges were not trained "
+            "for. Received: per_channel_dense=False"
+        )
