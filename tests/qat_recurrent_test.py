@@ -161,14 +161,10 @@ def test_masked_lstm_after_an_embedding_exports_int8(tmp_path):
     # (SELECT_V2 in the file), as Keras's RNN does.
     (x, y), (xt, yt) = _token_sequences(1024, 0), _token_sequences(256, 1)
     keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            L.Input((12,), dtype="int32"),
-            L.Embedding(10, 8, mask_zero=True),
-            L.LSTM(16, name="rnn"),
-            L.Dense(2),
-        ]
-    )
+    # Functional: its graph passes the mask to the LSTM as an argument.
+    tokens = L.Input((12,), dtype="int32")
+    embedded = L.Embedding(10, 8, mask_zero=True)(tokens)
+    model = keras.Model(tokens, L.Dense(2)(L.LSTM(16, name="rnn")(embedded)))
     model.compile(
         keras.optimizers.Adam(1e-2),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -230,6 +226,22 @@ def test_unrolled_computation_is_keras_own(kind, kwargs, masked, monkeypatch):
     )
 
 
+def _assert_refused_before_training(model, x, match):
+    """QAT refuses `model` with `match` before a step: weights unchanged."""
+    model.compile("adam", "mse")
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(ValueError, match=match):
+        model.fit(
+            x,
+            np.zeros((8, 2), "float32"),
+            verbose=0,
+            callbacks=[QuantizationAwareTraining()],
+        )
+    assert int(model.optimizer.iterations) == 0
+    for w, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(w, b)
+
+
 @pytest.mark.parametrize(
     "layer, match",
     [
@@ -265,18 +277,9 @@ def test_recurrent_layers_not_modelled_are_refused_before_training(
 ):
     shape = (6, 5, 3) if isinstance(layer, L.ConvLSTM1D) else (6, 3)
     model = keras.Sequential([L.Input(shape), layer, L.Flatten(), L.Dense(2)])
-    model.compile("adam", "mse")
-    before = [w.copy() for w in model.get_weights()]
-    with pytest.raises(ValueError, match=f"'rnn'.*{match}"):
-        model.fit(
-            np.zeros((8, *shape), "float32"),
-            np.zeros((8, 2), "float32"),
-            verbose=0,
-            callbacks=[QuantizationAwareTraining()],
-        )
-    assert int(model.optimizer.iterations) == 0
-    for w, b in zip(model.get_weights(), before):
-        np.testing.assert_array_equal(w, b)
+    _assert_refused_before_training(
+        model, np.zeros((8, *shape), "float32"), f"'rnn'.*{match}"
+    )
 
 
 def test_unknown_number_of_time_steps_is_refused_by_quantize_model():
@@ -292,19 +295,8 @@ def test_initial_state_is_refused_with_the_layer_named():
     state = L.Input((4,))
     outputs = L.GRU(4, name="rnn")(inputs, initial_state=state)
     model = keras.Model([inputs, state], L.Dense(2)(outputs))
-    model.compile("adam", "mse")
     data = [np.zeros((8, 6, 3), "float32"), np.zeros((8, 4), "float32")]
-    before = [w.copy() for w in model.get_weights()]
-    with pytest.raises(ValueError, match="'rnn'.*`initial_state`"):
-        model.fit(
-            data,
-            np.zeros((8, 2), "float32"),
-            verbose=0,
-            callbacks=[QuantizationAwareTraining()],
-        )
-    assert int(model.optimizer.iterations) == 0
-    for w, b in zip(model.get_weights(), before):
-        np.testing.assert_array_equal(w, b)
+    _assert_refused_before_training(model, data, "'rnn'.*`initial_state`")
 
 
 def test_per_tensor_dense_export_of_a_recurrent_qat_model_is_refused(

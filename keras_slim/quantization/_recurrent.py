@@ -70,6 +70,12 @@ _SUPPORTED = {
 }
 
 
+_INITIAL_STATE = (
+    "is called with an `initial_state`, which quantization-aware training "
+    "does not model (its int8 file starts from zeros)"
+)
+
+
 def kind(layer):
     """`"LSTM"`, `"GRU"` or `"SimpleRNN"` for Keras's own classes and
     keras_slim's twins of them, else `None` (a subclass may compute
@@ -117,10 +123,7 @@ def unsupported_reason(layer):
     if name is None:
         return "is a recurrent layer keras_slim does not model"
     if any(_called_with_state(node) for node in layer._inbound_nodes):
-        return (
-            "is called with an `initial_state`, which quantization-aware "
-            "training does not model (its int8 file starts from zeros)"
-        )
+        return _INITIAL_STATE
     if name == "Bidirectional":
         return _bidirectional_reason(layer)
     cell = layer.cell
@@ -200,9 +203,8 @@ def bind(layer, args, kwargs):
     initial_state = kwargs.get("initial_state", rest[0] if rest else None)
     if initial_state is not None:
         raise ValueError(
-            f"Layer {layer.name!r} of type `{type(layer).__name__}` is "
-            "called with an `initial_state`, which quantization-aware "
-            "training does not model (its int8 file starts from zeros)."
+            f"Layer {layer.name!r} of type `{type(layer).__name__}` "
+            f"{_INITIAL_STATE}."
         )
     mask = kwargs.get("mask", rest[1] if len(rest) > 1 else None)
     if mask is None:

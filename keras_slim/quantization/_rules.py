@@ -399,7 +399,8 @@ def plan(model, predicate):
         rule = layer_rule(layer)
         selected = predicate(path, layer)
         reason = unsupported_reason(layer, rule)
-        if reason is None and id(layer) in masked:
+        if reason is None and id(layer) in masked and rule != "recurrent":
+            # (A recurrent layer's rule computes its mask: SELECT_V2.)
             reason = (
                 "is called with a Keras mask (from `Embedding(mask_zero="
                 "True)` or `Masking`): its masked computation runs as "
