@@ -189,3 +189,22 @@ def test_activation_range_update_matches_reference():
         assert _bits(hi_var) == _bits(expected_hi)
         ref = _quantizers._fake_quant_ops(x, expected_lo, expected_hi)
         np.testing.assert_array_equal(_bits(out), _bits(ref))
+
+
+@pytest.mark.parametrize(
+    "shape, axes",
+    [((3, 3, 8, 16), (0, 1, 2)), ((3, 3, 32), (0, 1)), ((32, 10), None)],
+)
+def test_kernel_range_matches_reference(shape, axes):
+    from keras_slim.quantization import _torch
+
+    ops = keras.ops
+    values = np.random.default_rng(6).normal(size=shape).astype(np.float32)
+    values[..., 0] = 0.0  # an all-zero channel: the minimum range applies
+    kernel = ops.convert_to_tensor(values)
+    floor = _quantizers.MIN_WEIGHT_RANGE
+    expected = ops.maximum(ops.max(ops.abs(kernel), axis=axes), floor)
+    got = _torch.kernel_range(kernel, axes, floor)
+    np.testing.assert_array_equal(_bits(got), _bits(expected))
+    if axes is not None:
+        assert _bits(got)[0] == _bits(np.float32(floor))

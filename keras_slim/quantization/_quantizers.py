@@ -18,10 +18,10 @@ every Keras backend. Fake quantization rounds as TensorFlow's kernel, and
 so the int8 file, does on every backend (`fake_quant`).
 """
 
-import functools
-
 import keras
 from keras import ops
+
+from keras_slim.quantization import _torch
 
 NUM_BITS = 8
 RANGE_MOMENTUM = 0.99
@@ -78,7 +78,7 @@ def fake_quant(x, lo, hi, narrow_range=False, axis=None):
             axis=axis,
         )
     if backend == "torch":
-        return _torch_fake_quant(x, lo, hi, narrow_range)
+        return _torch.fake_quant(x, lo, hi, narrow_range)
     return _fake_quant_ops(x, lo, hi, narrow_range)
 
 
@@ -117,63 +117,14 @@ def _nudge(lo, hi, narrow_range):
     return scale, (q_min - zero) * scale, (q_max - zero) * scale
 
 
-def _torch_fake_quant(x, lo, hi, narrow_range):
-    """`_fake_quant_ops` on torch as one autograd node.
-
-    The same float32 torch operations in the same order, so the same bits
-    (`tests/fake_quant_test.py`), with no graph of ~20 eager ops: the
-    forward pass works in place on one new tensor and keeps a boolean
-    mask, the backward pass is one product, `grad * inside` (a product,
-    as the reference's, so a negative gradient outside the range is -0.0
-    there too). One difference: an infinite `x` gives the clipped value
-    here, as TensorFlow's kernel does, where the reference's `x - x`
-    makes it NaN."""
-    function = _torch_function()
-    x = ops.convert_to_tensor(x)
-    lo = ops.convert_to_tensor(lo)
-    hi = ops.convert_to_tensor(hi)
-    return function.apply(x, lo, hi, narrow_range)
-
-
-@functools.cache
-def _torch_function():
-    import torch
-
-    class FakeQuant(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, lo, hi, narrow_range):
-            dtype = x.dtype
-            x32 = x.float()
-            # The reference's own operations on the (small) range tensors.
-            scale, nudged_min, nudged_max = _nudge(
-                lo.detach().float(), hi.detach().float(), narrow_range
-            )
-            out = torch.clip(x32, min=nudged_min, max=nudged_max)
-            if ctx.needs_input_grad[0]:
-                # Inside [nudged_min, nudged_max] exactly where clipping
-                # left `x` as it was (NaN: outside, as in the reference).
-                ctx.save_for_backward(out == x32)
-            out.sub_(nudged_min).div_(scale).add_(0.5).floor_()
-            out.mul_(scale).add_(nudged_min)
-            ctx.dtype = dtype
-            return out if dtype == torch.float32 else out.to(dtype)
-
-        @staticmethod
-        def backward(ctx, grad):
-            (inside,) = ctx.saved_tensors
-            grad = grad.float() * inside
-            if ctx.dtype != torch.float32:
-                grad = grad.to(ctx.dtype)
-            return grad, None, None, None
-
-    return FakeQuant
-
-
 def quantize_kernel(kernel, rule):
     """Symmetric narrow-range int8 fake quantization of a kernel."""
     if rule in ("dense", "einsum"):
-        m = ops.max(ops.abs(kernel))
-        m = ops.stop_gradient(ops.maximum(m, MIN_WEIGHT_RANGE))
+        if keras.backend.backend() == "torch":
+            m = _torch.kernel_range(kernel, None, MIN_WEIGHT_RANGE)
+        else:
+            m = ops.max(ops.abs(kernel))
+            m = ops.stop_gradient(ops.maximum(m, MIN_WEIGHT_RANGE))
         return fake_quant(kernel, -m, m, narrow_range=True)
     if rule in ("transpose", "prelu"):
         # keras.ops rounding: transpose (..., out, in) per output channel
@@ -192,8 +143,11 @@ def quantize_kernel(kernel, rule):
         # (kh, kw, in, multiplier) -> one channel per output channel.
         flat = ops.reshape(kernel, (shape[0], shape[1], -1))
     axes = tuple(range(len(flat.shape) - 1))
-    m = ops.max(ops.abs(flat), axis=axes)
-    m = ops.stop_gradient(ops.maximum(m, MIN_WEIGHT_RANGE))
+    if keras.backend.backend() == "torch":
+        m = _torch.kernel_range(flat, axes, MIN_WEIGHT_RANGE)
+    else:
+        m = ops.max(ops.abs(flat), axis=axes)
+        m = ops.stop_gradient(ops.maximum(m, MIN_WEIGHT_RANGE))
     out = fake_quant(flat, -m, m, narrow_range=True, axis=-1)
     return ops.reshape(out, shape) if rule == "depthwise" else out
 
@@ -392,16 +346,15 @@ def fake_quant_activation(x, min_var, max_var, init_var, update, momentum):
     # activation is quantized in float32 and cast back.
     dtype = x.dtype
     x32 = ops.cast(x, "float32")
-    if update:
-        if keras.backend.backend() == "torch":
-            import torch
-
-            # One pass over the activation instead of two (exact values).
-            batch_min, batch_max = torch.aminmax(x32.detach())
-        else:
-            batch_min, batch_max = ops.min(x32), ops.max(x32)
-        batch_min = ops.minimum(batch_min, 0.0)
-        batch_max = ops.maximum(batch_max, 0.0)
+    if not update:
+        lo, hi = ops.cast(min_var, "float32"), ops.cast(max_var, "float32")
+    elif keras.backend.backend() == "torch":
+        lo, hi = _torch.moving_range(
+            x32, min_var, max_var, init_var, momentum, MIN_ACTIVATION_RANGE
+        )
+    else:
+        batch_min = ops.minimum(ops.min(x32), 0.0)
+        batch_max = ops.maximum(ops.max(x32), 0.0)
         seen = ops.greater(init_var, 0.0)
         old_min = ops.cast(min_var, "float32")
         old_max = ops.cast(max_var, "float32")
@@ -412,13 +365,11 @@ def fake_quant_activation(x, min_var, max_var, init_var, update, momentum):
             seen, momentum * old_max + (1.0 - momentum) * batch_max, batch_max
         )
         hi = ops.maximum(hi, lo + MIN_ACTIVATION_RANGE)
+        lo, hi = ops.stop_gradient(lo), ops.stop_gradient(hi)
+    if update:
         min_var.assign(lo)
         max_var.assign(hi)
         init_var.assign(1.0)
-        lo = ops.stop_gradient(lo)
-        hi = ops.stop_gradient(hi)
-    else:
-        lo, hi = ops.cast(min_var, "float32"), ops.cast(max_var, "float32")
     out = fake_quant(x32, lo, hi)
     return ops.cast(out, dtype)
 
