@@ -184,6 +184,7 @@ _SEPARABLE = (
 )
 _TRANSPOSE = (("kernel", -2, -1, True),)  # (..., out, in)
 _EINSUM = (("kernel", einsum_output_axes, einsum_input_axis, True),)
+_RECURRENT = (("kernel", -1, -2, True), ("recurrent_kernel", -1, -2, True))
 _EMBEDDING = (("embeddings", -1, None, False),)
 _REVERSIBLE = (*_EMBEDDING, ("reverse_embeddings", -1, None, False))
 
@@ -285,10 +286,19 @@ KINDS = (
         int8_weights="per_tensor",
     ),
     # Unrolled into int8 FULLY_CONNECTED, ADD, MUL, LOGISTIC and TANH ops
-    # per time step (`keras_slim.quantization._recurrent`); kernels, MACs
-    # and channels not modelled.
+    # per time step (`keras_slim.quantization._recurrent`); MACs and
+    # channels not modelled. Both kernels `(in or units, gates * units)`
+    # are pruned (the cell's variables); a Bidirectional lists none, so
+    # its forward and backward layers are pruned as layers of their own.
     _row(
-        (L.LSTM, L.GRU, L.SimpleRNN, L.Bidirectional),
+        (L.LSTM, L.GRU, L.SimpleRNN),
+        kernels=_RECURRENT,
+        macs=unknown_macs,
+        quantization="recurrent",
+        int8_weights="per_channel",
+    ),
+    _row(
+        (L.Bidirectional,),
         macs=unknown_macs,
         quantization="recurrent",
         int8_weights="per_channel",
