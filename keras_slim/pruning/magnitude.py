@@ -46,9 +46,10 @@ class MagnitudePruning(keras.callbacks.Callback):
     `Conv*DTranspose`, `DepthwiseConv1D/2D`, both kernels of
     `SeparableConv1D/2D` and the kernel and recurrent kernel of `LSTM`,
     `GRU` and `SimpleRNN` (each direction of a `Bidirectional`), in
-    Sequential, Functional, subclassed and nested models. Never biases or BatchNormalization; `Embedding` tables only
-    when `filters` selects them (the list is `keras_slim.catalogue`'s; a
-    custom layer is taught with `keras_slim.catalogue.register_layer`).
+    Sequential, Functional, subclassed and nested models. Never biases or
+    BatchNormalization; `Embedding` tables only when `filters` selects
+    them (the list is `keras_slim.catalogue`'s; a custom layer is taught
+    with `keras_slim.catalogue.register_layer`).
     `keras_slim.pruning.sparsity_report` lists what was pruned and what was
     skipped and why.
 
