@@ -31,6 +31,8 @@ def rows():
 def _recurrent_body(kind):
     if kind == "Bidirectional":
         return [L.Bidirectional(L.LSTM(16), name="rnn")]
+    if kind == "LSTM_dropout":  # while training, one mask a gate
+        return [L.LSTM(16, dropout=0.1, recurrent_dropout=0.1, name="rnn")]
     if kind == "LSTM_sequences":
         return [
             L.LSTM(16, return_sequences=True, name="rnn"),
@@ -98,6 +100,7 @@ _TF_ONLY = pytest.mark.backends("tensorflow", reason="time; see above")
         pytest.param("SimpleRNN", marks=_TF_ONLY),
         pytest.param("LSTM_sequences", marks=pytest.mark.slow),
         pytest.param("Bidirectional", marks=_TF_ONLY),
+        pytest.param("LSTM_dropout", marks=_TF_ONLY),
     ],
 )
 def test_recurrent_model_trains_quantization_aware_and_exports_int8(
@@ -195,7 +198,21 @@ _VARIANTS = [
     ("SimpleRNN", {}),
     ("Bidirectional", {}),
     ("Bidirectional", {"return_sequences": True}),
+    # Dropout while training: one mask a sequence (LSTM's default
+    # implementation), one a gate (recurrent_dropout: implementation 1).
+    ("LSTM", {"dropout": 0.3}),
+    ("LSTM", {"dropout": 0.2, "recurrent_dropout": 0.3}),
+    ("GRU", {"dropout": 0.2, "recurrent_dropout": 0.3}),
+    ("SimpleRNN", {"dropout": 0.2, "recurrent_dropout": 0.3}),
+    ("Bidirectional", {"dropout": 0.2, "recurrent_dropout": 0.3}),
 ]
+
+
+def _seed_generators(layer):
+    subs = [layer]
+    if isinstance(layer, L.Bidirectional):
+        subs = [layer.forward_layer, layer.backward_layer]
+    return [sub.cell.seed_generator for sub in subs]
 
 
 @pytest.mark.parametrize("kind, kwargs", _VARIANTS)
@@ -203,7 +220,9 @@ _VARIANTS = [
 def test_unrolled_computation_is_keras_own(kind, kwargs, masked, monkeypatch):
     # With the fake quantization taken out, the int8 simulation's unrolled
     # computation equals the Keras layer's on the same weights, masked or
-    # not (a wrong gate order, bias row or mask rule fails this).
+    # not (a wrong gate order, bias row or mask rule fails this); with
+    # dropout, while training, on Keras's own masks (the cells' seed
+    # generators set back between the two calls draw the same ones).
     monkeypatch.setattr(_quantizers, "quantize_kernel", lambda k, rule: k)
     monkeypatch.setattr(_quantizers, "fake_quant_fixed", lambda t, r: t)
     rng = np.random.default_rng(0)
@@ -218,16 +237,28 @@ def test_unrolled_computation_is_keras_own(kind, kwargs, masked, monkeypatch):
         layer = L.Bidirectional(L.GRU(7, **kwargs))
     else:
         layer = getattr(L, kind)(7, **kwargs)
-    expected = keras.ops.convert_to_numpy(layer(x, mask=mask))
+    training = "dropout" in kwargs
+    layer.build(x.shape)
+    seeds = [
+        keras.ops.convert_to_numpy(g.state) for g in _seed_generators(layer)
+    ]
+    expected = layer(x, mask=mask, training=training)
+    expected = keras.ops.convert_to_numpy(expected)
+    for generator, seed in zip(_seed_generators(layer), seeds):
+        generator.state.assign(seed)
     got = _recurrent.forward(
         layer,
         keras.ops.convert_to_tensor(x),
         lambda name, t: t,
         None if mask is None else keras.ops.convert_to_tensor(mask),
+        training,
     )
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(got), expected, atol=1e-5
     )
+    if training:  # the masks dropped something
+        inference = layer(x, mask=mask, training=False)
+        assert not np.allclose(keras.ops.convert_to_numpy(inference), expected)
 
 
 def _assert_refused_before_training(model, x, match):
@@ -249,7 +280,6 @@ def _assert_refused_before_training(model, x, match):
 @pytest.mark.parametrize(
     "layer, match",
     [
-        (L.LSTM(4, dropout=0.1, name="rnn"), "uses `dropout`"),
         (L.GRU(4, reset_after=False, name="rnn"), "reset_after=False"),
         (L.SimpleRNN(4, activation="elu", name="rnn"), "activation 'elu'"),
         (
@@ -262,18 +292,17 @@ def _assert_refused_before_training(model, x, match):
             "merge_mode='sum'",
         ),
         (
-            L.Bidirectional(L.LSTM(4, recurrent_dropout=0.1), name="rnn"),
-            "wraps a `LSTM` that uses `dropout`",
+            L.Bidirectional(L.LSTM(4, activation="relu"), name="rnn"),
+            "wraps a `LSTM` that has activation 'relu'",
         ),
     ],
     ids=[
-        "dropout",
         "reset_before",
         "elu",
         "hard_sigmoid",
         "conv_lstm",
         "bidirectional_sum",
-        "bidirectional_dropout",
+        "bidirectional_relu",
     ],
 )
 def test_recurrent_layers_not_modelled_are_refused_before_training(

@@ -699,18 +699,18 @@ def test_custom_layer_rule_can_be_registered():
 
 
 def test_recurrent_layer_keras_slim_does_not_model_is_refused_before_training():
-    # An LSTM with `dropout` computes, while training, what the int8
-    # simulation does not: refused with the reason before any step.
+    # An LSTM with a ReLU activation computes what the int8 simulation
+    # does not model: refused with the reason before any step.
     model = keras.Sequential(
         [
             keras.Input((6, 4)),
-            keras.layers.LSTM(3, dropout=0.2, name="rnn"),
+            keras.layers.LSTM(3, activation="relu", name="rnn"),
             keras.layers.Dense(2),
         ]
     )
     model.compile("adam", "mse")
     before = [w.copy() for w in model.get_weights()]
-    with pytest.raises(ValueError, match="'rnn'.*uses `dropout`"):
+    with pytest.raises(ValueError, match="'rnn'.*activation 'relu'"):
         model.fit(
             np.zeros((8, 6, 4)),
             np.zeros((8, 2)),

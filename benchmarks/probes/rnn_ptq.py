@@ -39,6 +39,9 @@ def recurrent(kind):
             keras.layers.LSTM(16, return_sequences=True),
             keras.layers.GlobalAveragePooling1D(),
         ]
+    if kind.endswith("_dropout"):  # e.g. "GRU_dropout": rates of 0.2
+        layer = getattr(keras.layers, kind[: -len("_dropout")])
+        return [layer(16, dropout=0.2, recurrent_dropout=0.2)]
     return [getattr(keras.layers, kind)(16)]
 
 

@@ -138,7 +138,9 @@ class LayerHook:
         if rule == "attention":
             return _attention.forward(layer, x, step, training, **masks)
         if rule == "recurrent":
-            return _recurrent.forward(layer, x, step, masks.get("mask"))
+            return _recurrent.forward(
+                layer, x, step, masks.get("mask"), training
+            )
         return _quantizers.standalone_batchnorm(
             layer, x, bool(training), inner, original
         )

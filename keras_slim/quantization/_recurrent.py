@@ -28,7 +28,10 @@ it put 17% of a Bidirectional LSTM's logits a step or more off the
 file's). Two measured pitfalls, handled: the converter re-quantizes a
 gate's kernel slice per output unit whatever its fake quantization, and
 a TANH output keeps its fixed range (a range after it is not the file's).
-Layers whose computation differs (dropout while training, `stateful`,
+While training, `dropout` and `recurrent_dropout` drop the inputs and
+the previous state of every step with Keras's own masks (the cell's, one
+a sequence, one a gate where Keras draws one a gate); the file, which
+runs inference, has none. Layers whose computation differs (`stateful`,
 `return_state`, other activations, an unknown number of steps) are
 refused before training (`unsupported_reason`). A `Bidirectional`
 wrapper of them (merged by concatenation) runs both directions so, each
@@ -134,11 +137,6 @@ def unsupported_reason(layer):
         )
     if layer.return_state:
         return "returns its states (`return_state=True`), not modelled"
-    if getattr(cell, "dropout", 0) or getattr(cell, "recurrent_dropout", 0):
-        return (
-            "uses `dropout`/`recurrent_dropout`, which keras_slim's int8 "
-            "simulation does not apply; use a `Dropout` layer before it"
-        )
     if name == "GRU" and not cell.reset_after:
         return "uses `reset_after=False`, not modelled"
     activations, recurrent = _SUPPORTED[name]
@@ -264,12 +262,40 @@ class _Weights:
             self.bias = [bias[j * units : (j + 1) * units] for j in range(n)]
 
 
-def _lstm_step(w, x, state, step):
+def _dropout_masks(cell, x, zeros, gates, training):
+    """`(inputs, recurrent)`: a list of `gates` dropout masks each (or
+    `None`s), drawn as Keras's RNN draws them for a sequence (the cell's
+    own `get_dropout_mask`, `get_recurrent_dropout_mask`, from its seed
+    generator: one mask, or one a gate where the cell draws several)."""
+    masks = [[None] * gates, [None] * gates]
+    if not training:
+        return masks
+    for i, (rate, draw, shape_of) in enumerate(
+        (
+            (cell.dropout, cell.get_dropout_mask, x[:, 0, :]),
+            (cell.recurrent_dropout, cell.get_recurrent_dropout_mask, zeros),
+        )
+    ):
+        if 0.0 < rate < 1.0:
+            drawn = draw(shape_of)
+            single = not isinstance(drawn, (list, tuple))
+            masks[i] = [drawn] * gates if single else list(drawn)
+    cell.reset_dropout_mask()
+    cell.reset_recurrent_dropout_mask()
+    return masks
+
+
+def _dropped(t, mask):
+    return t if mask is None else t * mask
+
+
+def _lstm_step(w, x, state, step, drop):
     h, c = state
     z = []
     for j, g in enumerate("ifco"):
-        x_g = step(f"x_{g}", _fc(x, w.kernel[j], w.bias[j]))
-        h_g = step(f"h_{g}", _fc(h, w.recurrent[j]))
+        x_j, h_j = _dropped(x, drop[0][j]), _dropped(h, drop[1][j])
+        x_g = step(f"x_{g}", _fc(x_j, w.kernel[j], w.bias[j]))
+        h_g = step(f"h_{g}", _fc(h_j, w.recurrent[j]))
         z.append(step(f"z_{g}", x_g + h_g))
     i, f, o = _sigmoid(z[0]), _sigmoid(z[1]), _sigmoid(z[3])
     forget = step("forget", f * c)
@@ -279,12 +305,15 @@ def _lstm_step(w, x, state, step):
     return h, (h, c)
 
 
-def _gru_step(w, x, state, step):
+def _gru_step(w, x, state, step, drop):
     (h,) = state
     x_g, h_g = [], []
     for j, g in enumerate("zrh"):
-        x_g.append(step(f"x_{g}", _fc(x, w.kernel[j], w.bias[j])))
-        h_g.append(step(f"h_{g}", _fc(h, w.recurrent[j], w.recurrent_bias[j])))
+        x_j, h_j = _dropped(x, drop[0][j]), _dropped(h, drop[1][j])
+        x_g.append(step(f"x_{g}", _fc(x_j, w.kernel[j], w.bias[j])))
+        h_g.append(
+            step(f"h_{g}", _fc(h_j, w.recurrent[j], w.recurrent_bias[j]))
+        )
     z = _sigmoid(step("z_z", x_g[0] + h_g[0]))
     r = _sigmoid(step("z_r", x_g[1] + h_g[1]))
     reset = step("reset", r * h_g[2])
@@ -296,10 +325,10 @@ def _gru_step(w, x, state, step):
     return h, (h,)
 
 
-def _simple_step(w, x, state, step, activation):
+def _simple_step(w, x, state, step, drop, activation):
     (h,) = state
-    x_in = step("x", _fc(x, w.kernel[0], w.bias[0]))
-    h_in = step("h_in", _fc(h, w.recurrent[0]))
+    x_in = step("x", _fc(_dropped(x, drop[0][0]), w.kernel[0], w.bias[0]))
+    h_in = step("h_in", _fc(_dropped(h, drop[1][0]), w.recurrent[0]))
     z = x_in + h_in
     # A ReLU fuses into the ADD, whose output is the new state; TANH's
     # output has its fixed range.
@@ -319,10 +348,11 @@ def final_output_pending(layer):
     return "h" in steps(layer)
 
 
-def forward(layer, inputs, step, mask=None):
+def forward(layer, inputs, step, mask=None, training=False):
     """The output of recurrent `layer` on `inputs` (batch, steps,
     features), with `step(name, t)` fake-quantizing each inner tensor of
-    `steps(layer)`; the output is left unquantized when
+    `steps(layer)` (and, with `training`, the layer's dropout); the output
+    is left unquantized when
     `final_output_pending` (and no mask: a masked last state is a
     selection between two `h` values). A `Bidirectional` layer's
     concatenation has the layer's output range."""
@@ -334,6 +364,7 @@ def forward(layer, inputs, step, mask=None):
                 inputs,
                 lambda n, t, d=direction: step(f"{d}_{n}", t),
                 mask,
+                training,
             )
             for direction, sub in (
                 ("forward", layer.forward_layer),
@@ -356,6 +387,7 @@ def forward(layer, inputs, step, mask=None):
     batch = ops.shape(x)[0]
     zeros = ops.zeros((batch, cell.units), dtype=x.dtype)
     state = (zeros, zeros) if name == "LSTM" else (zeros,)
+    drop = _dropout_masks(cell, x, zeros, max(len(_GATES[name]), 1), training)
     times = range(x.shape[1])
     if layer.go_backwards:
         times = reversed(times)
@@ -371,11 +403,11 @@ def forward(layer, inputs, step, mask=None):
                 return v if n == "h" else step(n, v)
 
         if name == "LSTM":
-            h, new_state = _lstm_step(w, x_t, state, step_t)
+            h, new_state = _lstm_step(w, x_t, state, step_t, drop)
         elif name == "GRU":
-            h, new_state = _gru_step(w, x_t, state, step_t)
+            h, new_state = _gru_step(w, x_t, state, step_t, drop)
         else:
-            h, new_state = _simple_step(w, x_t, state, step_t, activation)
+            h, new_state = _simple_step(w, x_t, state, step_t, drop, activation)
         if mask is not None:
             keep = ops.expand_dims(ops.cast(mask[:, t], "bool"), -1)
             new_state = tuple(

@@ -28,7 +28,7 @@ class _RecurrentQuantMixin(_twins._StepQuantMixin):
             self, (sequences,), {"initial_state": initial_state, "mask": mask}
         )
         return _recurrent.forward(
-            self, sequences, self._step(training), masks["mask"]
+            self, sequences, self._step(training), masks["mask"], training
         )
 
 
