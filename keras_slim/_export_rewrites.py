@@ -293,8 +293,9 @@ def _cells(rnn):
 @contextlib.contextmanager
 def unrolled_recurrence(model):
     """Within the block, `model`'s recurrent layers run unrolled, their
-    LSTM and GRU cells one matmul per gate (see the module docstring).
-    Their attributes are set back on exit, whatever happens."""
+    LSTM and GRU cells one matmul per gate (see the module docstring),
+    without dropout (inference). Their attributes are set back on exit,
+    whatever happens."""
     changed = []
     try:
         for rnn in recurrent_layers(model):
@@ -304,6 +305,13 @@ def unrolled_recurrence(model):
                 if getattr(cell, "implementation", None) == 2:
                     changed.append((cell, "implementation", 2))
                     cell.implementation = 1
+                # Keras's RNN draws its dropout masks even at inference
+                # (from the cell's seed generator): a file would keep
+                # that generator's variable ops, float.
+                for name in ("dropout", "recurrent_dropout"):
+                    if getattr(cell, name, 0.0):
+                        changed.append((cell, name, getattr(cell, name)))
+                        setattr(cell, name, 0.0)
         yield
     finally:
         for obj, name, value in reversed(changed):
