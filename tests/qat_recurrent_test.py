@@ -222,7 +222,8 @@ def test_unrolled_computation_is_keras_own(kind, kwargs, masked, monkeypatch):
     # computation equals the Keras layer's on the same weights, masked or
     # not (a wrong gate order, bias row or mask rule fails this); with
     # dropout, while training, on Keras's own masks (the cells' seed
-    # generators set back between the two calls draw the same ones).
+    # generators and the global seed set back between the two calls draw
+    # the same ones).
     monkeypatch.setattr(_quantizers, "quantize_kernel", lambda k, rule: k)
     monkeypatch.setattr(_quantizers, "fake_quant_fixed", lambda t, r: t)
     rng = np.random.default_rng(0)
@@ -242,10 +243,12 @@ def test_unrolled_computation_is_keras_own(kind, kwargs, masked, monkeypatch):
     seeds = [
         keras.ops.convert_to_numpy(g.state) for g in _seed_generators(layer)
     ]
+    keras.utils.set_random_seed(2)  # torch draws unseeded masks globally
     expected = layer(x, mask=mask, training=training)
     expected = keras.ops.convert_to_numpy(expected)
     for generator, seed in zip(_seed_generators(layer), seeds):
         generator.state.assign(seed)
+    keras.utils.set_random_seed(2)
     got = _recurrent.forward(
         layer,
         keras.ops.convert_to_tensor(x),
