@@ -270,6 +270,8 @@ def _dropout_masks(cell, x, zeros, gates, training):
     masks = [[None] * gates, [None] * gates]
     if not training:
         return masks
+    cell.reset_dropout_mask()  # a mask a call left cached is stale
+    cell.reset_recurrent_dropout_mask()
     for i, (rate, draw, shape_of) in enumerate(
         (
             (cell.dropout, cell.get_dropout_mask, x[:, 0, :]),
