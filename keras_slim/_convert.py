@@ -140,6 +140,7 @@ def _convert(model, sig, options, samples):
             rewrite,
             matmul,
             unrolled,
+            _export_rewrites.inference_dropout(model),
             contextlib.redirect_stdout(io.StringIO()),
             warnings.catch_warnings(),
         ):

@@ -293,9 +293,8 @@ def _cells(rnn):
 @contextlib.contextmanager
 def unrolled_recurrence(model):
     """Within the block, `model`'s recurrent layers run unrolled, their
-    LSTM and GRU cells one matmul per gate (see the module docstring),
-    without dropout (inference). Their attributes are set back on exit,
-    whatever happens."""
+    LSTM and GRU cells one matmul per gate (see the module docstring).
+    Their attributes are set back on exit, whatever happens."""
     changed = []
     try:
         for rnn in recurrent_layers(model):
@@ -305,9 +304,23 @@ def unrolled_recurrence(model):
                 if getattr(cell, "implementation", None) == 2:
                     changed.append((cell, "implementation", 2))
                     cell.implementation = 1
-                # Keras's RNN draws its dropout masks even at inference
-                # (from the cell's seed generator): a file would keep
-                # that generator's variable ops, float.
+        yield
+    finally:
+        for obj, name, value in reversed(changed):
+            setattr(obj, name, value)
+
+
+@contextlib.contextmanager
+def inference_dropout(model):
+    """Within the block, `model`'s recurrent cells have no dropout: Keras's
+    RNN draws its dropout masks at inference too (from the cell's seed
+    generator), which a file of any flavour would keep as variable ops
+    (VAR_HANDLE, READ_VARIABLE, ASSIGN_VARIABLE) run at every invoke. The
+    rates are set back on exit, whatever happens."""
+    changed = []
+    try:
+        for rnn in recurrent_layers(model):
+            for cell in _cells(rnn):
                 for name in ("dropout", "recurrent_dropout"):
                     if getattr(cell, name, 0.0):
                         changed.append((cell, name, getattr(cell, name)))

@@ -204,6 +204,7 @@ _VARIANTS = [
     ("LSTM", {"dropout": 0.2, "recurrent_dropout": 0.3}),
     ("GRU", {"dropout": 0.2, "recurrent_dropout": 0.3}),
     ("SimpleRNN", {"dropout": 0.2, "recurrent_dropout": 0.3}),
+    ("SimpleRNN", {"dropout": 1.0}),  # its cell drops all (LSTM's: none)
     ("Bidirectional", {"dropout": 0.2, "recurrent_dropout": 0.3}),
 ]
 

@@ -45,6 +45,7 @@ from keras_slim import _layers
 from keras_slim.quantization import _quantizers
 
 _GATES = {"LSTM": "ifco", "GRU": "zrh", "SimpleRNN": ""}
+_SIMPLE_CELL = keras.layers.SimpleRNNCell
 STEPS = {
     "LSTM": (
         *(f"{part}_{g}" for g in "ifco" for part in ("x", "h", "z")),
@@ -278,7 +279,9 @@ def _dropout_masks(cell, x, zeros, gates, training):
             (cell.recurrent_dropout, cell.get_recurrent_dropout_mask, zeros),
         )
     ):
-        if 0.0 < rate < 1.0:
+        # LSTM and GRU cells drop below a rate of 1 only; SimpleRNN's
+        # applies whatever mask it draws (all zeros at 1).
+        if 0.0 < rate < 1.0 or (rate and isinstance(cell, _SIMPLE_CELL)):
             drawn = draw(shape_of)
             single = not isinstance(drawn, (list, tuple))
             masks[i] = [drawn] * gates if single else list(drawn)
