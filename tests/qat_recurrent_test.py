@@ -245,7 +245,12 @@ def test_unrolled_computation_is_keras_own(kind, kwargs, masked, monkeypatch):
         keras.ops.convert_to_numpy(g.state) for g in _seed_generators(layer)
     ]
     keras.utils.set_random_seed(2)  # torch draws unseeded masks globally
-    expected = layer(x, mask=mask, training=training)
+    try:
+        expected = layer(x, mask=mask, training=training)
+    except ValueError as error:  # Keras 3.12 on TensorFlow: a rate < 1 only
+        if "`rate` must be" not in str(error):
+            raise
+        pytest.skip("this Keras refuses a dropout rate of 1 itself")
     expected = keras.ops.convert_to_numpy(expected)
     for generator, seed in zip(_seed_generators(layer), seeds):
         generator.state.assign(seed)
