@@ -291,41 +291,41 @@ def _cells(rnn):
 
 
 @contextlib.contextmanager
-def unrolled_recurrence(model):
-    """Within the block, `model`'s recurrent layers run unrolled, their
-    LSTM and GRU cells one matmul per gate (see the module docstring).
-    Their attributes are set back on exit, whatever happens."""
-    changed = []
+def _attributes(changes):
+    """Within the block each `(obj, name, value)` of `changes` is set; the
+    old values come back on exit, whatever happens."""
+    saved = []
     try:
-        for rnn in recurrent_layers(model):
-            changed.append((rnn, "unroll", rnn.unroll))
-            rnn.unroll = True
-            for cell in _cells(rnn):
-                if getattr(cell, "implementation", None) == 2:
-                    changed.append((cell, "implementation", 2))
-                    cell.implementation = 1
+        for obj, name, value in changes:
+            saved.append((obj, name, getattr(obj, name)))
+            setattr(obj, name, value)
         yield
     finally:
-        for obj, name, value in reversed(changed):
+        for obj, name, value in reversed(saved):
             setattr(obj, name, value)
 
 
-@contextlib.contextmanager
+def unrolled_recurrence(model):
+    """Within the block, `model`'s recurrent layers run unrolled, their
+    LSTM and GRU cells one matmul per gate (see the module docstring)."""
+    changes = []
+    for rnn in recurrent_layers(model):
+        changes.append((rnn, "unroll", True))
+        for cell in _cells(rnn):
+            if getattr(cell, "implementation", None) == 2:
+                changes.append((cell, "implementation", 1))
+    return _attributes(changes)
+
+
 def inference_dropout(model):
     """Within the block, `model`'s recurrent cells have no dropout: Keras's
     RNN draws its dropout masks at inference too (from the cell's seed
     generator), which a file of any flavour would keep as variable ops
-    (VAR_HANDLE, READ_VARIABLE, ASSIGN_VARIABLE) run at every invoke. The
-    rates are set back on exit, whatever happens."""
-    changed = []
-    try:
-        for rnn in recurrent_layers(model):
-            for cell in _cells(rnn):
-                for name in ("dropout", "recurrent_dropout"):
-                    if getattr(cell, name, 0.0):
-                        changed.append((cell, name, getattr(cell, name)))
-                        setattr(cell, name, 0.0)
-        yield
-    finally:
-        for obj, name, value in reversed(changed):
-            setattr(obj, name, value)
+    (VAR_HANDLE, READ_VARIABLE, ASSIGN_VARIABLE) run at every invoke."""
+    return _attributes(
+        (cell, name, 0.0)
+        for rnn in recurrent_layers(model)
+        for cell in _cells(rnn)
+        for name in ("dropout", "recurrent_dropout")
+        if getattr(cell, name, 0.0)
+    )

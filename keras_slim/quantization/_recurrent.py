@@ -45,7 +45,6 @@ from keras_slim import _layers
 from keras_slim.quantization import _quantizers
 
 _GATES = {"LSTM": "ifco", "GRU": "zrh", "SimpleRNN": ""}
-_SIMPLE_CELL = keras.layers.SimpleRNNCell
 STEPS = {
     "LSTM": (
         *(f"{part}_{g}" for g in "ifco" for part in ("x", "h", "z")),
@@ -281,7 +280,8 @@ def _dropout_masks(cell, x, zeros, gates, training):
     ):
         # LSTM and GRU cells drop below a rate of 1 only; SimpleRNN's
         # applies whatever mask it draws (all zeros at 1).
-        if 0.0 < rate < 1.0 or (rate and isinstance(cell, _SIMPLE_CELL)):
+        simple = isinstance(cell, keras.layers.SimpleRNNCell)
+        if 0.0 < rate < 1.0 or (rate and simple):
             drawn = draw(shape_of)
             single = not isinstance(drawn, (list, tuple))
             masks[i] = [drawn] * gates if single else list(drawn)

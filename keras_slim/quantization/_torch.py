@@ -49,13 +49,15 @@ def fake_quant(x, lo, hi, narrow_range):
 def _torch_function():
     import torch
 
+    from keras_slim.quantization._quantizers import _nudge
+
     class FakeQuant(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, lo, hi, narrow_range):
             dtype = x.dtype
             x32 = x.float()
             scale, nudged_min, nudged_max = _nudge(
-                lo.detach().float(), hi.detach().float(), narrow_range
+                lo.detach().float(), hi.detach().float(), narrow_range, torch
             )
             if scale.ndim == 0 and x32.device.type == "cpu":
                 # Python floats (exact float32 values): torch's CPU kernels
@@ -88,23 +90,6 @@ def _torch_function():
             return grad, None, None, None
 
     return FakeQuant
-
-
-def _nudge(lo, hi, narrow_range):
-    """`_quantizers._nudge` in torch operations: the same float32
-    operations on the range tensors, without `keras.ops`'s conversions
-    (~70 us a call there, of a tiny kernel's ~140)."""
-    import torch
-
-    from keras_slim.quantization._quantizers import NUM_BITS
-
-    q_min = 1.0 if narrow_range else 0.0
-    q_max = float(2**NUM_BITS - 1)
-    scale = (hi - lo) / (q_max - q_min)
-    zero = torch.clamp(q_min - lo / scale, q_min, q_max)
-    whole = torch.floor(zero)
-    zero = torch.where(zero - whole >= 0.5, whole + 1.0, whole)
-    return scale, (q_min - zero) * scale, (q_max - zero) * scale
 
 
 def moving_range(x32, min_var, max_var, init_var, momentum, min_range):
