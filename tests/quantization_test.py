@@ -830,3 +830,24 @@ def test_export_refuses_representative_data_for_qat_model(
         keras_slim.export_tflite(
             model, tmp_path / "m.tflite", quantization="float16"
         )
+
+
+@pytest.mark.backends("torch", reason="a torch backend limit")
+def test_a_dotted_model_name_is_refused_on_torch_before_training():
+    # keras.applications.MobileNet is named "mobilenet_1.00_224": on torch
+    # the ranges could not be the model's variables (a traceback before).
+    inputs = keras.Input((4,))
+    outputs = keras.layers.Dense(2)(keras.layers.Dense(3)(inputs))
+    model = keras.Model(inputs, outputs, name="net_0.25")
+    model.compile("adam", "mse")
+    x, y = np.zeros((8, 4)), np.zeros((8, 2))
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(ValueError, match=r"'net_0.25' has a '\.' in its"):
+        model.fit(x, y, verbose=0, callbacks=[QuantizationAwareTraining()])
+    assert int(model.optimizer.iterations) == 0
+    for w, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(w, b)
+    renamed = keras.Model(model.inputs, model.outputs, name="net")
+    renamed.compile("adam", "mse")
+    renamed.fit(x, y, verbose=0, callbacks=[QuantizationAwareTraining()])
+    assert is_quantization_aware(renamed)

@@ -79,6 +79,16 @@ class _Range:
         )
 
 
+_DOTTED_NAME = (
+    "Model {name!r} has a '.' in its name, and Keras's torch backend keys a "
+    "model's own variables by their path, where torch allows no '.': "
+    "QuantizationAwareTraining adds its ranges as the model's variables. "
+    "Rename the model before training, e.g. `model = keras.Model("
+    "model.inputs, model.outputs, name='mobilenet')` (keras.applications "
+    "take `name=` too). Received: model.name={name!r}"
+)
+
+
 class QuantizationAwareness:
     """What `QuantizationAwareTraining` changed on one model, and the
     model-owned variables behind it."""
@@ -118,6 +128,8 @@ class QuantizationAwareness:
                 name=name,
             )
 
+        if keras.backend.backend() == "torch" and "." in model.name:
+            raise ValueError(_DOTTED_NAME.format(name=model.name))
         # The first variable tells whether the model takes new state.
         self.start_step = new_variable("qat_start_step", 0, dtype="int32")
         self.phase = new_variable("qat_phase", 0.0, shape=(len(PHASES),))
