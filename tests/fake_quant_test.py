@@ -160,6 +160,22 @@ def test_low_precision_input_matches_reference(dtype):
     np.testing.assert_array_equal(outs[0][1], outs[1][1])
 
 
+@pytest.mark.parametrize("narrow_range", [False, True])
+def test_nan_input_has_nan_value_and_zero_gradient_as_reference(narrow_range):
+    # A NaN stays NaN and stops its gradient in both (before the float
+    # mask became one comparison, torch's sign(NaN) = 0 passed it here).
+    x = np.array([np.nan, 0.25, np.nan, -3.0, 9.0], np.float32)
+    grad = np.array([1.5, -2.0, -0.5, 1.0, -1.0], np.float32)
+    ref, ref_dx = _run(
+        _quantizers._fake_quant_ops, x, -1.0, 2.0, narrow_range, grad
+    )
+    out, dx = _run(_quantizers.fake_quant, x, -1.0, 2.0, narrow_range, grad)
+    assert np.isnan(keras.ops.convert_to_numpy(out)[[0, 2]]).all()
+    np.testing.assert_array_equal(_bits(out), _bits(ref))
+    np.testing.assert_array_equal(_bits(dx), _bits(ref_dx))
+    assert keras.ops.convert_to_numpy(dx)[[0, 2]].tolist() == [0.0, 0.0]
+
+
 def test_activation_range_update_matches_reference():
     rng = np.random.default_rng(5)
     momentum = _quantizers.RANGE_MOMENTUM
@@ -167,9 +183,10 @@ def test_activation_range_update_matches_reference():
     hi_var = keras.Variable(6.0, trainable=False)
     seen = keras.Variable(0.0, trainable=False)
     expected_lo, expected_hi = None, None
-    for step in range(4):
+    for step in range(20):
         x = keras.ops.convert_to_tensor(
-            rng.normal(size=(8, 4, 4, 3)).astype(np.float32) + step
+            rng.normal(size=(8, 4, 4, 3)).astype(np.float32) * (1 + step % 3)
+            + step % 5
         )
         ops = keras.ops
         batch_min = ops.minimum(ops.min(x), 0.0)

@@ -25,11 +25,10 @@ def fake_quant(x, lo, hi, narrow_range):
     product, `grad * keep` (a product, as the reference's, so a negative
     gradient outside the range is -0.0 there too). A per-tensor range on
     the CPU enters the elementwise operations as Python floats (exact
-    float32 values). Two differences, both at non-finite inputs: an
-    infinite `x` gives the clipped value here, as TensorFlow's kernel
-    does, where the reference's `x - x` makes it NaN; a NaN `x` (NaN out
-    in both) passes the gradient here (torch's `sign(NaN)` is 0) where
-    the reference's is 0.
+    float32 values). One difference, at infinite inputs: an infinite
+    `x` gives the clipped value here, as TensorFlow's kernel does, where
+    the reference's `x - x` makes it NaN. A NaN `x` gives NaN and a zero
+    gradient in both.
 
     Example (torch backend; the range is [0, 1], 255 steps):
 
@@ -56,29 +55,42 @@ def _torch_function():
         def forward(ctx, x, lo, hi, narrow_range):
             dtype = x.dtype
             x32 = x.float()
-            scale, nudged_min, nudged_max = _nudge(
-                lo.detach().float(), hi.detach().float(), narrow_range, torch
-            )
-            if scale.ndim == 0 and x32.device.type == "cpu":
-                # Python floats (exact float32 values): torch's CPU kernels
-                # take a scalar operand on their fast path (a 0-d tensor
-                # operand takes the broadcasting one, 6x slower here).
-                scale = scale.item()
-                nudged_min, nudged_max = nudged_min.item(), nudged_max.item()
+            with_mask = ctx.needs_input_grad[0]
+            ctx.dtype = dtype
+            if lo.device.type == "cpu" and x32.device.type == "cpu":
+                nudged = _cpu_nudge(lo, hi, narrow_range)
+                if lo.ndim == 0:
+                    # Python floats (exact float32 values): torch's CPU
+                    # kernels take a scalar operand on their fast path (a
+                    # 0-d tensor operand takes the broadcasting one, 6x
+                    # slower here).
+                    nudged = tuple(float(v[0]) for v in nudged)
+                else:
+                    nudged = tuple(torch.from_numpy(v) for v in nudged)
+                scale, nudged_min, nudged_max = nudged
+            else:
+                scale, nudged_min, nudged_max = _nudge(
+                    lo.detach().float(),
+                    hi.detach().float(),
+                    narrow_range,
+                    torch,
+                )
+            if isinstance(scale, float):
                 out = torch.clamp(x32, nudged_min, nudged_max)
             else:
                 out = torch.clip(x32, min=nudged_min, max=nudged_max)
-            if ctx.needs_input_grad[0]:
-                # 1.0 inside [nudged_min, nudged_max] exactly where clipping
-                # left `x` as it was (`sign(|out - x|)` is 0 there), else
-                # 0.0: a float mask, as torch's boolean comparisons and
-                # float-by-bool products take 4-5x longer on the CPU.
-                keep = out - x32
-                keep.abs_().sign_().neg_().add_(1.0)
+            if with_mask:
+                # 1.0 where clipping left `x` as it was (inside [nudged_min,
+                # nudged_max]), else 0.0 (NaN included): one comparison
+                # written straight into a float tensor; a boolean result,
+                # its conversion or a float-by-bool product each take 3-10x
+                # longer on torch's CPU kernels (`benchmarks/probes/
+                # torch_fake_quant.py`).
+                keep = torch.empty_like(x32)
+                torch.eq(out, x32, out=keep)
                 ctx.save_for_backward(keep)
             out.sub_(nudged_min).div_(scale).add_(0.5).floor_()
             out.mul_(scale).add_(nudged_min)
-            ctx.dtype = dtype
             return out if dtype == torch.float32 else out.to(dtype)
 
         @staticmethod
@@ -92,27 +104,51 @@ def _torch_function():
     return FakeQuant
 
 
+def _cpu_nudge(lo, hi, narrow_range):
+    """`_quantizers._nudge` of CPU range tensors in NumPy float32 (the same
+    IEEE float32 operations, so the same bits) instead of ~15 torch calls
+    of ~4 us each on 0-d or per-channel tensors: `(scale, nudged_min,
+    nudged_max)` as float32 arrays of `lo`'s shape, or of shape (1,) for a
+    0-d range (never 0-d: NumPy 1.x would promote a float32 scalar
+    combined with a Python float to float64)."""
+    import numpy as np
+
+    from keras_slim.quantization._quantizers import _nudge
+
+    shape = tuple(lo.shape) or (1,)
+    lo = lo.detach().float().numpy().reshape(shape)
+    hi = hi.detach().float().numpy().reshape(shape)
+    return _nudge(lo, hi, narrow_range, np)
+
+
 def moving_range(x32, min_var, max_var, init_var, momentum, min_range):
     """The moving-average `(lo, hi)` of `_quantizers.fake_quant_activation`
-    after the batch `x32`, in torch operations (the same float32 values
-    as its `keras.ops` version: `tests/fake_quant_test.py`)."""
+    after the batch `x32`, as 0-d float32 tensors: the batch's min and max
+    in one torch pass, the rest in NumPy float32 on arrays of one element
+    (the same float32 values as its `keras.ops` version:
+    `tests/fake_quant_test.py`; ~15 torch calls on 0-d tensors fewer)."""
+    import numpy as np
     import torch
 
+    def one(value):
+        return np.asarray(value, np.float32).reshape(1)
+
     with torch.no_grad():
-        zero = torch.zeros((), dtype=torch.float32, device=x32.device)
         batch_min, batch_max = torch.aminmax(x32)
-        batch_min = torch.minimum(batch_min, zero)
-        batch_max = torch.maximum(batch_max, zero)
-        seen = init_var.value > 0.0
-        old_min = min_var.value.float()
-        old_max = max_var.value.float()
-        lo = torch.where(
-            seen, momentum * old_min + (1.0 - momentum) * batch_min, batch_min
+        batch_min = np.minimum(one(batch_min.item()), 0.0)
+        batch_max = np.maximum(one(batch_max.item()), 0.0)
+        if init_var.value.item() > 0.0:
+            old_min = one(min_var.value.float().item())
+            old_max = one(max_var.value.float().item())
+            lo = momentum * old_min + (1.0 - momentum) * batch_min
+            hi = momentum * old_max + (1.0 - momentum) * batch_max
+        else:
+            lo, hi = batch_min, batch_max
+        hi = np.maximum(hi, lo + min_range)
+        device = x32.device
+        return torch.tensor(lo[0], device=device), torch.tensor(
+            hi[0], device=device
         )
-        hi = torch.where(
-            seen, momentum * old_max + (1.0 - momentum) * batch_max, batch_max
-        )
-        return lo, torch.maximum(hi, lo + min_range)
 
 
 def kernel_range(kernel, axes, min_range):
