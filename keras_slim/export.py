@@ -14,6 +14,7 @@ import time
 import keras
 import numpy as np  # noqa: F401 - the docstring examples use it
 
+from keras_slim import _bias_correction
 from keras_slim import _convert
 from keras_slim import _cross_backend
 from keras_slim import _export_checks
@@ -192,6 +193,7 @@ def export_tflite(
     min_agreement=_verify.MIN_AGREEMENT,
     quantizer="converter",
     layer_precision=None,
+    bias_correction=False,
 ):
     """Convert a Keras model to a verified TFLite (LiteRT) file.
 
@@ -296,6 +298,13 @@ def export_tflite(
             file (`int8_only` False): passing it is the explicit choice
             of one. `keras_slim.quantization.select_precision` picks
             these layers from a target agreement.
+        bias_correction: For `"int8"` and `"int16x8"` from calibration,
+            shift the biases of Conv2D, DepthwiseConv2D and Dense layers
+            by the mean error their int8 weights add on the calibration
+            data (Nagel et al. 2019); `report.notes` names the layers.
+            Measured: it lifts files whose agreement the int8 weights
+            bound (MobileNetV2's int16x8: 99.56% to 100%), and can cost a
+            little elsewhere; compare both.
 
     Returns:
         An `ExportReport` with the file's `TFLiteInfo` as `report.info`.
@@ -348,6 +357,9 @@ def export_tflite(
     )
     sig = _export_inputs.signature(model, input_shape, representative_data)
     learned = _check_ranges_source(model, quantization, representative_data)
+    options["bias_correction"] = _bias_correction.check(
+        model, bias_correction, quantization, learned
+    )
     if learned and quantizer == "litert":
         raise ValueError(
             "This model carries learned int8 ranges from quantization-aware "
@@ -381,24 +393,14 @@ def export_tflite(
 
     # ---- convert, then verify the bytes before anything is written.
     start = time.perf_counter()
-    if quantizer == "litert":
-        floats = {
-            **options,
-            "quantization": "float32",
-            "sparse": False,
-            "quantized_later": quantization,
-        }
-        data = _convert.convert(model, sig, floats, None)
-        data = _litert_quantizer.quantize(data, sig, samples, options)
-    else:
-        data = _convert.convert(model, sig, options, samples)
+    with _bias_correction.corrected(model, sig, samples, options) as notes:
+        data = _convert_either(model, sig, samples, options)
     seconds = time.perf_counter() - start
     info = TFLiteInfo(filepath, data)
     _export_checks.check_integer(model, info, options)
     _verify.check_loads(data, sparse)
-    notes = (
-        [] if samples is None else _verify.rescaling_notes(model, sig, samples)
-    )
+    if samples is not None:
+        notes += _verify.rescaling_notes(model, sig, samples)
     agreement = _verify.verify(model, data, sig, samples, min_agreement, notes)
 
     _safe_write.write(filepath, data)
@@ -418,6 +420,21 @@ def export_tflite(
         quantizer=quantizer if quantization in _CALIBRATED else "converter",
         layer_precision=layer_precision,
     )
+
+
+def _convert_either(model, sig, samples, options):
+    """The file's bytes from the converter, or through the LiteRT
+    Quantizer (float32 from the converter, then quantized)."""
+    if options["quantizer"] == "litert":
+        floats = {
+            **options,
+            "quantization": "float32",
+            "sparse": False,
+            "quantized_later": options["quantization"],
+        }
+        data = _convert.convert(model, sig, floats, None)
+        return _litert_quantizer.quantize(data, sig, samples, options)
+    return _convert.convert(model, sig, options, samples)
 
 
 def _check_arguments(
