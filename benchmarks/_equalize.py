@@ -21,7 +21,10 @@ A DepthwiseConv2D consumer takes the scale back in its kernel's channel
 BatchNormalization -> consumer (MobileNetV2's first projection) is
 rescaled the same way on absolute values, exactly for any scale.
 `correct_bias` takes the mean error of int8 weights off the biases
-(section 4.2 of the same paper).
+(section 4.2 of the same paper) as a new model, measuring the input means
+on a probe model of the graph; the package's own, for any model
+structure, is `export_tflite(..., bias_correction=True)`
+(`keras_slim/_bias_correction.py`, whose error and shift it uses).
 
 Kept in benchmarks/, not in the package: measured on MobileNetV2-0.35 at
 96x96 (3 seeds, converter int8, benchmarks/results/ptq.md), neither step
@@ -35,6 +38,7 @@ absorb what cross-layer equalisation balances for weights.
 import keras
 import numpy as np
 
+from keras_slim import _bias_correction
 from keras_slim import _validation
 
 _CONSUMERS = (
@@ -293,16 +297,6 @@ def _rescale_bn_output(bn, factor):
     bn.beta.assign(bn.beta.numpy() * factor)
 
 
-def _int8_weight_error(kernel, depthwise):
-    """The error of the converter's int8 weights: symmetric, one scale
-    per output channel (for a DepthwiseConv2D: per (channel, multiplier)
-    pair), `max|w| / 127`."""
-    axes = (0, 1) if depthwise else tuple(range(kernel.ndim - 1))
-    scale = np.abs(kernel).max(axis=axes, keepdims=True) / 127.0
-    scale = np.where(scale > 0, scale, 1.0)
-    return np.clip(np.round(kernel / scale), -127, 127) * scale - kernel
-
-
 def correct_bias(model, representative_data, batch_size=32):
     """Shift biases by the mean error int8 weights will add (Nagel et
     al. 2019, section 4.2, with the input means measured on
@@ -334,18 +328,8 @@ def correct_bias(model, representative_data, batch_size=32):
     for name, feed in zip(targets, feeds):
         layer = layers[name]
         mean = np.asarray(feed).reshape(-1, feed.shape[-1]).mean(axis=0)
-        kernel = layer.kernel.numpy().astype("float64")
-        depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
-        error = _int8_weight_error(kernel, depthwise)
-        if depthwise:
-            # (h, w, c, m): output c * m + j reads input channel c only.
-            shift = (error.sum(axis=(0, 1)) * mean[:, None]).reshape(-1)
-        else:
-            shift = np.tensordot(
-                error.reshape(-1, error.shape[-2], error.shape[-1]).sum(0),
-                mean,
-                axes=([0], [0]),
-            )
+        error = _bias_correction.weight_error(layer)
+        shift = _bias_correction.output_shift(layer, error, mean)
         if layer.use_bias:
             layer.bias.assign(layer.bias.numpy() - shift)
         else:
