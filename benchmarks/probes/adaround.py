@@ -2,7 +2,8 @@
 weight bound of the 8-epoch MobileNetV2-0.35?
 
     nice -n 10 python -m benchmarks.probes.adaround --seeds 0 \
-        [--cache DIR] [--iterations 300] [--images 256]
+        [--cache DIR] [--iterations 300] [--images 256] \
+        [--model mobilenet|converged|demo|residual]
 
 `benchmarks/probes/ptq_weight_bound.py` measured that rounding every
 kernel to its int8 grid (nearest) alone, activations float, leaves the
@@ -46,12 +47,21 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks import ptq  # noqa: E402
+from benchmarks.probes.ptq_weight_bound import CONVERGED  # noqa: E402
 from benchmarks.probes.ptq_weight_bound import NAME  # noqa: E402
 from benchmarks.probes.ptq_weight_bound import _grid  # noqa: E402
 from keras_slim import export_tflite  # noqa: E402
 from keras_slim import litert  # noqa: E402
 
 ZETA, GAMMA = 1.1, -0.1
+# `--model`: the 8-epoch MobileNetV2 (default), or a 30-epoch model of
+# `benchmarks.ptq` (cached in the same folder).
+MODELS = {
+    "mobilenet": NAME,
+    "converged": CONVERGED,
+    "demo": "demo CNN (small_cnn, 32x32x1)",
+    "residual": "residual CNN (residual_cnn, 32x32x1)",
+}
 KINDS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
 
 
@@ -149,9 +159,10 @@ def main(argv=None):
     )
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--model", choices=sorted(MODELS), default="mobilenet")
     args = parser.parse_args(argv)
     for seed in args.seeds:
-        model, data = ptq.trained(NAME, seed, False, args.cache)
+        model, data = ptq.trained(MODELS[args.model], seed, False, args.cache)
         (x, _), (xt, yt) = data
         reference = model.predict(xt, verbose=0).argmax(1)
         start = time.time()
