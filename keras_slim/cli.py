@@ -213,7 +213,8 @@ def _convert(args):
     ):
         raise CLIError(f"no such file: {args.representative_data}")
     model = _load_model(args.model)
-    data = _data_for(model, args) if args.quantization == "int8" else None
+    calibrated = args.quantization in ("int8", "int16x8")
+    data = _data_for(model, args) if calibrated else None
     shapes = args.input_shape
     from keras_slim import export
 
@@ -229,6 +230,7 @@ def _convert(args):
             calibration_steps=args.calibration,
             input_shape=shapes[0] if shapes and len(shapes) == 1 else shapes,
             min_agreement=args.min_agreement,
+            bias_correction=args.bias_correction,
         )
     except (ValueError, TypeError) as e:
         raise CLIError(" ".join(str(e).split())) from None
@@ -314,18 +316,20 @@ def _add_convert(sub):
     convert.add_argument(
         "--quantization",
         default="int8",
-        choices=["float32", "float16", "dynamic", "int8"],
+        choices=["float32", "float16", "dynamic", "int8", "int16x8"],
+        help="int16x8: int8 weights, int16 activations (integer end to "
+        "end, closer to Keras, slower on most CPUs)",
     )
     convert.add_argument(
         "--calibration",
         type=int,
         default=500,
-        help="number of calibration samples (int8)",
+        help="number of calibration samples (int8, int16x8)",
     )
     convert.add_argument(
         "--representative-data",
-        help="inputs to calibrate int8: a .npy array, or a .npz with one "
-        "array per input name",
+        help="inputs to calibrate int8 or int16x8: a .npy array, or a .npz "
+        "with one array per input name",
     )
     convert.add_argument(
         "--input-shape",
@@ -345,6 +349,12 @@ def _add_convert(sub):
         "--io-dtype", default="float32", choices=["float32", "int8", "uint8"]
     )
     convert.add_argument("--allow-float-fallback", action="store_true")
+    convert.add_argument(
+        "--bias-correction",
+        action="store_true",
+        help="take the mean error of the int8 weights off the biases "
+        "(int8, int16x8; compare with and without)",
+    )
     convert.add_argument(
         "--per-tensor-dense",
         action="store_true",
@@ -396,10 +406,16 @@ def _check_usage(parser, args):
         parser.error(
             f"--min-agreement must be in [0, 1], got {args.min_agreement}"
         )
-    if args.representative_data and args.quantization != "int8":
+    calibrated = args.quantization in ("int8", "int16x8")
+    if args.representative_data and not calibrated:
         parser.error(
-            "--representative-data is used only with --quantization int8, "
-            f"got --quantization {args.quantization}"
+            "--representative-data is used only with --quantization int8 "
+            f"or int16x8, got --quantization {args.quantization}"
+        )
+    if args.bias_correction and not calibrated:
+        parser.error(
+            "--bias-correction is used only with --quantization int8 or "
+            f"int16x8, got --quantization {args.quantization}"
         )
 
 

@@ -44,6 +44,26 @@ def test_convert_takes_representative_data_from_npy(
     assert inspect_tflite(out).int8_only
 
 
+def test_convert_int16x8_with_bias_correction(saved_cnn, tmp_path, capsys):
+    out = str(tmp_path / "cnn16.tflite")
+    argv = ["convert", saved_cnn, "-o", out, "--quantization", "int16x8"]
+    code = cli.main([*argv, "--calibration", "100", "--bias-correction"])
+    assert code == 0
+    info = inspect_tflite(out)
+    assert info.integer_only and not info.int8_only
+    assert "Bias correction: the biases of 5 layers" in capsys.readouterr().out
+
+
+def test_bias_correction_without_calibration_is_a_usage_error(
+    saved_cnn, tmp_path
+):
+    argv = ["convert", saved_cnn, "-o", str(tmp_path / "o.tflite")]
+    with pytest.raises(SystemExit) as e:
+        cli.main([*argv, "--quantization", "float16", "--bias-correction"])
+    assert e.value.code == 2
+    assert not (tmp_path / "o.tflite").exists()
+
+
 def test_inspect_and_profile_print_tables(saved_cnn, tmp_path, capsys):
     out = str(tmp_path / "f.tflite")
     assert (
