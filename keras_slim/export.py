@@ -14,6 +14,7 @@ import time
 import keras
 import numpy as np  # noqa: F401 - the docstring examples use it
 
+from keras_slim import _adaround
 from keras_slim import _bias_correction
 from keras_slim import _convert
 from keras_slim import _cross_backend
@@ -194,6 +195,7 @@ def export_tflite(
     quantizer="converter",
     layer_precision=None,
     bias_correction=False,
+    weight_rounding="nearest",
 ):
     """Convert a Keras model to a verified TFLite (LiteRT) file.
 
@@ -305,6 +307,14 @@ def export_tflite(
             Measured: it lifts files whose agreement the int8 weights
             bound (MobileNetV2's int16x8: 99.56% to 100%), and can cost a
             little elsewhere; compare both.
+        weight_rounding: `"nearest"` (the converter's rounding of every
+            weight) or `"adaround"`: for `"int8"` and `"int16x8"` from
+            calibration, each Conv2D, DepthwiseConv2D and Dense kernel is
+            rounded up or down weight by weight to fit the layer's output
+            on the calibration data (Nagel et al. 2020; ~2,000 Adam steps
+            a layer: about 25 s a layer on a laptop CPU, with a progress
+            bar). Measured: the demo CNN's int8 agreement 99.33% to 99.56%
+            (median of 3 seeds; never lower on a seed).
 
     Returns:
         An `ExportReport` with the file's `TFLiteInfo` as `report.info`.
@@ -360,6 +370,10 @@ def export_tflite(
     options["bias_correction"] = _bias_correction.check(
         model, bias_correction, quantization, learned
     )
+    _adaround.check(
+        model, weight_rounding, quantization, learned, bias_correction
+    )
+    options["weight_rounding"] = weight_rounding
     if learned and quantizer == "litert":
         raise ValueError(
             "This model carries learned int8 ranges from quantization-aware "
@@ -393,8 +407,12 @@ def export_tflite(
 
     # ---- convert, then verify the bytes before anything is written.
     start = time.perf_counter()
-    with _bias_correction.corrected(model, sig, samples, options) as notes:
+    with (
+        _adaround.rounded(model, sig, samples, options) as notes,
+        _bias_correction.corrected(model, sig, samples, options) as more,
+    ):
         data = _convert_either(model, sig, samples, options)
+    notes += more
     seconds = time.perf_counter() - start
     info = TFLiteInfo(filepath, data)
     _export_checks.check_integer(model, info, options)

@@ -18,6 +18,8 @@ images of:
   the correction (the bound itself);
 - the converter's int16x8 file, without and with the correction;
 - the converter's int8 file, without and with the correction.
+`--adaround`: only the int8 file with nearest rounding and with
+`export_tflite(..., weight_rounding="adaround")`.
 `--model demo` (or `residual`) runs the same on `benchmarks.ptq`'s demo
 (residual) CNN instead (30 epochs, cached too).
 Prints one JSON line per seed and medians at the end.
@@ -47,7 +49,7 @@ MODELS = {
 }
 
 
-def probe(model, data, folder):
+def probe(model, data, folder, adaround=False):
     (x, _), (xt, _) = data
     rep = x[: ptq.CALIBRATION]
     reference = model.predict(xt, verbose=0).argmax(1)
@@ -65,7 +67,7 @@ def probe(model, data, folder):
                 model, xt, reference, lambda layer: True
             )
 
-    def exported(quantization, corrected):
+    def exported(quantization, corrected, rounding="nearest"):
         path = os.path.join(folder, f"{quantization}.tflite")
         keras_slim.export_tflite(
             model,
@@ -73,10 +75,16 @@ def probe(model, data, folder):
             quantization=quantization,
             representative_data=rep,
             bias_correction=corrected,
+            weight_rounding=rounding,
         )
         predicted = litert.predict(path, xt).argmax(1)
         return float(np.mean(predicted == reference))
 
+    if adaround:  # the package's AdaRound (~25 s a layer)
+        return {
+            "int8": exported("int8", False),
+            "int8, adaround": exported("int8", False, "adaround"),
+        }
     return {
         "weights rounded": rounded(False),
         "weights rounded, corrected": rounded(True),
@@ -94,12 +102,18 @@ def main(argv=None):
         "--cache", default=os.path.join(tempfile.gettempdir(), "ptq_models")
     )
     parser.add_argument("--model", choices=sorted(MODELS), default="mobilenet")
+    parser.add_argument(
+        "--adaround",
+        action="store_true",
+        help="only the int8 file with nearest rounding and with "
+        "`weight_rounding='adaround'`",
+    )
     args = parser.parse_args(argv)
     rows = []
     for seed in args.seeds:
         model, data = ptq.trained(MODELS[args.model], seed, False, args.cache)
         with tempfile.TemporaryDirectory() as folder:
-            row = probe(model, data, folder)
+            row = probe(model, data, folder, args.adaround)
         row["seed"] = seed
         rows.append(row)
         print(json.dumps(row), flush=True)
