@@ -231,6 +231,7 @@ def _convert(args):
             input_shape=shapes[0] if shapes and len(shapes) == 1 else shapes,
             min_agreement=args.min_agreement,
             bias_correction=args.bias_correction,
+            weight_rounding=args.weight_rounding,
         )
     except (ValueError, TypeError) as e:
         raise CLIError(" ".join(str(e).split())) from None
@@ -356,6 +357,13 @@ def _add_convert(sub):
         "(int8, int16x8; compare with and without)",
     )
     convert.add_argument(
+        "--weight-rounding",
+        default="nearest",
+        choices=["nearest", "adaround"],
+        help="adaround: round each kernel to fit its layer's output on the "
+        "calibration data (int8, int16x8; ~25 s a layer)",
+    )
+    convert.add_argument(
         "--per-tensor-dense",
         action="store_true",
         help="per-tensor Dense weights (microcontrollers)",
@@ -411,6 +419,11 @@ def _check_usage(parser, args):
         parser.error(
             "--representative-data is used only with --quantization int8 "
             f"or int16x8, got --quantization {args.quantization}"
+        )
+    if args.weight_rounding != "nearest" and not calibrated:
+        parser.error(
+            "--weight-rounding adaround is used only with --quantization "
+            f"int8 or int16x8, got --quantization {args.quantization}"
         )
     if args.bias_correction and not calibrated:
         parser.error(

@@ -54,6 +54,17 @@ def test_convert_int16x8_with_bias_correction(saved_cnn, tmp_path, capsys):
     assert "Bias correction: the biases of 5 layers" in capsys.readouterr().out
 
 
+def test_convert_with_adaround(saved_cnn, tmp_path, capsys, monkeypatch):
+    from keras_slim import _adaround
+
+    monkeypatch.setattr(_adaround, "ITERATIONS", 50)
+    out = str(tmp_path / "ada.tflite")
+    argv = ["convert", saved_cnn, "-o", out, "--calibration", "64"]
+    assert cli.main([*argv, "--weight-rounding", "adaround"]) == 0
+    assert inspect_tflite(out).int8_only
+    assert "AdaRound: the kernels of 5 layers" in capsys.readouterr().out
+
+
 def test_bias_correction_without_calibration_is_a_usage_error(
     saved_cnn, tmp_path
 ):
