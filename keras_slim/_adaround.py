@@ -36,20 +36,11 @@ from keras_slim import _bias_correction
 
 ITERATIONS = 2000  # per layer (the measured setting; tests lower it)
 SAMPLES = 512  # calibration samples used at most
-_BATCH = 32
+_BATCH = 32  # samples an Adam step
 _ZETA, _GAMMA = 1.1, -0.1
 
 
-def grid_scale(layer, kernel, per_channel_dense=True):
-    """The converter's int8 step of `kernel`, broadcastable against it."""
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
-        axes = (0, 1)
-    elif isinstance(layer, keras.layers.Dense) and not per_channel_dense:
-        axes = tuple(range(kernel.ndim))
-    else:
-        axes = tuple(range(kernel.ndim - 1))
-    scale = np.abs(kernel).max(axis=axes, keepdims=True) / 127.0
-    return np.where(scale > 0, scale, 1.0).astype(np.float32)
+grid_scale = _bias_correction.grid_scale
 
 
 @contextlib.contextmanager
@@ -71,13 +62,7 @@ def _inputs_of(layer, store):
 def _layer_inputs(model, sig, samples, layer):
     store = []
     with _inputs_of(layer, store):
-        for start in range(0, len(samples[0]), _BATCH):
-            batch = [s[start : start + _BATCH] for s in samples]
-            if sig.input_structure is None:
-                x = batch[0]
-            else:
-                x = keras.tree.pack_sequence_as(sig.input_structure, batch)
-            model(x, training=False)
+        _bias_correction.run_eagerly(model, sig, samples)
     return np.concatenate(store)
 
 

@@ -52,12 +52,12 @@ def _channel_axis(layer):
     return 1 if layer.data_format == "channels_first" else -1
 
 
-def weight_error(layer, per_channel_dense=True):
-    """The int8 rounding error of `layer`'s kernel, as the converter
-    rounds it: symmetric, one scale per output channel (per tensor for a
-    Dense with `per_channel_dense=False`); a DepthwiseConv2D's output
-    channel is each (channel, multiplier) pair."""
-    kernel = keras.ops.convert_to_numpy(layer.kernel).astype(np.float64)
+def grid_scale(layer, kernel, per_channel_dense=True):
+    """The converter's int8 step of `kernel` (a NumPy array of `layer`'s
+    kernel), broadcastable against it: symmetric, `max|w| / 127` per
+    output channel (per tensor for a Dense with `per_channel_dense=False`;
+    a DepthwiseConv2D's output channel is each (channel, multiplier)
+    pair)."""
     if isinstance(layer, keras.layers.DepthwiseConv2D):
         axes = (0, 1)
     elif isinstance(layer, keras.layers.Dense) and not per_channel_dense:
@@ -65,8 +65,29 @@ def weight_error(layer, per_channel_dense=True):
     else:
         axes = tuple(range(kernel.ndim - 1))
     scale = np.abs(kernel).max(axis=axes, keepdims=True) / 127.0
-    scale = np.where(scale > 0, scale, 1.0)
+    return np.where(scale > 0, scale, 1.0).astype(kernel.dtype)
+
+
+def weight_error(layer, per_channel_dense=True):
+    """The int8 rounding error of `layer`'s kernel, as the converter
+    rounds it (`grid_scale`)."""
+    kernel = keras.ops.convert_to_numpy(layer.kernel).astype(np.float64)
+    scale = grid_scale(layer, kernel, per_channel_dense)
     return np.clip(np.round(kernel / scale), -127, 127) * scale - kernel
+
+
+def run_eagerly(model, sig, samples, after_batch=None):
+    """Run `model` eagerly (inference) on `samples` (one array per input),
+    in batches; `after_batch()` is called after each."""
+    for start in range(0, len(samples[0]), _BATCH):
+        batch = [s[start : start + _BATCH] for s in samples]
+        if sig.input_structure is None:
+            x = batch[0]
+        else:
+            x = keras.tree.pack_sequence_as(sig.input_structure, batch)
+        model(x, training=False)
+        if after_batch is not None:
+            after_batch()
 
 
 def output_shift(layer, error, mean):
@@ -127,16 +148,8 @@ def _recording(model, layers):
 def _measure(model, sig, samples, layers):
     """Per layer of `layers`: the mean of its inputs per channel over
     `samples`, and the BatchNormalization that reads its output."""
-    n = len(samples[0])
     with _recording(model, layers) as (sums, counts, followers, producers):
-        for start in range(0, n, _BATCH):
-            batch = [s[start : start + _BATCH] for s in samples]
-            if sig.input_structure is None:
-                x = batch[0]
-            else:
-                x = keras.tree.pack_sequence_as(sig.input_structure, batch)
-            model(x, training=False)
-            producers.clear()
+        run_eagerly(model, sig, samples, producers.clear)
     means = {
         id(layer): sums[id(layer)] / counts[id(layer)]
         for layer in layers
