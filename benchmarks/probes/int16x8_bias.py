@@ -44,6 +44,7 @@ from keras_slim import litert  # noqa: E402
 
 MODELS = {
     "mobilenet": ptq_weight_bound.CONVERGED,
+    "mobilenet8": ptq_weight_bound.NAME,  # the 8-epoch models
     "demo": "demo CNN (small_cnn, 32x32x1)",
     "residual": "residual CNN (residual_cnn, 32x32x1)",
 }
