@@ -60,10 +60,12 @@ def _inputs_of(layer, store):
 
 
 def _layer_inputs(model, sig, samples, layer):
+    """`layer`'s inputs over `samples`, or None if the model's call never
+    reaches it."""
     store = []
     with _inputs_of(layer, store):
         _bias_correction.run_eagerly(model, sig, samples)
-    return np.concatenate(store)
+    return np.concatenate(store) if store else None
 
 
 def _h(v):
@@ -119,7 +121,11 @@ def rounded(model, sig, samples, options):
     if options.get("weight_rounding", "nearest") != "adaround":
         yield []
         return
-    layers = _bias_correction.correctable(model)
+    layers = [
+        layer
+        for layer in _bias_correction.correctable(model)
+        if isinstance(layer.kernel, keras.Variable)  # not LoRA's sum
+    ]
     samples = [s[:SAMPLES] for s in samples]
     saved = [
         (layer, keras.ops.convert_to_numpy(layer.kernel)) for layer in layers
@@ -133,6 +139,9 @@ def rounded(model, sig, samples, options):
             for earlier, original in saved[:i]:
                 earlier.kernel.assign(original)
             x_float = _layer_inputs(model, sig, samples, layer)
+            if x_float is None:  # not reached by the model's call
+                progbar.update(i + 1)
+                continue
             target = np.asarray(layer(x_float))
             for earlier, value in done:
                 earlier.kernel.assign(value)

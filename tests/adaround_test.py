@@ -169,3 +169,30 @@ def test_bad_weight_rounding_is_refused_before_any_work(
             **kwargs,
         )
     assert not (tmp_path / "m.tflite").exists()
+
+
+class _WithSpareLayer(keras.Model):
+    """Calls one Dense of its two: the other is built but never reached."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.used = keras.layers.Dense(3, name="used")
+        self.spare = keras.layers.Dense(3, name="spare")
+
+    def call(self, x):
+        return self.used(x)
+
+
+def test_a_layer_the_call_never_reaches_is_left_as_it_is(few_steps):
+    model = _WithSpareLayer()
+    x = np.random.default_rng(3).uniform(0, 1, (64, 4)).astype("float32")
+    model(x[:1])
+    model.spare.build((None, 4))
+    spare = np.copy(model.spare.kernel.numpy())
+    used = np.copy(model.used.kernel.numpy())
+    sig = _export_inputs.signature(model, (4,), x)
+    with _adaround.rounded(model, sig, [x], _options()) as notes:
+        np.testing.assert_array_equal(model.spare.kernel.numpy(), spare)
+        assert not np.array_equal(model.used.kernel.numpy(), used)
+    assert "of 1 layers" in notes[0] and "(used)" in notes[0]
+    np.testing.assert_array_equal(model.spare.kernel.numpy(), spare)
