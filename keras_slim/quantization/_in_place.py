@@ -68,15 +68,22 @@ class _Range:
         if not awareness.active:
             return x
         if self.fixed is not None:
-            return _quantizers.fake_quant_fixed(x, self.fixed)
-        return _quantizers.fake_quant_activation(
-            x,
-            self.min,
-            self.max,
-            self.initialized,
-            bool(training) and not awareness.ranges_frozen,
-            _quantizers.RANGE_MOMENTUM,
-        )
+            out = _quantizers.fake_quant_fixed(x, self.fixed)
+            lo, hi = self.fixed
+        else:
+            out, lo, hi = _quantizers.fake_quant_activation(
+                x,
+                self.min,
+                self.max,
+                self.initialized,
+                bool(training) and not awareness.ranges_frozen,
+                _quantizers.RANGE_MOMENTUM,
+                with_range=True,
+            )
+        sc = _placement.current_scope()
+        if sc is not None:
+            sc.note_scale(out, _quantizers.step(lo, hi))
+        return out
 
 
 _DOTTED_NAME = (

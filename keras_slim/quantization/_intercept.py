@@ -100,9 +100,10 @@ class LayerHook:
             layer, rule, self.split or self.inner_range is not None
         )
 
-    def _compute(self, x, sc, original, training, masks):
+    def _compute(self, x, sc, original, training, masks, input_scale=None):
         """The output of the layer on `x` (the tuple `(query, value, key)`
-        for attention), computed as the int8 file does, in scope `sc`."""
+        for attention), computed as the int8 file does, in scope `sc`
+        (`input_scale`: the int8 step of `x`, where known)."""
         layer, rule, awareness = self.layer, self.rule, self.awareness
 
         def inner(t):
@@ -122,6 +123,7 @@ class LayerHook:
                 True,
                 pre if self.split else None,
                 inner if self.inner_range is not None else None,
+                input_scale,
             )
         if rule == "affine":
             return _quantizers.affine_forward(layer, x, inner)
@@ -163,12 +165,13 @@ class LayerHook:
         layer, rule = self.layer, self.rule
 
         def compute(x, fused):
-            return self._compute(x, sc, original, training, masks)
+            return self._compute(x, sc, original, training, masks, input_scale)
 
         masks, training = {}, kwargs.get("training", sc.training)
+        input_scale = None  # the int8 step of a weighted layer's input
 
         def run(new_args, fused):
-            nonlocal masks, training
+            nonlocal masks, training, input_scale
             context = self.context
             if context is not None and (
                 context.dtype_policy is not layer.dtype_policy
@@ -189,8 +192,13 @@ class LayerHook:
                     layer, "prelu", lambda: original(*new_args, **kwargs)
                 )
             if not custom:
-                return original(*new_args, **kwargs)
+                outputs = original(*new_args, **kwargs)
+                if rule == "batchnorm" and _bn_inference(layer, training):
+                    outputs = _fold_bias(sc, layer, new_args[0], outputs)
+                return outputs
             first = new_args[0]
+            if self.weighted:
+                input_scale = sc.scale_of(first)
             if rule == "attention":
                 bound = _attention.bind(layer, new_args, kwargs)
                 if bound is None:
@@ -202,13 +210,17 @@ class LayerHook:
             if rule == "recurrent":
                 first, masks = _recurrent.bind(layer, new_args, kwargs)
             if in_call or self.context is None:
-                return compute(first, fused)
-            if self.keras_math:
-                return with_quantized_kernel(
-                    layer, rule, lambda: original(*new_args, **kwargs)
+                outputs = compute(first, fused)
+            elif self.keras_math:
+                bias = _quantizers.rounded_bias(layer, rule, input_scale)
+                outputs = with_quantized_kernel(
+                    layer, rule, lambda: original(*new_args, **kwargs), bias
                 )
-            outputs = context(first, compute=lambda x: compute(x, fused))
-            _activity_loss(layer, outputs)
+            else:
+                outputs = context(first, compute=lambda x: compute(x, fused))
+                _activity_loss(layer, outputs)
+            if self.weighted:
+                _note_bias(sc, layer, rule, input_scale, outputs)
             return outputs
 
         def quantize_output(t):
@@ -255,12 +267,12 @@ def _runs_keras_math(layer, rule, split):
     return rule in ("dense", "einsum") or len(kernel.shape) >= 4
 
 
-def with_quantized_kernel(layer, rule, call):
+def with_quantized_kernel(layer, rule, call, bias=None):
     """`call()` (the layer's own call) with its kernel read as its
     fake-quantized value: Keras's `StatelessScope` maps each of the
     layer's variables to its current value, the kernel to the quantized
     one (the gradient reaches the kernel through the straight-through
-    estimator)."""
+    estimator), and the bias to `bias` where given."""
     quantize = functools.partial(_quantizers.quantize_kernel, rule=rule)
     if rule == "embedding":  # a table quantized per tensor, as a Dense
         kernel = layer.embeddings
@@ -269,9 +281,14 @@ def with_quantized_kernel(layer, rule, call):
         kernel = layer.alpha
     else:
         kernel = layer.kernel
-    mapping = [
-        (v, quantize(v) if v is kernel else v.value) for v in layer.variables
-    ]
+    own_bias = getattr(layer, "bias", None) if bias is not None else None
+
+    def value(v):
+        if v is kernel:
+            return quantize(v)
+        return bias if v is own_bias else v.value
+
+    mapping = [(v, value(v)) for v in layer.variables]
     with keras.StatelessScope(
         state_mapping=mapping, collect_losses=True, initialize_variables=False
     ) as scope:
@@ -279,6 +296,37 @@ def with_quantized_kernel(layer, rule, call):
     for loss in scope.losses:  # an activity regularizer's loss
         layer.add_loss(loss)
     return outputs
+
+
+def _note_bias(sc, layer, rule, input_scale, outputs):
+    """Record on a convolution's pending output (linear activation) the
+    bias it added, for a BatchNormalization that folds into it."""
+    if (
+        input_scale is not None
+        and rule in ("conv", "depthwise")
+        and _rules.activation_name(layer.activation) == "linear"
+        and layer.data_format == "channels_last"
+        and keras.ops.is_tensor(outputs)
+    ):
+        record = _quantizers.bias_record(layer, rule, input_scale)
+        sc.note_bias(outputs, record)
+
+
+def _bn_inference(layer, training):
+    """Whether a BatchNormalization runs on its moving statistics."""
+    return not layer.trainable or not training
+
+
+def _fold_bias(sc, layer, x, outputs):
+    """A BatchNormalization folded into the convolution before it: its
+    output with the folded bias rounded as the file rounds it."""
+    record = sc.bias_of(x)
+    if record is None or not _quantizers.folds_on_last_axis(
+        layer, len(x.shape)
+    ):
+        return outputs
+    correction = _quantizers.folded_bias_correction(layer, record)
+    return outputs + keras.ops.cast(correction, outputs.dtype)
 
 
 def _activity_loss(layer, outputs):

@@ -25,6 +25,25 @@ class _Scope:
         self.training = training
         self.pending = {}  # id(tensor) -> (tensor, producer rule, quantize)
         self.done = {}  # id(tensor) -> (tensor, quantized tensor)
+        # The int8 scale of a quantized tensor (its range's step), and of a
+        # convolution's pending output the bias it added (`note_bias`):
+        # what a bias needs to be rounded as the file rounds it.
+        self.scales = {}  # id(tensor) -> (tensor, scale)
+        self.biases = {}  # id(tensor) -> (tensor, bias record)
+
+    def note_scale(self, tensor, scale):
+        self.scales[id(tensor)] = (tensor, scale)
+
+    def scale_of(self, tensor):
+        entry = self.scales.get(id(tensor))
+        return entry[1] if entry and entry[0] is tensor else None
+
+    def note_bias(self, tensor, record):
+        self.biases[id(tensor)] = (tensor, record)
+
+    def bias_of(self, tensor):
+        entry = self.biases.get(id(tensor))
+        return entry[1] if entry and entry[0] is tensor else None
 
     def defer(self, tensor, rule, quantize):
         self.pending[id(tensor)] = (tensor, rule, quantize)
@@ -103,6 +122,15 @@ def place(rule, layer, args, run, quantize_output, shared=False):
     outputs = run(args, fused)
     if rule == "skip":
         return outputs
+    if rule == "passthrough":
+        # Pooling, padding, reshaping: the output keeps its input's scale.
+        inputs = keras.tree.flatten(args)
+        scale = sc.scale_of(inputs[0]) if len(inputs) == 1 else None
+        if scale is not None and (
+            keras.ops.is_tensor(outputs)
+            or isinstance(outputs, keras.KerasTensor)
+        ):
+            sc.note_scale(outputs, scale)
     if not keras.ops.is_tensor(outputs) and not isinstance(
         outputs, keras.KerasTensor
     ):

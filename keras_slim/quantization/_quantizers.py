@@ -12,6 +12,11 @@
   exactly what the folded int8 kernel computes.
 - Activations: per tensor, asymmetric, moving-average min/max ranges
   initialised from the first batch.
+- Biases: the file stores a Conv/Dense bias as int32 at scale `s_x * s_w`
+  (input step times kernel step), a folded BatchNorm's bias too, at
+  `s_x * s_w * |gamma / sqrt(var + eps)|`: `rounded_bias` and
+  `folded_bias_correction` add them so rounded (gradient straight
+  through), where the placement knows the input's step.
 
 Everything here is `keras.ops` (and `keras.quantizers`), so it runs on
 every Keras backend. Fake quantization rounds as TensorFlow's kernel, and
@@ -219,7 +224,13 @@ def swish(x):
 
 
 def weight_forward(
-    layer, rule, inputs, quantize, pre_activation=None, inner=None
+    layer,
+    rule,
+    inputs,
+    quantize,
+    pre_activation=None,
+    inner=None,
+    input_scale=None,
 ):
     """The forward pass of a Conv/DepthwiseConv/SeparableConv/Dense layer,
     through its public attributes, with the kernel fake-quantized when
@@ -229,7 +240,9 @@ def weight_forward(
     layer's own activation (an activation the converter cannot fuse runs
     as an op of its own, on an int8 input); `inner(t)` the depthwise
     output of a separable convolution (the converter runs it as a
-    DEPTHWISE_CONV_2D, then a CONV_2D)."""
+    DEPTHWISE_CONV_2D, then a CONV_2D). With `input_scale` (the int8 step
+    of `inputs`), the bias is rounded as the file stores it
+    (`rounded_bias`)."""
     if rule == "separable":
         outputs = _separable(layer, inputs, quantize, inner)
         return _bias_activation(layer, outputs, pre_activation)
@@ -263,24 +276,26 @@ def weight_forward(
         if layer.bias is not None:
             outputs = ops.add(outputs, layer.bias)
         return _bias_activation(layer, outputs, pre_activation, bias=False)
+    bias = rounded_bias(layer, rule, input_scale) if quantize else layer.bias
     if rule == "dense":
         outputs = ops.matmul(inputs, kernel)
         if layer.use_bias:
-            outputs = ops.add(outputs, layer.bias)
+            outputs = ops.add(outputs, bias)
         return _bias_activation(layer, outputs, pre_activation, bias=False)
     outputs = _convolve(layer, rule, inputs, kernel, one_d)
-    return _bias_activation(layer, outputs, pre_activation)
+    return _bias_activation(layer, outputs, pre_activation, value=bias)
 
 
-def _bias_activation(layer, outputs, pre_activation, bias=True):
+def _bias_activation(layer, outputs, pre_activation, bias=True, value=None):
     if bias and layer.use_bias:
+        value = layer.bias if value is None else value
         rank = len(outputs.shape) - 2
         channels = layer.bias.shape[0]
         if layer.data_format == "channels_last":
             bias_shape = (1,) * (rank + 1) + (channels,)
         else:
             bias_shape = (1, channels) + (1,) * rank
-        outputs = ops.add(outputs, ops.reshape(layer.bias, bias_shape))
+        outputs = ops.add(outputs, ops.reshape(value, bias_shape))
     if pre_activation is not None:
         outputs = pre_activation(outputs)
         if is_swish(layer.activation):
@@ -338,11 +353,14 @@ def _convolve(layer, rule, inputs, kernel, one_d):
     return ops.squeeze(outputs, axis) if one_d else outputs
 
 
-def fake_quant_activation(x, min_var, max_var, init_var, update, momentum):
+def fake_quant_activation(
+    x, min_var, max_var, init_var, update, momentum, with_range=False
+):
     """Per-tensor asymmetric fake quantization with moving-average ranges.
 
     With `update`, the batch min/max move the ranges (the first batch sets
     them); otherwise the stored ranges are read and nothing is written.
+    With `with_range`, returns `(output, lo, hi)`, the range it used.
     """
     # Ranges are float32 state (never autocast); under mixed precision the
     # activation is quantized in float32 and cast back.
@@ -372,8 +390,113 @@ def fake_quant_activation(x, min_var, max_var, init_var, update, momentum):
         min_var.assign(lo)
         max_var.assign(hi)
         init_var.assign(1.0)
-    out = fake_quant(x32, lo, hi)
-    return ops.cast(out, dtype)
+    out = ops.cast(fake_quant(x32, lo, hi), dtype)
+    return (out, lo, hi) if with_range else out
+
+
+def step(lo, hi):
+    """The int8 scale of the range `[lo, hi]` (fake quantization's nudge
+    moves the range, not its step), as a float32 tensor with no
+    gradient."""
+    lo, hi = (ops.cast(v, "float32") for v in (lo, hi))
+    return ops.stop_gradient((hi - lo) / 255.0)
+
+
+# The layers whose bias the file stores as int32 at scale s_x * s_w.
+BIAS_RULES = ("conv", "depthwise", "dense")
+
+
+def bias_scale(layer, rule, input_scale):
+    """The int32 scale of `layer`'s bias in its int8 file, `s_x * s_w`:
+    the input's step times the kernel's (per output channel for a
+    convolution, per tensor for a Dense), float32, no gradient."""
+    kernel = ops.cast(layer.kernel, "float32")
+    if rule == "dense":
+        m = _kernel_range(kernel, None)
+    else:
+        if len(kernel.shape) == 3:
+            kernel = ops.expand_dims(kernel, 0)
+        if rule == "depthwise":
+            shape = ops.shape(kernel)
+            kernel = ops.reshape(kernel, (shape[0], shape[1], -1))
+        m = _kernel_range(kernel, tuple(range(len(kernel.shape) - 1)))
+    return ops.stop_gradient(input_scale * (m / 127.0))
+
+
+def round_to_scale(value, scale):
+    """`value` rounded to a multiple of `scale` (the file's int32 bias),
+    the gradient straight through."""
+    v32 = ops.cast(value, "float32")
+    q = ops.round(v32 / scale) * scale
+    return ops.cast(v32 + ops.stop_gradient(q - v32), value.dtype)
+
+
+def rounded_bias(layer, rule, input_scale):
+    """`layer.bias` as the int8 file stores it (`round_to_scale` at
+    `bias_scale`), or the bias as it is where the file's is not known:
+    no bias, no input scale, a layer kind whose bias is not int32.
+
+    The converter rounds each bias to int32 at scale `s_x * s_w`; adding
+    it unrounded put the float simulation of a convolution one step off
+    its int8 file on 0.01-1.4% of the outputs
+    (`benchmarks/probes/conv_requantization.py`), which deep models
+    amplify."""
+    bias = getattr(layer, "bias", None)
+    if bias is None or input_scale is None or rule not in BIAS_RULES:
+        return bias
+    if not getattr(layer, "use_bias", True):
+        return bias
+    return round_to_scale(bias, bias_scale(layer, rule, input_scale))
+
+
+def bias_record(layer, rule, input_scale, active=True):
+    """What a BatchNormalization folded into the convolution `layer` needs
+    of it (`folded_bias_correction`): a float32 `(3, channels)` tensor of
+    the bias scale `s_x * s_w`, the bias and the bias the convolution
+    added (rounded), no gradient. Not `active`: a scale of 0 and the
+    bias unrounded, which correct nothing."""
+    scale = bias_scale(layer, rule, input_scale)
+    if layer.use_bias:
+        bias = ops.cast(layer.bias, "float32")
+        used = ops.cast(rounded_bias(layer, rule, input_scale), "float32")
+    else:
+        bias = used = ops.zeros_like(scale)
+    if not active:
+        scale, used = ops.zeros_like(scale), bias
+    return ops.stop_gradient(ops.stack([scale, bias, used]))
+
+
+def folds_on_last_axis(batchnorm, rank):
+    """Whether a BatchNormalization normalizes the last axis of a rank
+    `rank` input (a channels-last convolution's channels)."""
+    axis = batchnorm.axis
+    if isinstance(axis, (list, tuple)):
+        axis = axis[0] if len(axis) == 1 else None
+    return axis in (-1, rank - 1)
+
+
+def folded_bias_correction(batchnorm, record):
+    """What to add to a BatchNormalization's inference output so that it
+    equals the file's: the convolution before it and the BN folded into
+    one, whose bias `beta + (b - mean) * k` (`k = gamma / sqrt(var +
+    eps)`) the file rounds at scale `s_x * s_w * |k|`. `record` is the
+    convolution's `bias_record`. No gradient."""
+    scale, bias, used = record[0], record[1], record[2]
+    mean = ops.cast(batchnorm.moving_mean, "float32")
+    variance = ops.cast(batchnorm.moving_variance, "float32")
+    k = ops.rsqrt(variance + batchnorm.epsilon)
+    if batchnorm.gamma is not None:
+        k = k * ops.cast(batchnorm.gamma, "float32")
+    beta = (
+        ops.cast(batchnorm.beta, "float32")
+        if batchnorm.beta is not None
+        else ops.zeros_like(mean)
+    )
+    folded = beta + (bias - mean) * k
+    step_ = scale * ops.abs(k)
+    safe = ops.where(step_ > 0, step_, 1.0)  # gamma 0: nothing to round
+    wanted = ops.where(step_ > 0, ops.round(folded / safe) * safe, folded)
+    return ops.stop_gradient(wanted - (beta + (used - mean) * k))
 
 
 def quantize_constant(c):

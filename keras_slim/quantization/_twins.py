@@ -80,7 +80,9 @@ class FakeQuant(keras.layers.Layer):
             name="initialized",
         )
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, step=False):
+        if step:  # the int8 step of the range (a convolution's bias reads it)
+            return _quantizers.step(*(self.fixed_range or (self.min, self.max)))
         if not self.quantize_active:
             return inputs
         if self.fixed_range is not None:
@@ -97,6 +99,11 @@ class FakeQuant(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
+    def compute_output_spec(self, inputs, training=None, step=False):
+        if step:
+            return keras.KerasTensor((), "float32")
+        return keras.KerasTensor(inputs.shape, inputs.dtype)
+
     def get_config(self):
         config = {**super().get_config(), "momentum": self.momentum}
         if self.fixed_range is not None:
@@ -109,13 +116,26 @@ class _WeightQuantMixin:
 
     weight_rule = None
 
-    def call(self, inputs):
+    def call(self, inputs, input_scale=None, bias_record=False):
+        """`input_scale`: the int8 step of `inputs` (the bias is rounded as
+        the file stores it); `bias_record`: return what a BatchNorm folded
+        into this layer needs instead (`_quantizers.bias_record`)."""
+        active = getattr(self, "quantize_active", True)
+        if bias_record:
+            return _quantizers.bias_record(
+                self, self.weight_rule, input_scale, active
+            )
         return _quantizers.weight_forward(
-            self,
-            self.weight_rule,
-            inputs,
-            getattr(self, "quantize_active", True),
+            self, self.weight_rule, inputs, active, input_scale=input_scale
         )
+
+    def compute_output_spec(self, inputs, input_scale=None, bias_record=False):
+        if bias_record:
+            channels = self.kernel.shape[-1]
+            if self.weight_rule == "depthwise":
+                channels *= self.kernel.shape[-2]
+            return keras.KerasTensor((3, channels), "float32")
+        return super().compute_output_spec(inputs)
 
 
 @keras.saving.register_keras_serializable(package="keras_slim")
@@ -224,10 +244,17 @@ class FreezableBatchNormalization(keras.layers.BatchNormalization):
 
     frozen = False
 
-    def call(self, inputs, training=None, mask=None):
+    def call(self, inputs, training=None, mask=None, folded=None):
+        """`folded`: the `bias_record` of the convolution this layer folds
+        into; on moving statistics the output then has the folded bias
+        rounded as the int8 file stores it."""
         if self.frozen:
             training = False
-        return super().call(inputs, training=training, mask=mask)
+        outputs = super().call(inputs, training=training, mask=mask)
+        if folded is not None and (not training or not self.trainable):
+            correction = _quantizers.folded_bias_correction(self, folded)
+            outputs = outputs + keras.ops.cast(correction, outputs.dtype)
+        return outputs
 
 
 @keras.saving.register_keras_serializable(package="keras_slim")

@@ -1,5 +1,7 @@
 """quantize_model: a new, saveable quantization-aware Keras model."""
 
+import functools
+
 import keras
 
 from keras_slim import _layers
@@ -35,7 +37,11 @@ class _Builder:
     def fake_quant(self, tensor, name, source, fixed=None):
         layer = _twins.FakeQuant(name=self.unique(name), fixed_range=fixed)
         self.copies.append((layer, source))
-        return layer(tensor)
+        out = layer(tensor)
+        sc = _placement.current_scope()
+        if sc is not None:  # its step, as a node of its own when needed
+            sc.note_scale(out, _once(lambda: layer(out, step=True)))
+        return out
 
     def clone_layer(self, layer):
         if not isinstance(layer, keras.layers.Layer):  # a `keras.ops` node
@@ -88,7 +94,12 @@ class _Builder:
                     "silu", name=self.unique(f"{old.name}_swish")
                 )
                 return swish(new_args[0])
-            outputs = new(*new_args, **kwargs)
+            outputs = new(
+                *new_args,
+                **self.bias_inputs(new, sc, new_args, fused),
+                **kwargs,
+            )
+            self.note_bias(new, old, rule, sc, new_args[0], outputs)
             if split:
                 outputs = self.fake_quant(
                     outputs, f"{old.name}_preactivation_quant", pre
@@ -109,6 +120,37 @@ class _Builder:
         return _placement.place(
             rule, old, args, run, quantize_output, id(old) in self.shared
         )
+
+    def bias_inputs(self, new, sc, args, fused):
+        """The extra inputs of a twin whose bias is rounded as the file
+        stores it: a convolution's or Dense's input step, a folded
+        BatchNormalization's `bias_record` (see `_intercept`)."""
+        if isinstance(new, _BIASED_TWINS):
+            scale = sc.scale_of(args[0])
+            return {} if scale is None else {"input_scale": scale()}
+        if (
+            fused
+            and type(new) is _twins.FreezableBatchNormalization
+            and _quantizers.folds_on_last_axis(new, len(args[0].shape))
+        ):
+            record = sc.bias_of(args[0])
+            return {} if record is None else {"folded": record()}
+        return {}
+
+    def note_bias(self, new, old, rule, sc, x, outputs):
+        """Record a convolution's `bias_record` (a node of its own when a
+        BatchNormalization folds into it) on its pending output."""
+        scale = sc.scale_of(x) if isinstance(new, _BIASED_TWINS) else None
+        if (
+            scale is not None
+            and rule in ("conv", "depthwise")
+            and _rules.activation_name(old.activation) == "linear"
+            and old.data_format == "channels_last"
+        ):
+            sc.note_bias(
+                outputs,
+                _once(lambda: new(x, input_scale=scale(), bias_record=True)),
+            )
 
     def affine(self, old, x, inner):
         """`Rescaling`/`Normalization` as two `Rescaling` layers with a
@@ -178,6 +220,21 @@ class _Builder:
                     outputs = outputs[0]
             outputs = sc.materialize(outputs)
             return keras.Model(inputs, outputs, name=model.name)
+
+
+# The twins whose bias the int8 file stores as int32 at `s_x * s_w`.
+_BIASED_TWINS = (
+    _twins.QuantizedConv1D,
+    _twins.QuantizedConv2D,
+    _twins.QuantizedDepthwiseConv1D,
+    _twins.QuantizedDepthwiseConv2D,
+    _twins.QuantizedDense,
+)
+
+
+def _once(make):
+    """`make()`'s value, made at the first call only."""
+    return functools.cache(make)
 
 
 def _copy_weights(new_layer, old, builder):
