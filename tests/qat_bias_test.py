@@ -15,8 +15,8 @@ import pytest
 import keras_slim
 from keras_slim import litert
 from keras_slim.quantization import QuantizationAwareTraining
-from keras_slim.quantization import quantize_model
 from keras_slim.quantization import _quantizers
+from keras_slim.quantization import quantize_model
 from tests.conftest import accuracy
 from tests.conftest import compile_classifier
 
