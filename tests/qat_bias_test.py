@@ -87,3 +87,52 @@ def test_a_bias_is_rounded_to_the_files_int32_grid():
         keras.ops.convert_to_numpy(unknown),
         np.array([0.0301, -0.0102], "float32"),
     )
+
+
+def _rescaled_model():
+    """`Rescaling(1 / 16)` (no offset: TensorFlow drops its ADD of zeros)
+    and an unadapted `Normalization` (no op at all in the file), as
+    `keras.applications.EfficientNet*(weights=None)` begin."""
+    L = keras.layers
+    inputs = keras.Input((8, 8, 1))
+    h = L.Rescaling(1 / 16.0)(inputs)
+    h = L.Normalization(axis=-1, mean=[0.0], variance=[1.0])(h)
+    h = L.ReLU()(L.Conv2D(8, 3, padding="same")(h))
+    h = L.GlobalAveragePooling2D()(h)
+    return keras.Model(inputs, L.Dense(10)(h))
+
+
+def test_the_file_keeps_the_first_of_two_ranges_with_no_op_between(
+    digits_small, tmp_path
+):
+    (x, y), (x_test, _) = digits_small
+    x, x_test = x * 16.0, x_test * 16.0  # pixels 0..16
+    keras.utils.set_random_seed(0)
+    model = compile_classifier(_rescaled_model())
+    model.fit(x, y, batch_size=64, epochs=3, verbose=0)
+    twin = quantize_model(model)
+    names = [layer.name for layer in twin.layers]
+    # The product's range only: no range after the ADD of zeros, no layer
+    # for the normalization that the file does not have.
+    assert "rescaling_product_quant" in names
+    assert "rescaling_quant" not in names
+    assert not any(name.startswith("normalization") for name in names)
+    model.fit(
+        x,
+        y,
+        batch_size=64,
+        epochs=1,
+        verbose=0,
+        callbacks=[QuantizationAwareTraining()],
+    )
+    # The range after the product, narrower than the product's: the file
+    # has no trace of it, and neither may the QAT model.
+    (narrow,) = [
+        v for v in model.variables if v.path.endswith("qat_rescaling_max")
+    ]
+    narrow.assign(0.5)
+    expected = np.asarray(model.predict(x_test, verbose=0))
+    path = tmp_path / "m.tflite"
+    assert keras_slim.export_tflite(model, path).int8_only
+    actual = litert.predict(path, x_test)
+    assert np.mean(np.abs(actual - expected) > 1e-5) <= 0.002

@@ -82,6 +82,10 @@ class LayerHook:
         self.weighted = rule in _rules.WEIGHT_RULES
         self.split = _rules.splits_activation(layer, rule)
         self.batchnorm = isinstance(layer, keras.layers.BatchNormalization)
+        # An affine layer's MUL by ones or ADD of zeros, gone from its file.
+        self.removed_ops = (
+            _quantizers.removed_ops(layer) if rule == "affine" else None
+        )
         custom = self.weighted or rule in _CUSTOM_RULES
         # Swish runs as LOGISTIC (its fixed int8 grid) then MUL.
         self.swish = rule == "output" and _quantizers.is_swish_operation(layer)
@@ -126,7 +130,7 @@ class LayerHook:
                 input_scale,
             )
         if rule == "affine":
-            return _quantizers.affine_forward(layer, x, inner)
+            return _quantizers.affine_forward(layer, x, inner, self.removed_ops)
         if rule == "layernorm":
             return _layernorm.forward(layer, x, step)
         if rule == "rmsnorm":

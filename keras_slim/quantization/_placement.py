@@ -136,6 +136,10 @@ def place(rule, layer, args, run, quantize_output, shared=False):
     ):
         return outputs  # several outputs: left as they are
     mode = _rules.output_mode(layer, rule)
+    if mode == "quantize" and sc.scale_of(outputs) is not None:
+        # Already on a grid with no op after it (an affine layer whose ADD
+        # the file drops): the converter keeps that first range only.
+        return outputs
     if mode == "quantize":
         return quantize_output(outputs)
     if mode == "pending":

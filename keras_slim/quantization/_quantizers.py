@@ -566,13 +566,44 @@ def affine_parameters(layer, dtype):
     return ops.cast(layer.scale, dtype), ops.cast(layer.offset, dtype)
 
 
-def affine_forward(layer, x, inner):
+def removed_ops(layer):
+    """`(MUL removed, ADD removed)` for a `Rescaling`, `Normalization` or
+    `LayerScale`: TensorFlow drops a multiplication by ones and an addition
+    of zeros before the converter sees them (`Rescaling(1 / 255)` has no
+    ADD in its file; an unadapted `Normalization`, as in
+    `keras.applications.EfficientNet*(weights=None)`, has no op at all),
+    and the converter then keeps the first of two ranges with no op
+    between (measured: the later ones leave no trace in the file). Read
+    eagerly, once: `(False, False)` where the values cannot be read."""
+    try:
+        scale, offset = affine_parameters(layer, "float32")
+        scale = ops.convert_to_numpy(scale)
+        if offset is not None:
+            offset = ops.convert_to_numpy(offset)
+    except Exception:  # traced values: assume both ops stay
+        return False, False
+    return (
+        bool((scale == 1).all()),
+        offset is not None and bool((offset == 0).all()),
+    )
+
+
+def affine_forward(layer, x, inner, removed=(False, False)):
     """`Rescaling` or `Normalization` as the int8 file runs it: an int8
     MUL by the scale, then an int8 ADD of the offset; the product is
-    fake-quantized by `inner`. `LayerScale`: the MUL only."""
-    x = ops.cast(x, layer.compute_dtype)
+    fake-quantized by `inner`. `LayerScale`: the MUL only. `removed`
+    (`removed_ops`): the ops the file does not have; a tensor that
+    reaches the output with no op after its range is returned as it is
+    (the placement then adds no range: the file has none)."""
+    if x.dtype != layer.compute_dtype:
+        x = ops.cast(x, layer.compute_dtype)
     scale, offset = affine_parameters(layer, x.dtype)
-    product = x * quantize_constant(scale)
+    mul_removed, add_removed = removed
+    product = x if mul_removed else x * quantize_constant(scale)
     if offset is None:  # `LayerScale`: the product is the output
         return product
-    return inner(product) + quantize_constant(offset)
+    if not mul_removed:
+        product = inner(product)
+    if add_removed:
+        return product
+    return product + quantize_constant(offset)

@@ -162,12 +162,18 @@ class _Builder:
             return keras.ops.convert_to_numpy(t).tolist()
 
         scale, offset = _quantizers.affine_parameters(old, "float32")
-        x = keras.layers.Rescaling(
-            constant(scale), name=self.unique(f"{old.name}_scale")
-        )(x)
+        # A MUL by ones or an ADD of zeros is not in the file: no layer.
+        mul_removed, add_removed = _quantizers.removed_ops(old)
+        if not mul_removed:
+            x = keras.layers.Rescaling(
+                constant(scale), name=self.unique(f"{old.name}_scale")
+            )(x)
         if offset is None:  # `LayerScale`: the product is the output
             return x
-        x = self.fake_quant(x, f"{old.name}_product_quant", inner)
+        if not mul_removed:
+            x = self.fake_quant(x, f"{old.name}_product_quant", inner)
+        if add_removed:
+            return x
         return keras.layers.Rescaling(
             1.0, constant(offset), name=self.unique(f"{old.name}_offset")
         )(x)
