@@ -165,6 +165,10 @@ def _identity(x, *args, **kwargs):
     return x
 
 
+def _identity_activation(x, lo, hi, *args, with_range=False, **kwargs):
+    return (x, lo, hi) if with_range else x
+
+
 def _variants():
     fast = _quantizers.fake_quant
     return {
@@ -173,7 +177,7 @@ def _variants():
         "QAT, keras.ops reference": {"fake_quant": _quantizers._fake_quant_ops},
         "QAT, fake_quant = identity": {"fake_quant": _identity},
         "QAT, hooks only": {
-            "fake_quant_activation": _identity,
+            "fake_quant_activation": _identity_activation,
             "quantize_kernel": _identity,
         },
     }
