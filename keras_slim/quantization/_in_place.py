@@ -82,7 +82,7 @@ class _Range:
             )
         sc = _placement.current_scope()
         if sc is not None:
-            sc.note_scale(out, _quantizers.step(lo, hi))
+            sc.note_scale(out, lambda: _quantizers.step(lo, hi))
         return out
 
 

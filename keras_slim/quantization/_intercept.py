@@ -197,7 +197,9 @@ class LayerHook:
                 )
             if not custom:
                 outputs = original(*new_args, **kwargs)
-                if rule == "batchnorm" and _bn_inference(layer, training):
+                if rule == "batchnorm" and _quantizers.on_moving_statistics(
+                    layer, training
+                ):
                     outputs = _fold_bias(sc, layer, new_args[0], outputs)
                 return outputs
             first = new_args[0]
@@ -303,22 +305,13 @@ def with_quantized_kernel(layer, rule, call, bias=None):
 
 
 def _note_bias(sc, layer, rule, input_scale, outputs):
-    """Record on a convolution's pending output (linear activation) the
-    bias it added, for a BatchNormalization that folds into it."""
-    if (
-        input_scale is not None
-        and rule in ("conv", "depthwise")
-        and _rules.activation_name(layer.activation) == "linear"
-        and layer.data_format == "channels_last"
-        and keras.ops.is_tensor(outputs)
-    ):
-        record = _quantizers.bias_record(layer, rule, input_scale)
-        sc.note_bias(outputs, record)
-
-
-def _bn_inference(layer, training):
-    """Whether a BatchNormalization runs on its moving statistics."""
-    return not layer.trainable or not training
+    """Record on a convolution's pending output the bias it added, for a
+    BatchNormalization that folds into it (made only if one reads it)."""
+    if input_scale is not None and _rules.records_bias(layer, rule):
+        sc.note_bias(
+            outputs,
+            lambda: _quantizers.bias_record(layer, rule, input_scale),
+        )
 
 
 def _fold_bias(sc, layer, x, outputs):

@@ -11,6 +11,7 @@ Sequential, Functional, subclassed and nested models.
 """
 
 import contextlib
+import functools
 import threading
 
 import keras
@@ -25,25 +26,36 @@ class _Scope:
         self.training = training
         self.pending = {}  # id(tensor) -> (tensor, producer rule, quantize)
         self.done = {}  # id(tensor) -> (tensor, quantized tensor)
-        # The int8 scale of a quantized tensor (its range's step), and of a
-        # convolution's pending output the bias it added (`note_bias`):
-        # what a bias needs to be rounded as the file rounds it.
-        self.scales = {}  # id(tensor) -> (tensor, scale)
-        self.biases = {}  # id(tensor) -> (tensor, bias record)
+        # The int8 step of a quantized tensor, and of a convolution's
+        # pending output its `bias_record`: what a bias needs to be rounded
+        # as the file rounds it. Each is made when first read (a node of
+        # the graph under `quantize_model`), at most once.
+        self.scales = {}  # id(tensor) -> (tensor, make the step)
+        self.biases = {}  # id(tensor) -> (tensor, make the record)
 
-    def note_scale(self, tensor, scale):
-        self.scales[id(tensor)] = (tensor, scale)
+    def note_scale(self, tensor, make):
+        self.scales[id(tensor)] = (tensor, functools.cache(make))
+
+    def same_scale(self, tensor, source):
+        """`tensor` is on `source`'s grid (pooling, padding, reshape)."""
+        entry = self.scales.get(id(source))
+        if entry and entry[0] is source:
+            self.scales[id(tensor)] = (tensor, entry[1])
 
     def scale_of(self, tensor):
         entry = self.scales.get(id(tensor))
-        return entry[1] if entry and entry[0] is tensor else None
+        return entry[1]() if entry and entry[0] is tensor else None
 
-    def note_bias(self, tensor, record):
-        self.biases[id(tensor)] = (tensor, record)
+    def has_scale(self, tensor):
+        entry = self.scales.get(id(tensor))
+        return bool(entry) and entry[0] is tensor
+
+    def note_bias(self, tensor, make):
+        self.biases[id(tensor)] = (tensor, functools.cache(make))
 
     def bias_of(self, tensor):
         entry = self.biases.get(id(tensor))
-        return entry[1] if entry and entry[0] is tensor else None
+        return entry[1]() if entry and entry[0] is tensor else None
 
     def defer(self, tensor, rule, quantize):
         self.pending[id(tensor)] = (tensor, rule, quantize)
@@ -125,18 +137,14 @@ def place(rule, layer, args, run, quantize_output, shared=False):
     if rule == "passthrough":
         # Pooling, padding, reshaping: the output keeps its input's scale.
         inputs = keras.tree.flatten(args)
-        scale = sc.scale_of(inputs[0]) if len(inputs) == 1 else None
-        if scale is not None and (
-            keras.ops.is_tensor(outputs)
-            or isinstance(outputs, keras.KerasTensor)
-        ):
-            sc.note_scale(outputs, scale)
+        if len(inputs) == 1:
+            sc.same_scale(outputs, inputs[0])
     if not keras.ops.is_tensor(outputs) and not isinstance(
         outputs, keras.KerasTensor
     ):
         return outputs  # several outputs: left as they are
     mode = _rules.output_mode(layer, rule)
-    if mode == "quantize" and sc.scale_of(outputs) is not None:
+    if mode == "quantize" and sc.has_scale(outputs):
         # Already on a grid with no op after it (an affine layer whose ADD
         # the file drops): the converter keeps that first range only.
         return outputs

@@ -140,14 +140,18 @@ def quantize_kernel(kernel, rule):
         scale = ops.stop_gradient(ops.maximum(m, MIN_WEIGHT_RANGE) / 127.0)
         q = ops.clip(ops.round(kernel / scale), -127.0, 127.0) * scale
         return kernel + ops.stop_gradient(q - kernel)
-    shape = ops.shape(kernel)
-    flat = kernel
-    if rule == "depthwise":
-        # (kh, kw, in, multiplier) -> one channel per output channel.
-        flat = ops.reshape(kernel, (shape[0], shape[1], -1))
+    flat = _output_channels_last(kernel, rule)
     m = _kernel_range(flat, tuple(range(len(flat.shape) - 1)))
     out = fake_quant(flat, -m, m, narrow_range=True, axis=-1)
-    return ops.reshape(out, shape) if rule == "depthwise" else out
+    return ops.reshape(out, ops.shape(kernel)) if flat is not kernel else out
+
+
+def _output_channels_last(kernel, rule):
+    """A convolution's kernel with one axis of output channels, the last:
+    a depthwise kernel `(..., in, multiplier)` as `(..., in * multiplier)`."""
+    if rule != "depthwise":
+        return kernel
+    return ops.reshape(kernel, tuple(ops.shape(kernel)[:-2]) + (-1,))
 
 
 def _kernel_range(kernel, axes):
@@ -414,11 +418,7 @@ def bias_scale(layer, rule, input_scale):
     if rule == "dense":
         m = _kernel_range(kernel, None)
     else:
-        if len(kernel.shape) == 3:
-            kernel = ops.expand_dims(kernel, 0)
-        if rule == "depthwise":
-            shape = ops.shape(kernel)
-            kernel = ops.reshape(kernel, (shape[0], shape[1], -1))
+        kernel = _output_channels_last(kernel, rule)
         m = _kernel_range(kernel, tuple(range(len(kernel.shape) - 1)))
     return ops.stop_gradient(input_scale * (m / 127.0))
 
@@ -458,12 +458,17 @@ def bias_record(layer, rule, input_scale, active=True):
     scale = bias_scale(layer, rule, input_scale)
     if layer.use_bias:
         bias = ops.cast(layer.bias, "float32")
-        used = ops.cast(rounded_bias(layer, rule, input_scale), "float32")
+        used = ops.round(bias / scale) * scale  # `round_to_scale`'s value
     else:
         bias = used = ops.zeros_like(scale)
     if not active:
         scale, used = ops.zeros_like(scale), bias
     return ops.stop_gradient(ops.stack([scale, bias, used]))
+
+
+def on_moving_statistics(batchnorm, training):
+    """Whether a BatchNormalization runs on its moving statistics."""
+    return not batchnorm.trainable or not training
 
 
 def folds_on_last_axis(batchnorm, rank):

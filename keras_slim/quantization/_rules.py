@@ -115,6 +115,16 @@ def is_float(t):
     return "float" in str(keras.backend.standardize_dtype(t.dtype))
 
 
+def records_bias(layer, rule):
+    """Whether a BatchNormalization can fold into `layer` (a channels-last
+    convolution with a linear activation), so its bias is recorded."""
+    return (
+        rule in ("conv", "depthwise")
+        and layer.data_format == "channels_last"
+        and activation_name(layer.activation) == "linear"
+    )
+
+
 def activation_name(activation):
     """The registered name of an activation function, or "custom"."""
     if activation is None:

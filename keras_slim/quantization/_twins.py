@@ -251,7 +251,9 @@ class FreezableBatchNormalization(keras.layers.BatchNormalization):
         if self.frozen:
             training = False
         outputs = super().call(inputs, training=training, mask=mask)
-        if folded is not None and (not training or not self.trainable):
+        if folded is not None and _quantizers.on_moving_statistics(
+            self, training
+        ):
             correction = _quantizers.folded_bias_correction(self, folded)
             outputs = outputs + keras.ops.cast(correction, outputs.dtype)
         return outputs

@@ -1,7 +1,5 @@
 """quantize_model: a new, saveable quantization-aware Keras model."""
 
-import functools
-
 import keras
 
 from keras_slim import _layers
@@ -40,7 +38,7 @@ class _Builder:
         out = layer(tensor)
         sc = _placement.current_scope()
         if sc is not None:  # its step, as a node of its own when needed
-            sc.note_scale(out, _once(lambda: layer(out, step=True)))
+            sc.note_scale(out, lambda: layer(out, step=True))
         return out
 
     def clone_layer(self, layer):
@@ -127,30 +125,26 @@ class _Builder:
         BatchNormalization's `bias_record` (see `_intercept`)."""
         if isinstance(new, _BIASED_TWINS):
             scale = sc.scale_of(args[0])
-            return {} if scale is None else {"input_scale": scale()}
+            return {} if scale is None else {"input_scale": scale}
         if (
             fused
             and type(new) is _twins.FreezableBatchNormalization
             and _quantizers.folds_on_last_axis(new, len(args[0].shape))
         ):
             record = sc.bias_of(args[0])
-            return {} if record is None else {"folded": record()}
+            return {} if record is None else {"folded": record}
         return {}
 
     def note_bias(self, new, old, rule, sc, x, outputs):
         """Record a convolution's `bias_record` (a node of its own when a
         BatchNormalization folds into it) on its pending output."""
-        scale = sc.scale_of(x) if isinstance(new, _BIASED_TWINS) else None
-        if (
-            scale is not None
-            and rule in ("conv", "depthwise")
-            and _rules.activation_name(old.activation) == "linear"
-            and old.data_format == "channels_last"
-        ):
-            sc.note_bias(
-                outputs,
-                _once(lambda: new(x, input_scale=scale(), bias_record=True)),
-            )
+        if isinstance(new, _BIASED_TWINS) and _rules.records_bias(old, rule):
+            scale = sc.scale_of(x)
+            if scale is not None:
+                sc.note_bias(
+                    outputs,
+                    lambda: new(x, input_scale=scale, bias_record=True),
+                )
 
     def affine(self, old, x, inner):
         """`Rescaling`/`Normalization` as two `Rescaling` layers with a
@@ -236,11 +230,6 @@ _BIASED_TWINS = (
     _twins.QuantizedDepthwiseConv2D,
     _twins.QuantizedDense,
 )
-
-
-def _once(make):
-    """`make()`'s value, made at the first call only."""
-    return functools.cache(make)
 
 
 def _copy_weights(new_layer, old, builder):
