@@ -104,14 +104,21 @@ class LayerHook:
             layer, rule, self.split or self.inner_range is not None
         )
 
-    def _compute(self, x, sc, original, training, masks, input_scale=None):
+    def _compute(
+        self, x, sc, original, training, masks, input_scale=None, seen=None
+    ):
         """The output of the layer on `x` (the tuple `(query, value, key)`
         for attention), computed as the int8 file does, in scope `sc`
-        (`input_scale`: the int8 step of `x`, where known)."""
+        (`input_scale`: the int8 step of `x`, where known; `seen`: a list
+        that receives a separable convolution's quantized depthwise
+        output)."""
         layer, rule, awareness = self.layer, self.rule, self.awareness
 
         def inner(t):
-            return self.inner_range(t, sc.training, awareness)
+            out = self.inner_range(t, sc.training, awareness)
+            if seen is not None:
+                seen.append(out)
+            return out
 
         def pre(t):
             return self.pre_range(t, sc.training, awareness)
@@ -128,6 +135,7 @@ class LayerHook:
                 pre if self.split else None,
                 inner if self.inner_range is not None else None,
                 input_scale,
+                sc.scale_of,
             )
         if rule == "affine":
             return _quantizers.affine_forward(layer, x, inner, self.removed_ops)
@@ -169,10 +177,13 @@ class LayerHook:
         layer, rule = self.layer, self.rule
 
         def compute(x, fused):
-            return self._compute(x, sc, original, training, masks, input_scale)
+            return self._compute(
+                x, sc, original, training, masks, input_scale, seen
+            )
 
         masks, training = {}, kwargs.get("training", sc.training)
         input_scale = None  # the int8 step of a weighted layer's input
+        seen = []  # a separable convolution's quantized depthwise output
 
         def run(new_args, fused):
             nonlocal masks, training, input_scale
@@ -226,6 +237,8 @@ class LayerHook:
                 outputs = context(first, compute=lambda x: compute(x, fused))
                 _activity_loss(layer, outputs)
             if self.weighted:
+                if rule == "separable":  # its pointwise input's step
+                    input_scale = sc.scale_of(seen[-1]) if seen else None
                 _note_bias(sc, layer, rule, input_scale, outputs)
             return outputs
 

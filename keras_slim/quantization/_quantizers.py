@@ -148,7 +148,10 @@ def quantize_kernel(kernel, rule):
 
 def _output_channels_last(kernel, rule):
     """A convolution's kernel with one axis of output channels, the last:
-    a depthwise kernel `(..., in, multiplier)` as `(..., in * multiplier)`."""
+    a depthwise kernel `(..., in, multiplier)` as `(..., in * multiplier)`,
+    a transposed one `(..., out, in)` as `(..., in, out)`."""
+    if rule == "transpose":
+        return ops.swapaxes(kernel, -1, -2)
     if rule != "depthwise":
         return kernel
     return ops.reshape(kernel, tuple(ops.shape(kernel)[:-2]) + (-1,))
@@ -235,6 +238,7 @@ def weight_forward(
     pre_activation=None,
     inner=None,
     input_scale=None,
+    inner_scale=None,
 ):
     """The forward pass of a Conv/DepthwiseConv/SeparableConv/Dense layer,
     through its public attributes, with the kernel fake-quantized when
@@ -246,10 +250,12 @@ def weight_forward(
     output of a separable convolution (the converter runs it as a
     DEPTHWISE_CONV_2D, then a CONV_2D). With `input_scale` (the int8 step
     of `inputs`), the bias is rounded as the file stores it
-    (`rounded_bias`)."""
+    (`rounded_bias`); a separable convolution's bias with
+    `inner_scale(t)`, the step of `inner`'s output `t`."""
     if rule == "separable":
-        outputs = _separable(layer, inputs, quantize, inner)
-        return _bias_activation(layer, outputs, pre_activation)
+        outputs, step_ = _separable(layer, inputs, quantize, inner, inner_scale)
+        bias = rounded_bias(layer, rule, step_) if quantize else None
+        return _bias_activation(layer, outputs, pre_activation, value=bias)
     if rule == "transpose":
         kernel = layer.kernel
         if quantize:
@@ -263,7 +269,8 @@ def weight_forward(
             dilation_rate=layer.dilation_rate,
             data_format=layer.data_format,
         )
-        return _bias_activation(layer, outputs, pre_activation)
+        bias = rounded_bias(layer, rule, input_scale) if quantize else None
+        return _bias_activation(layer, outputs, pre_activation, value=bias)
     kernel = layer.kernel
     # A 1D convolution runs as a 2D one with a height of 1: the converter
     # refuses the per-channel kernel of a 1D one ("'tfl.reshape' op
@@ -309,7 +316,9 @@ def _bias_activation(layer, outputs, pre_activation, bias=True, value=None):
     return outputs
 
 
-def _separable(layer, inputs, quantize, inner):
+def _separable(layer, inputs, quantize, inner, inner_scale=None):
+    """The depthwise then pointwise convolutions (no bias) and the step of
+    the depthwise output (`inner_scale` of it, or None)."""
     depthwise = layer.depthwise_kernel
     pointwise = layer.pointwise_kernel
     one_d = len(depthwise.shape) == 3
@@ -320,15 +329,18 @@ def _separable(layer, inputs, quantize, inner):
         depthwise = quantize_kernel(depthwise, "depthwise")
         pointwise = quantize_kernel(pointwise, "conv")
     outputs = _convolve(layer, "depthwise", inputs, depthwise, one_d)
+    step_ = None
     if inner is not None:
         outputs = inner(outputs)
+        if inner_scale is not None:
+            step_ = inner_scale(outputs)
     axis = 1 if layer.data_format == "channels_last" else 2
     if one_d:
         outputs = ops.expand_dims(outputs, axis)
     outputs = ops.conv(
         outputs, pointwise, padding="valid", data_format=layer.data_format
     )
-    return ops.squeeze(outputs, axis) if one_d else outputs
+    return (ops.squeeze(outputs, axis) if one_d else outputs), step_
 
 
 def _convolve(layer, rule, inputs, kernel, one_d):
@@ -406,15 +418,22 @@ def step(lo, hi):
     return ops.stop_gradient((hi - lo) / 255.0)
 
 
-# The layers whose bias the file stores as int32 at scale s_x * s_w.
-BIAS_RULES = ("conv", "depthwise", "dense")
+# The layers whose bias the file stores as int32 at scale s_x * s_w (a
+# separable convolution's: its pointwise CONV_2D's, `s_x` the step of the
+# depthwise output between the two).
+BIAS_RULES = ("conv", "depthwise", "dense", "separable", "transpose")
 
 
 def bias_scale(layer, rule, input_scale):
     """The int32 scale of `layer`'s bias in its int8 file, `s_x * s_w`:
     the input's step times the kernel's (per output channel for a
-    convolution, per tensor for a Dense), float32, no gradient."""
-    kernel = ops.cast(layer.kernel, "float32")
+    convolution, per tensor for a Dense), float32, no gradient. A
+    separable convolution's `s_w` is its pointwise kernel's, and
+    `input_scale` the step of its depthwise output."""
+    if rule == "separable":
+        kernel = ops.cast(layer.pointwise_kernel, "float32")
+    else:
+        kernel = ops.cast(layer.kernel, "float32")
     if rule == "dense":
         m = _kernel_range(kernel, None)
     else:

@@ -119,7 +119,7 @@ def records_bias(layer, rule):
     """Whether a BatchNormalization can fold into `layer` (a channels-last
     convolution with a linear activation), so its bias is recorded."""
     return (
-        rule in ("conv", "depthwise")
+        rule in ("conv", "depthwise", "separable", "transpose")
         and layer.data_format == "channels_last"
         and activation_name(layer.activation) == "linear"
     )

@@ -134,6 +134,8 @@ class _WeightQuantMixin:
             channels = self.kernel.shape[-1]
             if self.weight_rule == "depthwise":
                 channels *= self.kernel.shape[-2]
+            elif self.weight_rule == "transpose":  # (..., out, in)
+                channels = self.kernel.shape[-2]
             return keras.KerasTensor((3, channels), "float32")
         return super().compute_output_spec(inputs)
 
@@ -183,15 +185,35 @@ class _SeparableQuantMixin:
         self.depthwise_quant = FakeQuant(name="depthwise_quant")
         self.depthwise_quant.build(())
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, bias_record=False):
+        """`bias_record`: return what a BatchNorm folded into this layer
+        needs instead (`_quantizers.bias_record`, at the step of the
+        depthwise output's range)."""
         active = getattr(self, "quantize_active", True)
+        if bias_record:
+            step = self.depthwise_quant(inputs, step=True)
+            return _quantizers.bias_record(self, "separable", step, active)
 
         def inner(t):
             return self.depthwise_quant(t, training=training)
 
+        def inner_scale(t):
+            return self.depthwise_quant(t, step=True)
+
         return _quantizers.weight_forward(
-            self, "separable", inputs, active, inner=inner if active else None
+            self,
+            "separable",
+            inputs,
+            active,
+            inner=inner if active else None,
+            inner_scale=inner_scale,
         )
+
+    def compute_output_spec(self, inputs, training=None, bias_record=False):
+        if bias_record:
+            channels = self.pointwise_kernel.shape[-1]
+            return keras.KerasTensor((3, channels), "float32")
+        return super().compute_output_spec(inputs)
 
 
 @keras.saving.register_keras_serializable(package="keras_slim")

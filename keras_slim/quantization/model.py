@@ -138,7 +138,11 @@ class _Builder:
     def note_bias(self, new, old, rule, sc, x, outputs):
         """Record a convolution's `bias_record` (a node of its own when a
         BatchNormalization folds into it) on its pending output."""
-        if isinstance(new, _BIASED_TWINS) and _rules.records_bias(old, rule):
+        if not _rules.records_bias(old, rule):
+            return
+        if isinstance(new, _INNER_BIASED_TWINS):
+            sc.note_bias(outputs, lambda: new(x, bias_record=True))
+        elif isinstance(new, _BIASED_TWINS):
             scale = sc.scale_of(x)
             if scale is not None:
                 sc.note_bias(
@@ -226,9 +230,16 @@ class _Builder:
 _BIASED_TWINS = (
     _twins.QuantizedConv1D,
     _twins.QuantizedConv2D,
+    _twins.QuantizedConv2DTranspose,
     _twins.QuantizedDepthwiseConv1D,
     _twins.QuantizedDepthwiseConv2D,
     _twins.QuantizedDense,
+)
+# Twins that round their bias at a step of their own (a separable
+# convolution's depthwise output), so need no input step.
+_INNER_BIASED_TWINS = (
+    _twins.QuantizedSeparableConv1D,
+    _twins.QuantizedSeparableConv2D,
 )
 
 
