@@ -108,7 +108,9 @@ def _custom_classes(model):
     cannot import either, and Lambda layers."""
     classes = {}
     for layer in model._flatten_layers(include_self=True, recursive=True):
-        cls = type(layer)
+        # A model made quantization-aware in place has a class of
+        # keras_slim's over its own (`_in_place._make_loadable`).
+        cls = getattr(type(layer), "_keras_slim_base", type(layer))
         if isinstance(layer, keras.layers.Lambda):
             raise ValueError(
                 f"`export_tflite` under the {keras.backend.backend()} "

@@ -7,17 +7,19 @@ phase: quantization on, ranges frozen, BatchNorm frozen) are variables of
 the model itself (`model.add_weight`). They are in
 `model.non_trainable_variables`, so a jitted JAX step threads their
 updates through, a `MirroredStrategy` mirrors them, and `save_weights`,
-`ModelCheckpoint` and `BackupAndRestore` store and restore them. The one
-exception is a subclassed model: Keras locks its state once it is built,
-so its variables stay outside it (TensorFlow backend only; saving it
-refuses with a message instead of writing a float model). The
+`ModelCheckpoint` and `BackupAndRestore` store and restore them. Keras
+locks a subclassed model's state once it is built: its tracker is
+unlocked for these variables and locked again, as Keras's own
+`Layer.quantize` does (were that to fail, the variables would stay
+outside the model: TensorFlow backend only, saving refused). The
 Python side (which layers are intercepted, and the variables by layer
 path) is a `QuantizationAwareness` object held by the model as its
 `keras_slim_quantization` attribute: no registry outside the model.
-A Sequential or Functional model also gets a class of the same name (a
-subclass of its own, `_Loadable`) whose config lists each layer's rule:
-`keras.models.load_model` makes the reloaded model quantization-aware
-again before loading its variables, with no custom scope.
+A Sequential, Functional or subclassed model also gets a class of the
+same name (a subclass of its own, `_Loadable`) whose config lists each
+layer's rule: `keras.models.load_model` makes the reloaded model
+quantization-aware again before loading its variables, with no custom
+scope (a subclassed model: with its own class, found as Keras finds it).
 
 Forward pass. Keras 3 has no public hook that changes how an already-built
 layer computes (its quantization modes are a fixed list: int8, float8,
@@ -32,6 +34,7 @@ instance instead. A model that must be rebuilt into serializable layers
 instead comes from `quantize_model`.
 """
 
+import importlib
 import inspect
 import re
 
@@ -101,10 +104,12 @@ class QuantizationAwareness:
     model-owned variables behind it."""
 
     def __init__(self, model, rows):
-        # Sequential and Functional models take new variables once built; a
-        # subclassed model is locked by Keras once built, and there is no
-        # public way to add state to it: its variables then stay outside
-        # the model (`owned` False; TensorFlow only, saving refused).
+        # Sequential and Functional models take new variables once built. A
+        # subclassed model is locked by Keras once built; its tracker is
+        # unlocked for these variables and locked again, as Keras's own
+        # `Layer.quantize` does to add its int8 variables. Where that
+        # fails, the variables stay outside the model (`owned` False;
+        # TensorFlow only, saving refused).
         self.owned = True
 
         def new_variable(name, value, shape=(), dtype=None):
@@ -114,7 +119,7 @@ class QuantizationAwareness:
                     # In the strategy's scope, averaged over replicas: a
                     # range each replica moves on its own batch stays one
                     # value (MirroredStrategy, MultiWorkerMirroredStrategy).
-                    with _layers.strategy_scope(model):
+                    with _layers.strategy_scope(model), _unlocked(model):
                         return model.add_weight(
                             shape=shape,
                             dtype=dtype or "float32",
@@ -201,13 +206,31 @@ class QuantizationAwareness:
 
 SAVE_REFUSAL = (
     "Model {name!r} is a subclassed model made quantization-aware in place "
-    "by `keras_slim.callbacks.QuantizationAwareTraining`. Keras locks the "
-    "state of a built subclassed model, so its int8 ranges live outside "
-    "it, and `model.save` / `save_weights` would silently write a float "
-    "model. Export the int8 file directly with "
+    "by `keras_slim.callbacks.QuantizationAwareTraining`. Keras refused it "
+    "new variables (its built state is locked), so its int8 ranges live "
+    "outside it, and `model.save` / `save_weights` would silently write a "
+    "float model. Export the int8 file directly with "
     "`keras_slim.export_tflite(model, filepath)`, or write the model as a "
     "Functional model (then it owns its ranges and saves them)."
 )
+
+
+class _unlocked:
+    """Let a built subclassed model take new variables, then lock it again
+    (with Keras's message), as `Layer.quantize` does; a no-op for a model
+    that is not locked."""
+
+    def __init__(self, model):
+        self.tracker = getattr(model, "_tracker", None)
+        self.was_locked = bool(getattr(self.tracker, "locked", False))
+
+    def __enter__(self):
+        if self.was_locked:
+            self.tracker.unlock()
+
+    def __exit__(self, *exc):
+        if self.was_locked:
+            self.tracker.lock()
 
 
 def awareness_of(model):
@@ -241,9 +264,10 @@ def make_aware(model, rows):
         raise ValueError(
             "QuantizationAwareTraining cannot make the subclassed model "
             f"{model.name!r} quantization-aware in place on the "
-            f"{keras.backend.backend()!r} backend: Keras locks the state of "
-            "a built subclassed model, so the ranges would live outside "
-            "it and a jitted step would drop their updates. Write the "
+            f"{keras.backend.backend()!r} backend: Keras refused it new "
+            "variables (its built state is locked), so the ranges would "
+            "live outside it and a jitted step would drop their updates. "
+            "Write the "
             "model with the Functional API or Sequential, or train on the "
             "TensorFlow backend."
         )
@@ -303,16 +327,18 @@ class _Loadable:
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        rules = config.pop(CONFIG_KEY)["rules"]
+        saved = config.pop(CONFIG_KEY)
+        rules = saved["rules"]
+        if "class" in saved:  # a subclassed model: made aware once built
+            base = _subclassed_base(saved["class"], custom_objects)
+            model = base.from_config(config)
+            _make_loadable(model)
+            object.__setattr__(model, _PENDING_RULES, saved["ordered"])
+            return model
         functional = "input_layers" in config
         base = keras.Model if functional else keras.Sequential
         model = base.from_config(config, custom_objects=custom_objects)
-        rows = [
-            (path, layer, rules.get(path, "skip"))
-            for path, layer, is_model in _rules.walk(model)
-            if not is_model
-        ]
-        make_aware(model, rows)
+        _make_aware_with(model, rules)
         return model
 
     def load_own_variables(self, store):
@@ -320,6 +346,100 @@ class _Loadable:
         awareness = awareness_of(self)
         phase = awareness.read_phase()
         awareness.active, awareness.ranges_frozen, awareness.bn_frozen = phase
+
+
+class _LoadableSubclassed(_Loadable):
+    """What a subclassed model made quantization-aware in place adds to its
+    class: its config also names the model's own class, and
+    `keras.models.load_model` rebuilds it from that class, builds it, then
+    makes it quantization-aware (its ranges come after the variables its
+    own `build` creates, as in the model that was saved) before its
+    variables are loaded. Its class must be loadable by Keras as for any
+    subclassed model (registered, or in `custom_objects`)."""
+
+    def get_config(self):
+        config = super().get_config()
+        base = self._keras_slim_base
+        config[CONFIG_KEY]["class"] = {
+            "registered_name": keras.saving.get_registered_name(base),
+            "module": base.__module__,
+            "qualname": base.__qualname__,
+        }
+        # A subclassed model's layers are named when its `__init__` runs
+        # (`conv2d_1` in a process that made a `conv2d` before): the rules
+        # are matched by position, with each layer's class.
+        rules = awareness_of(self).rules
+        config[CONFIG_KEY]["ordered"] = [
+            [type(layer).__name__, rules.get(path, "skip")]
+            for path, layer, is_model in _rules.walk(self)
+            if not is_model
+        ]
+        return config
+
+    def build_from_config(self, config):
+        super().build_from_config(config)
+        saved = self.__dict__.pop(_PENDING_RULES, None)
+        if saved is None or awareness_of(self) is not None:
+            return
+        layers = [
+            (path, layer)
+            for path, layer, is_model in _rules.walk(self)
+            if not is_model
+        ]
+        kinds = [type(layer).__name__ for _, layer in layers]
+        if kinds != [kind for kind, _ in saved]:
+            raise ValueError(
+                f"The subclassed model {self.name!r} was saved "
+                "quantization-aware with the layers "
+                f"{[kind for kind, _ in saved]}, but its class now builds "
+                f"{kinds}: its int8 ranges cannot be matched to its layers. "
+                "Load it with the class it was saved with."
+            )
+        rows = [
+            (path, layer, rule)
+            for (path, layer), (_, rule) in zip(layers, saved)
+        ]
+        make_aware(self, rows)
+
+
+_PENDING_RULES = "_keras_slim_pending_rules"
+
+
+def _make_aware_with(model, rules):
+    """Make a reloaded model quantization-aware with its saved rules."""
+    rows = [
+        (path, layer, rules.get(path, "skip"))
+        for path, layer, is_model in _rules.walk(model)
+        if not is_model
+    ]
+    make_aware(model, rows)
+
+
+def _subclassed_base(saved, custom_objects):
+    """The user's model class a saved subclassed model names: registered
+    with Keras, in `custom_objects`, or importable from its module."""
+    found = keras.saving.get_registered_object(
+        saved["registered_name"], custom_objects
+    )
+    if found is None and custom_objects:
+        found = custom_objects.get(saved["qualname"].split(".")[-1])
+    if found is None and saved["module"] != "__main__":
+        try:
+            found = importlib.import_module(saved["module"])
+            for part in saved["qualname"].split("."):
+                found = getattr(found, part)
+        except (ImportError, AttributeError):
+            found = None
+    if not (isinstance(found, type) and issubclass(found, keras.Model)):
+        raise ValueError(
+            "This quantization-aware model is an instance of the subclassed "
+            f"model class {saved['qualname']!r} (module "
+            f"{saved['module']!r}), which Keras cannot find: decorate it "
+            "with `@keras.saving.register_keras_serializable()` and import "
+            "its module before loading, or pass it in `custom_objects`. "
+            f"Received: custom_objects={sorted(custom_objects or {})}"
+        )
+    return found
 
 
 # The name a saved model's config refers to; each Keras model class gets
@@ -332,15 +452,21 @@ _LOADABLE = {}  # Keras model class -> its loadable subclass
 
 
 def _make_loadable(model):
-    """Give a Sequential or Functional model a class of the same name and
-    behaviour whose config reloads it quantization-aware."""
+    """Give a Sequential, Functional or subclassed model a class of the
+    same name and behaviour whose config reloads it quantization-aware."""
     base = type(model)
     if base in _LOADABLE.values():
         return
-    if not (base is keras.Sequential or _is_keras_functional(base)):
-        return  # a user's own model class: it saves as it did
+    if base is keras.Sequential or _is_keras_functional(base):
+        mixin = _Loadable
+    elif _layers.is_graph_model(model):
+        return  # a user's subclass of either: it saves as it did
+    else:
+        mixin = _LoadableSubclassed
     if base not in _LOADABLE:
-        loadable = type(base.__name__, (_Loadable, base), {})
+        loadable = type(
+            base.__name__, (mixin, base), {"_keras_slim_base": base}
+        )
         loadable.__module__ = __name__
         keras.saving.register_keras_serializable("keras_slim", _REGISTERED)(
             loadable
