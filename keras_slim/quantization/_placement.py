@@ -129,7 +129,20 @@ def place(rule, layer, args, run, quantize_output, shared=False):
     if sc is None or rule == "quantizer":
         return run(args, False)
     fused = fuses(sc, rule, args)
-    if not fused and rule != "embedding":  # an embedding reads integer ids
+    if not fused and rule == "concat":
+        # Some inputs fuse, some do not (an input already on a grid, e.g.
+        # pooled from a quantized tensor): the file's producers of the
+        # former write at the concatenation's range (one rounding), the
+        # others are quantized and requantized to it (a QUANTIZE op).
+        args = keras.tree.map_structure(
+            lambda t: (
+                t
+                if sc.producer(t) in _rules.CONCAT_PRODUCERS
+                else sc.materialize(t)
+            ),
+            args,
+        )
+    elif not fused and rule != "embedding":  # an embedding reads ids
         args = sc.materialize(args)
     outputs = run(args, fused)
     if rule == "skip":

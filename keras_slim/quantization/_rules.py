@@ -363,29 +363,51 @@ def op_rows(model):
 def shared_outputs(model):
     """Ids of the layers whose output feeds more than one consumer in the
     graph of `model` (or of a nested Sequential/Functional model): the
-    converter can fuse nothing into such an output, so it is quantized."""
+    converter can fuse nothing into such an output, so it is quantized.
+
+    Identical fusing activations of one tensor (NASNet applies five
+    `Activation("relu")` to its stem's BatchNormalization) count as one
+    consumer: TensorFlow merges them into one RELU before the converter,
+    which fuses it into the convolution (one rounding, at the ReLU's range;
+    their ranges are equal, as they see the same values)."""
     shared = set()
     models = [model] + [sub for _, sub, is_model in walk(model) if is_model]
     for graph in models:
         if not _layers.is_graph_model(graph):
             continue
-        counts = {}
-        tensors = list(keras.tree.flatten(graph.outputs))
+        consumers = {}
+        for t in keras.tree.flatten(graph.outputs):
+            consumers.setdefault(id(t), []).append(None)  # the output
         for layer in graph.layers:
             try:
-                tensors += keras.tree.flatten(layer.input)
+                inputs = keras.tree.flatten(layer.input)
             except (AttributeError, ValueError):  # shared or not called
                 continue
-        for t in tensors:
-            counts[id(t)] = counts.get(id(t), 0) + 1
+            for t in inputs:
+                consumers.setdefault(id(t), []).append(layer)
         for layer in graph.layers:
             try:
                 output = layer.output
             except (AttributeError, ValueError):
                 continue
-            if counts.get(id(output), 0) > 1:
+            found = consumers.get(id(output), [])
+            kinds = {_fusing_activation_kind(c) for c in found}
+            if len(found) > 1 and (len(kinds) > 1 or None in kinds):
                 shared.add(id(layer))
     return shared
+
+
+def _fusing_activation_kind(layer):
+    """What identifies a fusing activation layer for TensorFlow's merging
+    of identical ops (its class and config but its name), else `None`."""
+    if layer is None or layer_rule(layer) != "activation":
+        return None
+    try:
+        config = layer.get_config()
+    except Exception:  # noqa: BLE001 - a layer with no config
+        return None
+    config = {k: v for k, v in config.items() if k != "name"}
+    return type(layer).__name__ + repr(sorted(config.items()))
 
 
 def walk(model):
