@@ -97,7 +97,9 @@ def float32_compute(model):
 def convert(model, sig, options, samples):
     """Convert `model` with the `options` dict of `export_tflite`; return
     the file's bytes, inputs and outputs in Keras's order and names."""
-    with float32_compute(model):
+    from keras_slim.quantization import _quantizers
+
+    with float32_compute(model), _quantizers.tracing_the_file():
         return _convert(model, sig, options, samples)
 
 

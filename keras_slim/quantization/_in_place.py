@@ -88,6 +88,14 @@ class _Range:
             sc.note_scale(out, lambda: _quantizers.step(lo, hi))
         return out
 
+    def requantize(self, x, input_step, awareness):
+        """`x` (on a grid of step `input_step`) moved to this range as the
+        file's requantizing op does (`_quantizers.requantize`)."""
+        if not awareness.active:
+            return x
+        lo, hi = self.fixed or (self.min, self.max)
+        return _quantizers.requantize(x, input_step, lo, hi)
+
 
 _DOTTED_NAME = (
     "Model {name!r} has a '.' in its name, and Keras's torch backend keys a "

@@ -245,8 +245,17 @@ class LayerHook:
         def quantize_output(t):
             return self.output_range(t, sc.training, awareness)
 
+        def requantize(t, step):
+            return self.output_range.requantize(t, step, awareness)
+
         return _placement.place(
-            rule, layer, args, run, quantize_output, self.shared
+            rule,
+            layer,
+            args,
+            run,
+            quantize_output,
+            self.shared,
+            requantize if rule == "concat" and self.output_range else None,
         )
 
 

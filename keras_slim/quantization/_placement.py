@@ -117,7 +117,9 @@ def fuses(sc, rule, args):
     )
 
 
-def place(rule, layer, args, run, quantize_output, shared=False):
+def place(
+    rule, layer, args, run, quantize_output, shared=False, requantize=None
+):
     """Run one layer under its rule inside the current scope.
 
     `run(args, fused)` computes the layer's output (`fused`: whether it
@@ -138,7 +140,7 @@ def place(rule, layer, args, run, quantize_output, shared=False):
             lambda t: (
                 t
                 if sc.producer(t) in _rules.CONCAT_PRODUCERS
-                else sc.materialize(t)
+                else _requantized(sc, sc.materialize(t), requantize)
             ),
             args,
         )
@@ -166,3 +168,12 @@ def place(rule, layer, args, run, quantize_output, shared=False):
     if mode == "pending":
         sc.defer(outputs, "shared" if shared else rule, quantize_output)
     return outputs
+
+
+def _requantized(sc, t, requantize):
+    """A concatenation's input already on a grid: moved to the
+    concatenation's range by `requantize(t, step)` (the file's QUANTIZE
+    op between them), when given."""
+    if requantize is None or not sc.has_scale(t):
+        return t
+    return requantize(t, sc.scale_of(t))

@@ -80,11 +80,20 @@ class FakeQuant(keras.layers.Layer):
             name="initialized",
         )
 
-    def call(self, inputs, training=None, step=False):
+    def call(self, inputs, training=None, step=False, requantize_from=None):
+        """`step`: return the range's int8 step; `requantize_from`: the
+        step of the grid `inputs` is on, to move it to this range as the
+        file's requantizing op does (`_quantizers.requantize`)."""
         if step:  # the int8 step of the range (a convolution's bias reads it)
             return _quantizers.step(*(self.fixed_range or (self.min, self.max)))
         if not self.quantize_active:
             return inputs
+        if requantize_from is not None:
+            return _quantizers.requantize(
+                inputs,
+                requantize_from,
+                *(self.fixed_range or (self.min, self.max)),
+            )
         if self.fixed_range is not None:
             return _quantizers.fake_quant_fixed(inputs, self.fixed_range)
         return _quantizers.fake_quant_activation(
@@ -99,7 +108,9 @@ class FakeQuant(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
-    def compute_output_spec(self, inputs, training=None, step=False):
+    def compute_output_spec(
+        self, inputs, training=None, step=False, requantize_from=None
+    ):
         if step:
             return keras.KerasTensor((), "float32")
         return keras.KerasTensor(inputs.shape, inputs.dtype)

@@ -32,9 +32,14 @@ class _Builder:
         self.names.add(candidate)
         return candidate
 
-    def fake_quant(self, tensor, name, source, fixed=None):
-        layer = _twins.FakeQuant(name=self.unique(name), fixed_range=fixed)
-        self.copies.append((layer, source))
+    def fake_quant(
+        self, tensor, name=None, source=None, fixed=None, layer=None
+    ):
+        """`tensor` through a new `FakeQuant` (or `layer`, one made and
+        registered already), its step noted in the placement scope."""
+        if layer is None:
+            layer = _twins.FakeQuant(name=self.unique(name), fixed_range=fixed)
+            self.copies.append((layer, source))
         out = layer(tensor)
         sc = _placement.current_scope()
         if sc is not None:  # its step, as a node of its own when needed
@@ -111,12 +116,34 @@ class _Builder:
                 outputs = activation(outputs)
             return outputs
 
+        made = []  # the output's FakeQuant, made when first needed
+
+        def output_quant():
+            if not made:
+                fixed = _rules.fixed_range(old, rule)
+                made.append(
+                    _twins.FakeQuant(
+                        name=self.unique(f"{old.name}_quant"),
+                        fixed_range=fixed,
+                    )
+                )
+                self.copies.append((made[0], source))
+            return made[0]
+
         def quantize_output(t):
-            fixed = _rules.fixed_range(old, rule)
-            return self.fake_quant(t, f"{old.name}_quant", source, fixed)
+            return self.fake_quant(t, layer=output_quant())
+
+        def requantize(t, step):  # a concatenation's input on a grid
+            return output_quant()(t, requantize_from=step)
 
         return _placement.place(
-            rule, old, args, run, quantize_output, id(old) in self.shared
+            rule,
+            old,
+            args,
+            run,
+            quantize_output,
+            id(old) in self.shared,
+            requantize if rule == "concat" else None,
         )
 
     def bias_inputs(self, new, sc, args, fused):
