@@ -406,7 +406,14 @@ def _fusing_activation_kind(layer):
         config = layer.get_config()
     except Exception:  # noqa: BLE001 - a layer with no config
         return None
-    config = {k: v for k, v in config.items() if k != "name"}
+    # Not its name, nor its dtype policy: serialized while Keras loads a
+    # model, a policy shared by the layers carries a sharing id that
+    # differs from one layer to the next.
+    config = {
+        k: v
+        for k, v in config.items()
+        if k not in ("name", "dtype", "trainable")
+    }
     return type(layer).__name__ + repr(sorted(config.items()))
 
 
