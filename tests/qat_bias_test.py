@@ -138,6 +138,31 @@ def test_the_file_keeps_the_first_of_two_ranges_with_no_op_between(
     assert np.mean(np.abs(actual - expected) > 1e-5) <= 0.002
 
 
+def _qat_against_file(model, route, digits, tmp_path, lr, epochs, qat_epochs):
+    """Train `model` (float `epochs`, then `qat_epochs` of QAT by `route`),
+    export it; return the QAT model, its test logits, their accuracy and
+    the share of them the int8 file (XNNPACK) computes otherwise."""
+    (x, y), (x_test, y_test) = digits
+    model = compile_classifier(model, lr)
+    model.fit(x, y, batch_size=64, epochs=epochs, verbose=0)
+    if route == "quantize_model":
+        model = compile_classifier(quantize_model(model), 3e-3)
+    model.fit(
+        x,
+        y,
+        batch_size=64,
+        epochs=qat_epochs,
+        verbose=0,
+        callbacks=[QuantizationAwareTraining()],
+    )
+    expected = np.asarray(model.predict(x_test, verbose=0))
+    path = tmp_path / "m.tflite"
+    assert keras_slim.export_tflite(model, path).int8_only
+    actual = litert.predict(path, x_test)
+    differ = np.mean(np.abs(actual - expected) > 1e-5)
+    return model, expected, accuracy(expected, y_test), differ
+
+
 def _separable_or_transposed_model(kind):
     """Two separable (or transposed) convolutions, the first with a large
     bias, the second with a BatchNormalization folded in."""
@@ -174,26 +199,17 @@ def test_separable_and_transposed_biases_are_rounded_as_the_file_stores_them(
     # the file's (both kinds, both routes, TensorFlow); rounded, 0-0.18%
     # (TensorFlow), 0.02-0.16% (torch), 0-0.40% (JAX: its float32 sums run
     # in another order than the TensorFlow-made file's, more ties part).
-    (x, y), (x_test, y_test) = digits_small
     keras.utils.set_random_seed(1)
-    model = compile_classifier(_separable_or_transposed_model(kind), 3e-3)
-    model.fit(x, y, batch_size=64, epochs=10, verbose=0)
-    if route == "quantize_model":
-        model = compile_classifier(quantize_model(model), 3e-3)
-    model.fit(
-        x,
-        y,
-        batch_size=64,
-        epochs=2,
-        verbose=0,
-        callbacks=[QuantizationAwareTraining()],
+    _, _, acc, differ = _qat_against_file(
+        _separable_or_transposed_model(kind),
+        route,
+        digits_small,
+        tmp_path,
+        lr=3e-3,
+        epochs=10,
+        qat_epochs=2,
     )
-    expected = np.asarray(model.predict(x_test, verbose=0))
-    assert accuracy(expected, y_test) >= 0.6  # it learned (chance 0.1)
-    path = tmp_path / "m.tflite"
-    assert keras_slim.export_tflite(model, path).int8_only
-    actual = litert.predict(path, x_test)
-    differ = np.mean(np.abs(actual - expected) > 1e-5)
+    assert acc >= 0.6  # it learned (chance 0.1)
     assert differ <= 0.01, f"{differ:.2%} of the logits differ"
 
 
@@ -219,33 +235,25 @@ def test_identical_activations_of_one_tensor_fuse_as_one(
     # Quantized first at the BatchNorm's range, as a tensor with two
     # consumers, 43-55% of these logits differed from the file's (0.02%
     # with them fused, both routes).
-    (x, y), (x_test, y_test) = digits_small
     keras.utils.set_random_seed(0)
-    model = compile_classifier(_twice_activated_model(), 1e-2)
-    model.fit(x, y, batch_size=64, epochs=10, verbose=0)
-    if route == "quantize_model":
-        model = compile_classifier(quantize_model(model), 3e-3)
-    model.fit(
-        x,
-        y,
-        batch_size=64,
-        epochs=2,
-        verbose=0,
-        callbacks=[QuantizationAwareTraining()],
+    model, expected, acc, differ = _qat_against_file(
+        _twice_activated_model(),
+        route,
+        digits_small,
+        tmp_path,
+        lr=1e-2,
+        epochs=10,
+        qat_epochs=2,
     )
-    expected = np.asarray(model.predict(x_test, verbose=0))
     # It learned (chance 0.1; 0.3-0.6 by backend for these small models).
-    assert accuracy(expected, y_test) >= 0.25
-    path = tmp_path / "m.tflite"
-    assert keras_slim.export_tflite(model, path).int8_only
-    actual = litert.predict(path, x_test)
-    differ = np.mean(np.abs(actual - expected) > 1e-5)
+    assert acc >= 0.25
     assert differ <= 0.01, f"{differ:.2%} of the logits differ"
     # Reloaded, it fuses them too (while Keras loads a model, the layers'
     # configs carry sharing ids: 44% of the logits moved before that was
     # seen; on JAX and torch the export's TensorFlow child refused).
     model.save(tmp_path / "m.keras")
     reloaded = keras.models.load_model(tmp_path / "m.keras")
+    _, (x_test, _) = digits_small
     np.testing.assert_array_equal(
         np.asarray(reloaded.predict(x_test, verbose=0)), expected
     )
@@ -278,27 +286,18 @@ def test_a_concatenation_input_that_fuses_is_rounded_once(
     # convolution's output was quantized at its own range first: 39-41%
     # of these logits differed from the file's; rounded once, 0.2-3.2%;
     # with XNNPACK's requantization too, 0.22-0.29% (both routes).
-    (x, y), (x_test, y_test) = digits_small
     keras.utils.set_random_seed(0)
-    model = compile_classifier(_concat_of_fused_and_pooled_model(), 1e-2)
-    model.fit(x, y, batch_size=64, epochs=5, verbose=0)
-    if route == "quantize_model":
-        model = compile_classifier(quantize_model(model), 3e-3)
-    model.fit(
-        x,
-        y,
-        batch_size=64,
-        epochs=1,
-        verbose=0,
-        callbacks=[QuantizationAwareTraining()],
+    _, _, acc, differ = _qat_against_file(
+        _concat_of_fused_and_pooled_model(),
+        route,
+        digits_small,
+        tmp_path,
+        lr=1e-2,
+        epochs=5,
+        qat_epochs=1,
     )
-    expected = np.asarray(model.predict(x_test, verbose=0))
     # It learned (chance 0.1; 0.3-0.6 by backend for these small models).
-    assert accuracy(expected, y_test) >= 0.25
-    path = tmp_path / "m.tflite"
-    assert keras_slim.export_tflite(model, path).int8_only
-    actual = litert.predict(path, x_test)
-    differ = np.mean(np.abs(actual - expected) > 1e-5)
+    assert acc >= 0.25
     assert differ <= 0.01, f"{differ:.2%} of the logits differ"
 
 
