@@ -892,22 +892,29 @@ def test_export_refuses_representative_data_for_qat_model(
         )
 
 
-@pytest.mark.backends("torch", reason="a torch backend limit")
-def test_a_dotted_model_name_is_refused_on_torch_before_training():
+def test_a_dotted_model_name_trains_saves_and_exports(digits_small, tmp_path):
     # keras.applications.MobileNet is named "mobilenet_1.00_224": on torch
-    # the ranges could not be the model's variables (a traceback before).
-    inputs = keras.Input((4,))
-    outputs = keras.layers.Dense(2)(keras.layers.Dense(3)(inputs))
-    model = keras.Model(inputs, outputs, name="net_0.25")
-    model.compile("adam", "mse")
-    x, y = np.zeros((8, 4)), np.zeros((8, 2))
-    before = [w.copy() for w in model.get_weights()]
-    with pytest.raises(ValueError, match=r"'net_0.25' has a '\.' in its"):
-        model.fit(x, y, verbose=0, callbacks=[QuantizationAwareTraining()])
-    assert int(model.optimizer.iterations) == 0
-    for w, b in zip(model.get_weights(), before):
-        np.testing.assert_array_equal(w, b)
-    renamed = keras.Model(model.inputs, model.outputs, name="net")
-    renamed.compile("adam", "mse")
-    renamed.fit(x, y, verbose=0, callbacks=[QuantizationAwareTraining()])
-    assert is_quantization_aware(renamed)
+    # a model's own variable is a torch parameter named by its path, where
+    # torch allows no '.' (QAT refused such a model there before).
+    (x, y), (x_test, y_test) = digits_small
+    keras.utils.set_random_seed(0)
+    model = models.small_cnn(input_shape=(8, 8, 1), name="cnn_0.25")
+    compile_classifier(model, 1e-2)
+    model.fit(x, y, batch_size=64, epochs=5, verbose=0)
+    _qat_fit(model, digits_small, epochs=2)
+    assert model.name == "cnn_0.25"
+    assert is_quantization_aware(model)
+    ranges = [v for v in model.variables if v.name.startswith("qat_")]
+    assert len(ranges) > 4
+    if BACKEND == "torch":
+        assert all("." not in v.path for v in ranges)
+    expected = np.asarray(model.predict(x_test, verbose=0))
+    assert accuracy(expected, y_test) >= 0.6
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.models.load_model(tmp_path / "m.keras")
+    assert reloaded.name == "cnn_0.25"
+    assert is_quantization_aware(reloaded)
+    np.testing.assert_array_equal(
+        np.asarray(reloaded.predict(x_test, verbose=0)), expected
+    )
+    _assert_parity(model, tmp_path / "m.tflite", x_test, y_test, 0.98)

@@ -97,16 +97,6 @@ class _Range:
         return _quantizers.requantize(x, input_step, lo, hi)
 
 
-_DOTTED_NAME = (
-    "Model {name!r} has a '.' in its name, and Keras's torch backend keys a "
-    "model's own variables by their path, where torch allows no '.': "
-    "QuantizationAwareTraining adds its ranges as the model's variables. "
-    "Rename the model before training, e.g. `model = keras.Model("
-    "model.inputs, model.outputs, name='mobilenet')` (keras.applications "
-    "take `name=` too). Received: model.name={name!r}"
-)
-
-
 class QuantizationAwareness:
     """What `QuantizationAwareTraining` changed on one model, and the
     model-owned variables behind it."""
@@ -127,7 +117,11 @@ class QuantizationAwareness:
                     # In the strategy's scope, averaged over replicas: a
                     # range each replica moves on its own batch stays one
                     # value (MirroredStrategy, MultiWorkerMirroredStrategy).
-                    with _layers.strategy_scope(model), _unlocked(model):
+                    with (
+                        _layers.strategy_scope(model),
+                        _unlocked(model),
+                        _torch_safe_name(model),
+                    ):
                         return model.add_weight(
                             shape=shape,
                             dtype=dtype or "float32",
@@ -148,8 +142,6 @@ class QuantizationAwareness:
                 name=name,
             )
 
-        if keras.backend.backend() == "torch" and "." in model.name:
-            raise ValueError(_DOTTED_NAME.format(name=model.name))
         # The first variable tells whether the model takes new state.
         self.start_step = new_variable("qat_start_step", 0, dtype="int32")
         self.phase = new_variable("qat_phase", 0.0, shape=(len(PHASES),))
@@ -239,6 +231,31 @@ class _unlocked:
     def __exit__(self, *exc):
         if self.was_locked:
             self.tracker.lock()
+
+
+class _torch_safe_name:
+    """On torch, a model name with '.' in it replaced by '_' while it adds
+    a variable, then restored. Keras's torch backend registers a model's
+    own variable with torch by its path (`model.name/variable`), where
+    torch allows no '.': `keras.applications.MobileNet*` are named
+    `mobilenet_1.00_224` and the like (before this, QAT refused them on
+    torch). Only the variable's path changes (`mobilenet_1_00_224/...`);
+    saving and loading follow the variables' order, not their paths."""
+
+    def __init__(self, model):
+        self.model = model
+        self.name = model.name
+        self.changed = keras.backend.backend() == "torch" and "." in str(
+            model.name
+        )
+
+    def __enter__(self):
+        if self.changed:
+            self.model.name = self.name.replace(".", "_")
+
+    def __exit__(self, *exc):
+        if self.changed:
+            self.model.name = self.name
 
 
 def awareness_of(model):
