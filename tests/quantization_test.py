@@ -918,3 +918,59 @@ def test_a_dotted_model_name_trains_saves_and_exports(digits_small, tmp_path):
         np.asarray(reloaded.predict(x_test, verbose=0)), expected
     )
     _assert_parity(model, tmp_path / "m.tflite", x_test, y_test, 0.98)
+
+
+def test_a_training_step_leaves_no_tensor_in_a_reference_cycle(digits_small):
+    # The placement scope of a forward pass once held its activations in a
+    # cycle (a pending tensor's quantizer closed over the scope): on torch,
+    # each eager step's tensors then lived until Python's cyclic collector
+    # ran, MobileNetV2's process grew by gigabytes and its steps slowed.
+    import gc
+
+    (x, y), _ = digits_small
+    model = models.small_cnn(input_shape=(8, 8, 1))
+    _qat_fit(model, digits_small)
+    assert is_quantization_aware(model)
+    gc.collect()
+    flags = gc.get_debug()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(2):
+            model.train_on_batch(x[:32], y[:32])
+            model(x[:32], training=False)
+        gc.collect()
+        # Keras's own tree utilities on torch keep the inputs of an
+        # `ops.stack` in cycles too: per-channel vectors of a BatchNorm's
+        # folded bias (16-64 values here), not a batch's activations.
+        shapes = [
+            tuple(o.shape)
+            for o in gc.garbage
+            if keras.ops.is_tensor(o) and np.prod(o.shape) > 256
+        ]
+    finally:
+        gc.set_debug(flags)
+        gc.garbage.clear()
+    assert shapes == []
+
+
+def test_recorded_outputs_are_what_the_pass_used_after_it_ends(digits_small):
+    # `error_report` reads each layer's output after the pass; a
+    # convolution's pending output, quantized by the Add that reads it, is
+    # recorded quantized (at most 256 values), also now that the pass's
+    # placement scope drops its tensors when it ends.
+    from keras_slim.quantization import _intercept
+
+    (x, y), _ = digits_small
+    inputs = keras.Input((8, 8, 1))
+    conv = keras.layers.Conv2D(8, 3, padding="same", name="conv")
+    shortcut = keras.layers.Conv2D(8, 1, name="shortcut")(inputs)
+    added = keras.layers.Add()([conv(inputs), shortcut])
+    pooled = keras.layers.GlobalAveragePooling2D()(added)
+    model = keras.Model(inputs, keras.layers.Dense(10)(pooled))
+    _qat_fit(model, digits_small)
+    with _intercept.recording() as recorder:
+        model(x[:32], training=False)
+    used = keras.ops.convert_to_numpy(recorder.values()[id(conv)])
+    computed = keras.ops.convert_to_numpy(conv(x[:32]))
+    assert len(np.unique(computed)) > 1000
+    assert len(np.unique(used)) <= 256

@@ -534,7 +534,7 @@ def _model_call(awareness, model, graph):
         with _placement.scope(training, new=True) as sc:
             recorder = _intercept.current_recorder()
             if recorder is not None:
-                recorder.scope = sc
+                recorder.done = sc.done
             if graph:
                 inputs, training_arg, mask, rest = bound
                 outputs = _intercept.run_graph(

@@ -463,7 +463,7 @@ class Recorder:
 
     def __init__(self):
         self.outputs = []
-        self.scope = None
+        self.done = {}  # the placement scope's, of the last pass
 
     def values(self):
         """Dict of `id(operation)` to its output as the pass used it: a
@@ -471,10 +471,9 @@ class Recorder:
         quantized it, else as computed (fused into the next op, or
         taking a concatenation's range); the last call of each operation
         wins. Nothing is quantized after the pass."""
-        done = self.scope.done if self.scope is not None else {}
 
         def used(t):
-            entry = done.get(id(t))
+            entry = self.done.get(id(t))
             return entry[1] if entry is not None and entry[0] is t else t
 
         return {
