@@ -18,6 +18,7 @@ disagreement only at small margins.
 
 import argparse
 import os
+import shutil
 import tempfile
 import time
 
@@ -35,7 +36,47 @@ from keras_slim.quantization import error_report  # noqa: E402
 MARGINS = (0.05, 0.2)
 
 
-def run(name, epochs, seed):
+# LiteRT's CPU kernels: XNNPACK (its default delegate, what
+# `litert.predict` runs), its built-in optimized kernels without the
+# delegate, and its built-in reference kernels.
+RESOLVERS = ("XNNPACK", "built-in", "reference")
+
+
+def run_file(path, x, kind):
+    """The float outputs of the `.tflite` file at `path` on `x`, one
+    sample at a time, with LiteRT's kernels of `kind` (`RESOLVERS`)."""
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import OpResolverType
+
+    resolver = {
+        "XNNPACK": OpResolverType.AUTO,
+        "built-in": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        "reference": OpResolverType.BUILTIN_REF,
+    }[kind]
+    interpreter = Interpreter(
+        model_path=path, experimental_op_resolver_type=resolver
+    )
+    interpreter.allocate_tensors()
+    given = interpreter.get_input_details()[0]
+    taken = interpreter.get_output_details()[0]
+    outputs = []
+    for sample in x:
+        value = sample[None].astype("float32")
+        if given["dtype"] != np.float32:
+            scale, zero = given["quantization"]
+            info = np.iinfo(given["dtype"])
+            value = np.clip(np.round(value / scale) + zero, info.min, info.max)
+        interpreter.set_tensor(given["index"], value.astype(given["dtype"]))
+        interpreter.invoke()
+        out = interpreter.get_tensor(taken["index"]).astype("float32")
+        if taken["dtype"] != np.float32:
+            scale, zero = taken["quantization"]
+            out = (out - zero) * scale
+        outputs.append(out[0])
+    return np.stack(outputs)
+
+
+def run(name, epochs, seed, save=None):
     keras.utils.set_random_seed(seed)
     plan = zoo.recipe(name)
     model = zoo.compile_model(zoo.build(name), name)
@@ -58,6 +99,14 @@ def run(name, epochs, seed):
         probs = keras.ops.convert_to_numpy(model.predict(xt, verbose=0))
         result = litert.compare(model, path, xt)
         file_out = np.asarray(litert.predict(path, xt))
+        runtimes = {
+            kind: run_file(path, xt, kind).reshape(probs.shape).argmax(-1)
+            for kind in RESOLVERS
+        }
+        if save:
+            os.makedirs(save, exist_ok=True)
+            model.save(os.path.join(save, f"{name}_{epochs}.keras"))
+            shutil.copy(path, os.path.join(save, f"{name}_{epochs}.tflite"))
         report = error_report(model, path, xt, max_samples=128)
     top2 = np.sort(probs, axis=-1)[:, -2:]
     margin = top2[:, 1] - top2[:, 0]
@@ -71,6 +120,13 @@ def run(name, epochs, seed):
         f"(compare: {result.agreement:.4f})",
         flush=True,
     )
+    runtimes["QAT Keras model"] = probs.argmax(-1)
+    print("  top-1 agreement between the runtimes of the same file:")
+    names = list(runtimes)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            same_ = np.mean(runtimes[a] == runtimes[b])
+            print(f"    {a} / {b}: {same_:.4f}")
     edges = (0.0,) + MARGINS + (1.01,)
     for lo, hi in zip(edges[:-1], edges[1:]):
         inside = (margin >= lo) & (margin < hi)
@@ -95,9 +151,12 @@ def main():
     parser.add_argument("--name", default="EfficientNetB0")
     parser.add_argument("--epochs", type=int, nargs="+", default=[5, 20])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--save", help="folder for each QAT model (.keras) and its file"
+    )
     args = parser.parse_args()
     for epochs in args.epochs:
-        run(args.name, epochs, args.seed)
+        run(args.name, epochs, args.seed, args.save)
 
 
 if __name__ == "__main__":

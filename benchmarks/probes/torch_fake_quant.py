@@ -18,6 +18,10 @@ QAT with `fake_quant` replaced by the identity (keras_slim's hooks and the
 range updates left); QAT with `fake_quant_activation` and
 `quantize_kernel` replaced by the identity (the hooks alone). The
 replacements are monkeypatches of `keras_slim.quantization._quantizers`.
+With `--model NAME` a model of `benchmarks._zoo_models` (e.g.
+MobileNetV2) instead, on its data at its recipe's batch size, and with
+`--variants plain,torch` only plain `fit` and QAT with the torch path:
+how the overhead moves with the work in each step.
 
 Part 3 (`--profile`): torch.profiler around one training step of each
 variant of part 2: aten op calls in the step, those (and the time)
@@ -31,6 +35,9 @@ threads at every op's barrier):
         python -m benchmarks.probes.torch_fake_quant --profile
     KERAS_BACKEND=torch nice -n 10 \
         python -m benchmarks.probes.torch_fake_quant --threads 1
+    KERAS_BACKEND=torch nice -n 10 \
+        python -m benchmarks.probes.torch_fake_quant --threads 1 \
+        --skip-ops --model MobileNetV2 --variants plain,torch
 """
 
 import argparse
@@ -197,25 +204,56 @@ def _patched(patches):
     return Patch()
 
 
-def part2(rounds, batches, profile):
+def _model_and_data(model, batches):
+    """`(build, compile, x, y, batch)`: the demo CNN on the digits at
+    32x32, batch 64, or a zoo model (`benchmarks._zoo_models`) on its
+    data at its recipe's batch size."""
     from keras_slim import datasets
     from keras_slim import models
+
+    if model == "small_cnn":
+        (x, y), _ = datasets.load_digits(32)
+        batch = 64
+
+        def build():
+            return models.small_cnn()
+
+        def compile_(m):
+            m.compile(
+                keras.optimizers.Adam(1e-3),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            )
+
+    else:
+        from benchmarks import _zoo_models as zoo
+
+        (x, y), _ = zoo.data(model, None, None)
+        batch = zoo.recipe(model)["batch_size"]
+
+        def build():
+            return zoo.build(model)
+
+        def compile_(m):
+            zoo.compile_model(m, model)
+
+    return build, compile_, x[: batch * batches], y[: batch * batches], batch
+
+
+def part2(rounds, batches, profile, model="small_cnn", variant_names=None):
     from keras_slim.quantization import QuantizationAwareTraining
 
-    (x, y), _ = datasets.load_digits(32)
-    x, y = x[: 64 * batches], y[: 64 * batches]
+    build, compile_, x, y, batch = _model_and_data(model, batches)
     keras.utils.set_random_seed(0)
-    weights = models.small_cnn().get_weights()
+    weights = build().get_weights()
     variants = _variants()
+    if variant_names:
+        variants = {k: variants[k] for k in variant_names}
     built = {}
     for name, patches in variants.items():
         keras.utils.set_random_seed(0)
-        m = models.small_cnn()
+        m = build()
         m.set_weights(weights)
-        m.compile(
-            keras.optimizers.Adam(1e-3),
-            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        )
+        compile_(m)
         callbacks = [] if patches is None else [QuantizationAwareTraining()]
         built[name] = (m, callbacks, patches or {})
     times = {name: [] for name in variants}
@@ -223,7 +261,11 @@ def part2(rounds, batches, profile):
     for name, (m, callbacks, patches) in built.items():  # warm-up fits
         with _patched(patches):
             m.fit(
-                x[:128], y[:128], batch_size=64, verbose=0, callbacks=callbacks
+                x[: 2 * batch],
+                y[: 2 * batch],
+                batch_size=batch,
+                verbose=0,
+                callbacks=callbacks,
             )
     for _ in range(rounds):
         for name, (m, callbacks, patches) in built.items():
@@ -232,7 +274,7 @@ def part2(rounds, batches, profile):
                 m.fit(
                     x,
                     y,
-                    batch_size=64,
+                    batch_size=batch,
                     epochs=1,
                     verbose=0,
                     callbacks=[*callbacks, timer],
@@ -240,7 +282,8 @@ def part2(rounds, batches, profile):
             times[name].append(float(np.median(timer.times[1:])))
             cpu[name].append(float(np.median(timer.cpu[1:])))
     print(
-        f"Part 2: one training step (batch 64), ms; median over {rounds} "
+        f"Part 2: {model}, one training step (batch {batch}), ms; median "
+        f"over {rounds} "
         f"rounds of the median step of a {batches}-batch fit; wall time "
         "and the process's CPU time"
     )
@@ -260,6 +303,10 @@ def part2(rounds, batches, profile):
                 ", ".join(f"{r:.2f}" for r in ratios),
             ]
         print(f"| {name} | " + " | ".join(cells) + " |")
+    print()
+    for name in variants:
+        rounds_ms = ", ".join(f"{1e3 * t:.1f}" for t in times[name])
+        print(f"{name}: wall ms/step per round: {rounds_ms}")
     print()
     if profile:
         part3(built, x, y)
@@ -380,6 +427,17 @@ def main(argv=None):
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--skip-ops", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--model",
+        default="small_cnn",
+        help="the demo CNN, or a model of benchmarks._zoo_models "
+        "(e.g. MobileNetV2) on its data at its recipe's batch size",
+    )
+    parser.add_argument(
+        "--variants",
+        help="comma-separated variants of part 2 (default: all), e.g. "
+        "'plain,QAT, torch path' is written plain,torch",
+    )
     args = parser.parse_args(argv)
     assert keras.backend.backend() == "torch", keras.backend.backend()
     import torch
@@ -393,7 +451,11 @@ def main(argv=None):
     )
     if not args.skip_ops:
         part1(args.reps)
-    part2(args.rounds, args.batches, args.profile)
+    names = None
+    if args.variants:
+        short = {"plain": "plain", "torch": "QAT, torch path"}
+        names = [short.get(v, v) for v in args.variants.split(",")]
+    part2(args.rounds, args.batches, args.profile, args.model, names)
 
 
 if __name__ == "__main__":
