@@ -213,6 +213,69 @@ def test_separable_and_transposed_biases_are_rounded_as_the_file_stores_them(
     assert differ <= 0.01, f"{differ:.2%} of the logits differ"
 
 
+def _einsum_model():
+    """Two EinsumDense layers of the fully connected form (the first over
+    the rows of the image, with a large bias)."""
+    L = keras.layers
+    big = keras.initializers.RandomNormal(0.0, 0.3)
+    inputs = keras.Input((8, 8, 1))
+    h = L.EinsumDense(
+        "abc,cd->abd", (8, 16), bias_axes="d", bias_initializer=big
+    )(L.Reshape((8, 8))(inputs))
+    h = L.Flatten()(L.ReLU()(h))
+    outputs = L.EinsumDense("ab,bc->ac", 10, bias_axes="c")(h)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.mark.parametrize("route", ["callback", "quantize_model"])
+def test_an_einsum_dense_bias_is_rounded_as_the_file_stores_it(
+    route, digits_small, tmp_path
+):
+    # The converter writes a fully connected EinsumDense (MultiHeadAttention's
+    # projections are of that form) as a FULLY_CONNECTED whose bias is int32
+    # at the input's step times the kernel's. Unrounded, 0.22-0.29% of
+    # these logits differed from the file's (TensorFlow, seeds 0 and 1,
+    # both routes); rounded, 0-0.02% (TensorFlow), 0 (torch), 0-0.04% (JAX).
+    keras.utils.set_random_seed(0)
+    _, _, acc, differ = _qat_against_file(
+        _einsum_model(),
+        route,
+        digits_small,
+        tmp_path,
+        lr=3e-3,
+        epochs=10,
+        qat_epochs=2,
+    )
+    assert acc >= 0.6  # it learned (chance 0.1)
+    assert differ <= 0.001, f"{differ:.2%} of the logits differ"
+
+
+@pytest.mark.parametrize(
+    "equation, bias_axes, expected",
+    [
+        ("ab,bc->ac", "c", True),
+        ("abc,cd->abd", "d", True),
+        ("abc,cde->abde", "de", True),  # MultiHeadAttention's projections
+        ("abcd,cde->abe", "e", True),  # and its output
+        ("abc,cde->abde", "e", False),  # a bias over part of the output
+        ("abc,acd->abd", "d", False),  # a batch axis in the kernel
+        ("abc,bd->acd", "d", False),  # contracts a middle axis
+        ("...b,bc->...c", "c", False),  # an ellipsis: not read
+    ],
+)
+def test_which_einsum_dense_layers_the_file_runs_fully_connected(
+    equation, bias_axes, expected
+):
+    from keras_slim.quantization._quantizers import einsum_is_fully_connected
+
+    class Layer:  # what the check reads of an EinsumDense
+        pass
+
+    layer = Layer()
+    layer.equation, layer.bias_axes = equation, bias_axes
+    assert einsum_is_fully_connected(layer) is expected
+
+
 def _twice_activated_model():
     """A BatchNormalization's output through two identical ReLU layers, as
     NASNet's stem feeds five `Activation("relu")` of one tensor."""

@@ -335,7 +335,8 @@ def weight_forward(
     if rule == "einsum":
         outputs = ops.einsum(layer.equation, inputs, kernel)
         if layer.bias is not None:
-            outputs = ops.add(outputs, layer.bias)
+            bias = rounded_bias(layer, rule, input_scale) if quantize else None
+            outputs = ops.add(outputs, layer.bias if bias is None else bias)
         return _bias_activation(layer, outputs, pre_activation, bias=False)
     bias = rounded_bias(layer, rule, input_scale) if quantize else layer.bias
     if rule == "dense":
@@ -470,8 +471,36 @@ def step(lo, hi):
 
 # The layers whose bias the file stores as int32 at scale s_x * s_w (a
 # separable convolution's: its pointwise CONV_2D's, `s_x` the step of the
-# depthwise output between the two).
-BIAS_RULES = ("conv", "depthwise", "dense", "separable", "transpose")
+# depthwise output between the two; an EinsumDense's where it becomes a
+# FULLY_CONNECTED, `einsum_is_fully_connected`).
+BIAS_RULES = ("conv", "depthwise", "dense", "separable", "transpose", "einsum")
+
+
+def einsum_is_fully_connected(layer):
+    """Whether an `EinsumDense` is a fully connected layer over its input's
+    last axes, with a bias over all its output axes: `ab,bc->ac`,
+    `abc,cd->abd`, MultiHeadAttention's `abc,cde->abde` (bias `de`) and
+    `abcd,cde->abe` (bias `e`). The converter writes such a layer as a
+    FULLY_CONNECTED with an int32 bias at `s_x * s_w` (read back from the
+    files of `benchmarks/probes/qat_bias_kinds.py` and the zoo's text
+    Transformer); other equations keep their bias unrounded."""
+    equation = str(getattr(layer, "equation", "")).replace(" ", "")
+    if "." in equation or equation.count("->") != 1:
+        return False
+    operands, out = equation.split("->")
+    if operands.count(",") != 1:
+        return False
+    x, k = operands.split(",")
+    contracted = "".join(c for c in k if c in x and c not in out)
+    n = len(contracted)
+    kept = k[n:]
+    return (
+        n > 0
+        and x.endswith(contracted)
+        and k.startswith(contracted)
+        and out == x[: len(x) - n] + kept
+        and (getattr(layer, "bias_axes", None) or "") == kept
+    )
 
 
 def bias_scale(layer, rule, input_scale):
@@ -484,7 +513,7 @@ def bias_scale(layer, rule, input_scale):
         kernel = ops.cast(layer.pointwise_kernel, "float32")
     else:
         kernel = ops.cast(layer.kernel, "float32")
-    if rule == "dense":
+    if rule in ("dense", "einsum"):  # per tensor
         m = _kernel_range(kernel, None)
     else:
         kernel = _output_channels_last(kernel, rule)
@@ -514,6 +543,8 @@ def rounded_bias(layer, rule, input_scale):
     if bias is None or input_scale is None or rule not in BIAS_RULES:
         return bias
     if not getattr(layer, "use_bias", True):
+        return bias
+    if rule == "einsum" and not einsum_is_fully_connected(layer):
         return bias
     return round_to_scale(bias, bias_scale(layer, rule, input_scale))
 

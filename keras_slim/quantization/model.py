@@ -261,6 +261,7 @@ _BIASED_TWINS = (
     _twins.QuantizedDepthwiseConv1D,
     _twins.QuantizedDepthwiseConv2D,
     _twins.QuantizedDense,
+    _twins.QuantizedEinsumDense,
 )
 # Twins that round their bias at a step of their own (a separable
 # convolution's depthwise output), so need no input step.
