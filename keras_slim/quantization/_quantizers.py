@@ -335,8 +335,10 @@ def weight_forward(
     if rule == "einsum":
         outputs = ops.einsum(layer.equation, inputs, kernel)
         if layer.bias is not None:
-            bias = rounded_bias(layer, rule, input_scale) if quantize else None
-            outputs = ops.add(outputs, layer.bias if bias is None else bias)
+            bias = layer.bias
+            if quantize:
+                bias = rounded_bias(layer, rule, input_scale)
+            outputs = ops.add(outputs, bias)
         return _bias_activation(layer, outputs, pre_activation, bias=False)
     bias = rounded_bias(layer, rule, input_scale) if quantize else layer.bias
     if rule == "dense":
