@@ -7,14 +7,14 @@ A small attention model on the 8x8 digits (each image as 8 tokens of 8
 pixels; `MultiHeadAttention(2 heads, key_dim 4)` with biases drawn from
 N(0, 0.3), global average pooling, Dense(10)), 10 float epochs at Adam
 3e-3, then 2 epochs of `QuantizationAwareTraining`, `export_tflite` from
-the learned ranges. Prints the share of the 4,500 test logits where the
-QAT Keras model and its file (LiteRT's default path, XNNPACK where it
-delegates) differ, and the top-1 agreement. Then, running the file with
-the built-in kernels and every tensor kept, each FULLY_CONNECTED, MUL,
-BATCH_MATMUL and SOFTMAX output is recomputed from the op's own int8
-inputs and scales as the simulation computes it (exact integer products,
-one float rescale, rounded half up; the softmax of the dequantized
-input) and compared with the file's.
+the learned ranges (`qat_bias_kinds.run`). Prints the share of the 4,500
+test logits where the QAT Keras model and its file (LiteRT's default
+path, XNNPACK where it delegates) differ, and the top-1 agreement. Then,
+running the file with the built-in kernels and every tensor kept, each
+FULLY_CONNECTED, MUL, BATCH_MATMUL and SOFTMAX output is recomputed from
+the op's own int8 inputs and scales as the simulation computes it (exact
+integer products, one float rescale, rounded half up; the softmax of the
+dequantized input) and compared with the file's.
 """
 
 import argparse
@@ -26,15 +26,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.probes import qat_bias_kinds  # noqa: E402
 from keras_slim import datasets  # noqa: E402
-from keras_slim import export_tflite  # noqa: E402
-from keras_slim import litert  # noqa: E402
-from keras_slim.quantization import QuantizationAwareTraining  # noqa: E402
 
 OPS = ("FULLY_CONNECTED", "MUL", "BATCH_MATMUL", "SOFTMAX")
 
 
-def build():
+def build(kind=None):
     L = keras.layers
     big = keras.initializers.RandomNormal(0.0, 0.3)
     inputs = keras.Input((8, 8, 1))
@@ -112,36 +110,16 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples", type=int, default=64)
     args = parser.parse_args(argv)
-    (x, y), (x_test, y_test) = datasets.load_digits(image_size=8, seed=0)
-    keras.utils.set_random_seed(args.seed)
-    model = build()
-    model.compile(
-        keras.optimizers.Adam(3e-3),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    model.fit(x, y, batch_size=64, epochs=10, verbose=0)
-    model.fit(
-        x,
-        y,
-        batch_size=64,
-        epochs=2,
-        verbose=0,
-        callbacks=[QuantizationAwareTraining()],
-    )
-    expected = np.asarray(model.predict(x_test, verbose=0))
+    data = datasets.load_digits(image_size=8, seed=0)
     with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "attention.tflite")
-        info = export_tflite(model, path).info
-        actual = litert.predict(path, x_test)
-        stats = compare_ops(path, x_test[: args.samples])
-    differ = np.mean(np.abs(actual - expected) > 1e-5)
-    agree = np.mean(actual.argmax(-1) == expected.argmax(-1))
+        r = qat_bias_kinds.run(
+            "attention", "callback", args.seed, data, folder, build, lr=3e-3
+        )
+        stats = compare_ops(r["path"], data[1][0][: args.samples])
     print(
-        f"seed {args.seed}: QAT accuracy "
-        f"{np.mean(expected.argmax(-1) == y_test):.3f}, int8_only "
-        f"{info.int8_only}, logits apart from the file {differ:.2%}, "
-        f"top-1 agreement {agree:.2%}"
+        f"seed {args.seed}: QAT accuracy {r['accuracy']:.3f}, int8_only "
+        f"{r['int8_only']}, logits apart from the file {r['differ']:.2%}, "
+        f"top-1 agreement {r['agreement']:.2%}"
     )
     print(
         f"Each op's output against the simulation's arithmetic "

@@ -73,22 +73,24 @@ def build(kind):
     return keras.Model(inputs, L.Dense(10, bias_initializer=big)(h))
 
 
-def compiled(model):
+def compiled(model, lr=1e-3):
     model.compile(
-        keras.optimizers.Adam(1e-3),
+        keras.optimizers.Adam(lr),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
     return model
 
 
-def run(kind, route, seed, data, folder):
+def run(kind, route, seed, data, folder, builder=build, lr=1e-3):
+    """Train `builder(kind)`'s model, QAT by `route`, export it to
+    `folder` (the file's path is in the result); figures as a dict."""
     (x, y), (xt, yt) = data
     keras.utils.set_random_seed(seed)
-    model = compiled(build(kind))
+    model = compiled(builder(kind), lr)
     model.fit(x, y, batch_size=64, epochs=10, verbose=0)
     if route == "quantize_model":
-        model = compiled(quantize_model(model))
+        model = compiled(quantize_model(model), lr)
     model.fit(
         x,
         y,
@@ -102,6 +104,7 @@ def run(kind, route, seed, data, folder):
     report = keras_slim.export_tflite(model, path)
     actual = np.asarray(litert.predict(path, xt))
     return {
+        "path": path,
         "accuracy": float(np.mean(expected.argmax(-1) == yt)),
         "int8_only": report.int8_only,
         "differ": float(np.mean(np.abs(actual - expected) > 1e-5)),
