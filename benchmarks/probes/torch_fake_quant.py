@@ -16,12 +16,15 @@ one `fit` of `--batches` batches each per round, medians over rounds:
 plain `fit`; QAT with the torch path; QAT with the `keras.ops` reference;
 QAT with `fake_quant` replaced by the identity (keras_slim's hooks and the
 range updates left); QAT with `fake_quant_activation` and
-`quantize_kernel` replaced by the identity (the hooks alone). The
+`quantize_kernel` replaced by the identity (the hooks alone); QAT with
+torch's own fused `torch.fake_quantize_per_*_affine` in place of
+`fake_quant` (not TensorFlow's rounding: a reference point). The
 replacements are monkeypatches of `keras_slim.quantization._quantizers`.
 With `--model NAME` a model of `benchmarks._zoo_models` (e.g.
 MobileNetV2) instead, on its data at its recipe's batch size, and with
 `--variants plain,torch` only plain `fit` and QAT with the torch path:
-how the overhead moves with the work in each step.
+how the overhead moves with the work in each step (short names: plain,
+torch, native, identity, hooks).
 
 Part 3 (`--profile`): torch.profiler around one training step of each
 variant of part 2: aten op calls in the step, those (and the time)
@@ -176,11 +179,34 @@ def _identity_activation(x, lo, hi, *args, with_range=False, **kwargs):
     return (x, lo, hi) if with_range else x
 
 
+def _native(x, lo, hi, narrow_range=False, axis=None):
+    """torch's own fused fake quantization with the nudged range: one pass
+    forward (output and mask), one backward; rounds half to even and
+    computes `x / scale + zero_point`, so not TensorFlow's bits (a
+    reference point for what eager torch can reach, not the package's)."""
+    import torch
+
+    lo = keras.ops.convert_to_tensor(lo).detach().float()
+    hi = keras.ops.convert_to_tensor(hi).detach().float()
+    scale, nudged_min, _ = _quantizers._nudge(lo, hi, narrow_range, torch)
+    quant_min = 1 if narrow_range else 0
+    zero = torch.round(quant_min - nudged_min / scale).to(torch.int32)
+    x = keras.ops.convert_to_tensor(x)
+    if lo.ndim == 0:
+        return torch.fake_quantize_per_tensor_affine(
+            x, scale.reshape(1), zero.reshape(1), quant_min, 255
+        )
+    return torch.fake_quantize_per_channel_affine(
+        x, scale, zero, x.ndim - 1, quant_min, 255
+    )
+
+
 def _variants():
     fast = _quantizers.fake_quant
     return {
         "plain": None,
         "QAT, torch path": {"fake_quant": fast},
+        "QAT, torch's fused fake_quantize": {"fake_quant": _native},
         "QAT, keras.ops reference": {"fake_quant": _quantizers._fake_quant_ops},
         "QAT, fake_quant = identity": {"fake_quant": _identity},
         "QAT, hooks only": {
@@ -453,7 +479,13 @@ def main(argv=None):
         part1(args.reps)
     names = None
     if args.variants:
-        short = {"plain": "plain", "torch": "QAT, torch path"}
+        short = {
+            "plain": "plain",
+            "torch": "QAT, torch path",
+            "native": "QAT, torch's fused fake_quantize",
+            "identity": "QAT, fake_quant = identity",
+            "hooks": "QAT, hooks only",
+        }
         names = [short.get(v, v) for v in args.variants.split(",")]
     part2(args.rounds, args.batches, args.profile, args.model, names)
 
