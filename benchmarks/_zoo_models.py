@@ -111,9 +111,10 @@ def unet():
     return keras.Model(inputs, outputs, name="unet")
 
 
-def build(name):
-    """A fresh model of the zoo, uncompiled."""
-    keras.utils.set_random_seed(0)
+def build(name, seed=0):
+    """A fresh model of the zoo, uncompiled, its weights drawn after
+    `keras.utils.set_random_seed(seed)`."""
+    keras.utils.set_random_seed(seed)
     if name in APPLICATIONS:
         return _application(name)
     return {"TextTransformer": text_transformer, "LSTM": lstm, "UNet": unet}[

@@ -77,9 +77,11 @@ def run_file(path, x, kind):
 
 
 def run(name, epochs, seed, save=None):
-    keras.utils.set_random_seed(seed)
     plan = zoo.recipe(name)
-    model = zoo.compile_model(zoo.build(name), name)
+    # The seed draws the initial weights and the training's shuffles
+    # (before 2026-12-04 `zoo.build` reset it to 0, so every --seed ran
+    # seed 0).
+    model = zoo.compile_model(zoo.build(name, seed), name)
     (x, y), (xt, yt) = zoo.data(name, plan["n_train"], plan["n_test"])
     start = time.time()
     model.fit(x, y, epochs=epochs, batch_size=plan["batch_size"], verbose=0)

@@ -33,9 +33,8 @@ from keras_slim.quantization import quantize_model  # noqa: E402
 
 
 def _trained(name, seed):
-    keras.utils.set_random_seed(seed)
     plan = zoo.recipe(name)
-    model = zoo.compile_model(zoo.build(name), name)
+    model = zoo.compile_model(zoo.build(name, seed), name)
     (x, y), (xt, _) = zoo.data(name, plan["n_train"], plan["n_test"])
     batch = plan["batch_size"]
     model.fit(x, y, epochs=plan["epochs"], batch_size=batch, verbose=0)
