@@ -680,6 +680,60 @@ def test_filters_matching_nothing_are_refused():
         prune_channels(models.small_cnn(), 0.5, filters="nothing")
 
 
+def _lstm_classifier():
+    """keras.io's IMDB LSTM, scaled down (the zoo's): Embedding, LSTM and
+    the output Dense, none of whose channels may be removed."""
+    return keras.Sequential(
+        [
+            keras.Input((12,), dtype="int32"),
+            keras.layers.Embedding(32, 8, name="embedding"),
+            keras.layers.LSTM(8, name="lstm"),
+            keras.layers.Dense(2, name="logits"),
+        ],
+        name="lstm_classifier",
+    )
+
+
+def test_a_model_with_nothing_to_prune_is_refused_naming_each_layer():
+    # It used to come back unchanged without a word.
+    with pytest.raises(ValueError) as info:
+        prune_channels(_lstm_classifier(), fraction=0.5)
+    message = str(info.value)
+    assert "no channel it may remove in model 'lstm_classifier'" in message
+    assert "'logits' (Dense): its channels reach a model output" in message
+    assert "'lstm' (LSTM): its units are not pruned" in message
+    assert "'embedding' (Embedding)" in message
+    # fraction 0 asks for nothing: a copy, no error.
+    copy = prune_channels(_lstm_classifier(), fraction=0.0)
+    assert copy.count_params() == _lstm_classifier().count_params()
+
+
+def test_channel_pruning_with_nothing_to_prune_stops_before_the_first_step():
+    model = _lstm_classifier()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    x = np.zeros((8, 12), "int32")
+    y = np.zeros((8,), "int32")
+    with pytest.raises(ValueError, match="ChannelPruning found no channel"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[ChannelPruning(0.5)])
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 0
+
+
+def test_pruning_that_keeps_every_channel_warns():
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(8, 3, name="conv"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(2, name="logits"),
+        ]
+    )
+    with pytest.warns(UserWarning, match="removed no channel.*min_channels=8"):
+        same = prune_channels(model, fraction=0.5)
+    assert same.count_params() == model.count_params()
+    smaller = prune_channels(model, fraction=0.5, min_channels=4)
+    assert smaller.get_layer("conv").filters == 4
+
+
 def test_subclassed_model_gets_a_clear_error():
     with pytest.raises(TypeError, match="Sequential and Functional"):
         prune_channels(subclassed_model(), 0.5)
@@ -789,6 +843,7 @@ def _permute_model():
     x = keras.layers.Conv2D(16, 3, name="conv")(inputs)
     x = keras.layers.Permute((3, 1, 2), name="permute")(x)
     x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(32, name="hidden")(x)
     return keras.Model(inputs, keras.layers.Dense(10, name="head")(x))
 
 
@@ -799,8 +854,9 @@ def test_topology_that_cannot_be_pruned_names_the_layer():
         prune_channels(model, 0.5)
     assert _weights_equal(before, model.get_weights())
     # Leaving the conv that feeds it whole is the way out.
-    small = prune_channels(model, 0.5, filters="head")
+    small = prune_channels(model, 0.5, filters="hidden")
     assert small.get_layer("conv").filters == 16
+    assert small.get_layer("hidden").units == 16
 
 
 def test_shared_layer_is_refused_by_name():

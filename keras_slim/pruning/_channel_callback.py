@@ -115,9 +115,15 @@ class ChannelPruning(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._trained = self.model
         model = _layers.target_model(self._trained)
-        self._analysis, self._scores, _ = _selection.analyse(
+        self._analysis, self._scores, skipped = _selection.analyse(
             model, self.filters, self.criterion
         )
+        if not self._analysis.classes():
+            # Refused before the first step: the whole `fit` would
+            # otherwise train with nothing pruned.
+            raise _selection.nothing_to_prune(
+                self._analysis, skipped, "ChannelPruning"
+            )
         values = _constants.constants(self._analysis)
         live = _constants.live_roots(self._analysis, values)
         self._prunable = list(self._analysis.classes())

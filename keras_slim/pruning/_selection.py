@@ -56,6 +56,41 @@ def analyse(model, filters, criterion):
     return analysis, importance, skipped
 
 
+def why_none(analysis, skipped):
+    """Why no channel of `analysis`'s model can be pruned: one clause per
+    Conv/Dense layer (`skipped`'s reasons) and per layer with weights
+    whose channels this analysis does not map (an LSTM, an Embedding)."""
+    clauses = [
+        f"{name!r} ({analysis.by_name[name].kind}): {reason}"
+        for name, reason in skipped.items()
+    ]
+    reasons = {node.name: reason for node, reason, _ in analysis.deferred}
+    for node in analysis.nodes:
+        layer = node.layer
+        if node.name in analysis.producers or not getattr(
+            layer, "weights", None
+        ):
+            continue
+        if node.name in analysis.unknown:
+            why = reasons.get(node.name, "its channel mapping is not known")
+            clauses.append(
+                f"{node.name!r} ({node.kind}): its units are not pruned ({why})"
+            )
+    return "; ".join(clauses) or "it has no Conv or Dense layer"
+
+
+def nothing_to_prune(analysis, skipped, caller):
+    """The error for a model in which no channel may be removed."""
+    model = analysis.model
+    return ValueError(
+        f"{caller} found no channel it may remove in model {model.name!r}: "
+        f"{why_none(analysis, skipped)}. Channel pruning removes the "
+        "filters of Conv layers and the units of Dense layers whose "
+        "channels do not reach a model output. Received: "
+        f"model={model.name!r}"
+    )
+
+
 def scores(analysis, criterion, norms, skipped):
     """Importance of each producer's channels, normalised to mean 1."""
     out = {}

@@ -20,6 +20,8 @@ squeeze-excite blocks), `Concatenate` offsets, and `Flatten` before a
 `Dense`. Model inputs and outputs (the classifier's units) are never pruned.
 """
 
+import warnings
+
 import keras
 import numpy as np
 
@@ -196,10 +198,21 @@ def prune_channels(
     _selection.check_args(
         fraction, criterion, min_channels, round_to, "fraction"
     )
-    analysis, scores, _ = _selection.analyse(model, filters, criterion)
+    analysis, scores, skipped = _selection.analyse(model, filters, criterion)
+    if fraction > 0 and not analysis.classes():
+        raise _selection.nothing_to_prune(analysis, skipped, "prune_channels")
     remove = _selection.select(
         analysis, scores, fraction, min_channels, round_to
     )
+    if fraction > 0 and not remove:
+        warnings.warn(
+            f"prune_channels(fraction={fraction}) removed no channel of "
+            f"model {model.name!r}: each group of layers that may lose "
+            f"channels keeps them all at min_channels={min_channels}"
+            + (f" and round_to={round_to}" if round_to else "")
+            + ". Lower `min_channels`.",
+            stacklevel=2,
+        )
     return _rebuild(analysis, remove, _constants.constants(analysis))
 
 
