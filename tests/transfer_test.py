@@ -923,6 +923,66 @@ def test_swap_head_of_a_sequence_classifier_keeps_its_recurrent_body():
     assert transfer.extract_features(model, xt[:3]).shape == (3, 32)
 
 
+def _small_unet():
+    inputs = keras.Input((16, 16, 1))
+    d1 = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    d2 = keras.layers.Conv2D(
+        16, 3, strides=2, padding="same", activation="relu", name="down"
+    )(d1)
+    up = keras.layers.UpSampling2D(2)(d2)
+    x = keras.layers.Concatenate()([up, d1])
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+    outputs = keras.layers.Conv2D(2, 1, name="mask_logits")(x)
+    return keras.Model(inputs, outputs, name="unet")
+
+
+def test_swap_head_of_a_segmentation_model_keeps_it_per_pixel():
+    # It used to flatten the features and end in Dense(num_classes): the
+    # U-Net became an image classifier without a word.
+    from keras_slim import datasets
+
+    (x, _), (xt, _) = datasets.load_digits(image_size=16, seed=0)
+    masks, masks_t = (x > 0.5)[..., 0], (xt > 0.5)[..., 0]
+    keras.utils.set_random_seed(0)
+    model = _small_unet()
+    model.compile(
+        keras.optimizers.Adam(1e-2),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(x, masks.astype("int32"), epochs=3, batch_size=64, verbose=0)
+    with pytest.raises(ValueError, match="no recognisable classification"):
+        transfer.swap_head(model, 3)
+    three = transfer.swap_head(model, 3, head_layer="mask_logits")
+    assert three.output_shape == (None, 16, 16, 3)
+    new = transfer.swap_head(model, 2, head_layer="mask_logits")
+    head = new.layers[-1]
+    assert isinstance(head, keras.layers.Conv2D)
+    assert head.kernel_size == (1, 1) and head.name == "mask_logits"
+    np.testing.assert_array_equal(
+        new.get_layer("down").get_weights()[0],
+        model.get_layer("down").get_weights()[0],
+    )
+    for layer in new.layers[:-1]:
+        layer.trainable = False
+    new.compile(
+        keras.optimizers.Adam(1e-2),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    new.fit(x, masks.astype("int32"), epochs=3, batch_size=64, verbose=0)
+    predicted = np.argmax(new.predict(xt, verbose=0), axis=-1)
+    background = 1.0 - np.mean(masks_t)
+    assert np.mean(predicted == masks_t) >= max(0.9, background + 0.1)
+
+
+def test_swap_head_of_a_per_pixel_model_refuses_flat_features():
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Flatten()(keras.layers.Conv2D(4, 3)(inputs))
+    x = keras.layers.Dense(64, name="dense")(x)
+    model = keras.Model(inputs, keras.layers.Reshape((8, 8, 1))(x))
+    with pytest.raises(ValueError, match="predicts per position.*'dense'"):
+        transfer.swap_head(model, 3, head_layer="dense")
+
+
 def test_swap_head_of_a_reloaded_sequence_classifier(tmp_path):
     # Loading calls a recurrent layer twice: its `output` is the first
     # call's, not the tensor its head reads (was: "no recognisable

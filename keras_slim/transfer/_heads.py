@@ -216,8 +216,12 @@ def swap_head(
     its last output only), clones the model with its weights and
     trainable flags, cuts the head off and adds `Dropout(dropout)` and a
     fresh `Dense(num_classes, activation)` (a `Flatten` first when the
-    features are not flat). Combine with `keras_slim.transfer.freeze` to
-    train only the new head.
+    features are not flat). A model that predicts per position (its
+    output keeps spatial or sequence axes: a U-Net, a token tagger) gets
+    a 1x1 `Conv1D/2D/3D(num_classes)` instead, so the new output keeps
+    those axes (give `head_layer`: such a model has no classification
+    head to find). Combine with `keras_slim.transfer.freeze` to train
+    only the new head.
 
     Args:
         model: A built Sequential or Functional Keras model, for example
@@ -237,8 +241,10 @@ def swap_head(
 
     Raises:
         ValueError: if `num_classes < 1`, `dropout` is outside [0, 1),
-            `head_layer` names no layer, or there is no recognisable head
-            and no `head_layer`; before any work.
+            `head_layer` names no layer, there is no recognisable head
+            and no `head_layer`, or a per-position model's `head_layer`
+            takes features of another rank than its output; before any
+            work.
         TypeError: if `model` is not a Keras model.
 
     Example:
@@ -262,6 +268,19 @@ def swap_head(
             f"callable. Received: activation={activation!r} ({e})"
         ) from None
     kind, index = _cut(model, head_layer, "head_layer", allow_headless=False)
+    rank = _per_position_rank(model)
+    if rank:
+        features = _tensor(model, kind, index)
+        if len(features.shape) != rank:
+            raise ValueError(
+                f"Model {model.name!r} predicts per position (output shape "
+                f"{tuple(model.outputs[0].shape)}), and the input of "
+                f"`head_layer` {model.layers[index].name!r} has shape "
+                f"{tuple(features.shape)}: a new head would lose those "
+                "axes. Expected `head_layer` to be a layer whose input has "
+                f"{rank} axes, as the output has. Received: "
+                f"head_layer={head_layer!r}"
+            )
 
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
@@ -270,16 +289,29 @@ def swap_head(
     stop = index + 1 if kind == "output" else index
     kept = {layer.name for layer in clone.layers[:stop]}
     x = features
-    if len(x.shape) > 2:
+    if len(x.shape) > 2 and not rank:
         x = keras.layers.Flatten(name=_unique("head_flatten", kept))(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name=_unique("head_dropout", kept))(x)
-    outputs = keras.layers.Dense(
-        num_classes,
-        activation=activation,
-        name=_unique(model.layers[-1].name, kept),
-    )(x)
-    return keras.Model(clone.inputs, outputs, name=model.name)
+    name = _unique(model.layers[-1].name, kept)
+    if rank:
+        conv = {3: keras.layers.Conv1D, 4: keras.layers.Conv2D}.get(
+            rank, keras.layers.Conv3D
+        )
+        head = conv(num_classes, 1, activation=activation, name=name)
+    else:
+        head = keras.layers.Dense(num_classes, activation=activation, name=name)
+    return keras.Model(clone.inputs, head(x), name=model.name)
+
+
+def _per_position_rank(model):
+    """The rank of a single-output model's output when it keeps spatial or
+    sequence axes (3 to 5: a per-pixel or per-token prediction), else 0."""
+    outputs = getattr(model, "outputs", None) or []
+    if len(outputs) != 1:
+        return 0
+    rank = len(outputs[0].shape)
+    return rank if 3 <= rank <= 5 else 0
 
 
 def _unique(name, taken):
