@@ -217,9 +217,14 @@ def channels(name, model, data, folder):
     )
 
 
+# The U-Net predicts per pixel: it has no classification head to find,
+# and `swap_head` given its last layer keeps the new head per pixel.
+HEAD_LAYERS = {"UNet": "mask_logits"}
+
+
 def transfer(name, model, data, folder):
     (x, y), _ = data
-    new = swap_head(model, 5)
+    new = swap_head(model, 5, head_layer=HEAD_LAYERS.get(name))
     new.compile(
         "adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
