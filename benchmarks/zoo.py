@@ -23,6 +23,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import traceback
 
@@ -61,7 +62,9 @@ class Outcome:
 
     def cell(self):
         if self.status != "ok":
-            return f"{self.status}: {self.reason[:160]}".replace("|", "/")
+            # Cut at a word, marked: the whole reason is in the rows file.
+            reason = textwrap.shorten(self.reason, 200, placeholder=" [...]")
+            return f"{self.status}: {reason}".replace("|", "/")
         return ", ".join(f"{k} {_fmt(k, v)}" for k, v in self.figures.items())
 
 
