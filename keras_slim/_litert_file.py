@@ -35,15 +35,37 @@ def _structure(data):
     return _tflite_file.read_io_structure(data)
 
 
+# LiteRT's CPU kernel sets, by the name `keras_slim.litert` takes: the
+# XNNPACK delegate (LiteRT's default, what an app gets), LiteRT's built-in
+# optimized kernels without it, and its reference kernels (the plain
+# integer arithmetic that TensorFlow Lite Micro's kernels follow).
+KERNELS = {
+    "xnnpack": "AUTO",
+    "builtin": "BUILTIN_WITHOUT_DEFAULT_DELEGATES",
+    "reference": "BUILTIN_REF",
+}
+
+
+def check_kernels(kernels):
+    """`kernels` if it names one of `KERNELS`, else `ValueError`."""
+    return _validation.check_choice("kernels", kernels, tuple(KERNELS))
+
+
 class File:
     """An interpreter with the file's inputs/outputs and their structure."""
 
     def __init__(
-        self, filepath=None, content=None, threads=None, preserve=False
+        self,
+        filepath=None,
+        content=None,
+        threads=None,
+        preserve=False,
+        kernels="xnnpack",
     ):
         from ai_edge_litert.interpreter import Interpreter
         from ai_edge_litert.interpreter import OpResolverType
 
+        check_kernels(kernels)
         if content is None:
             filepath = _validation.check_input_file("filepath", filepath)
             with open(filepath, "rb") as f:
@@ -51,6 +73,10 @@ class File:
             _validation.check_tflite_bytes(content[:8], filepath)
         self.content = bytes(content)
         extra = {}
+        if kernels != "xnnpack":
+            extra["experimental_op_resolver_type"] = getattr(
+                OpResolverType, KERNELS[kernels]
+            )
         if preserve:  # every intermediate tensor readable after `invoke`
             extra = dict(
                 experimental_preserve_all_tensors=True,

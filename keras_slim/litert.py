@@ -49,7 +49,7 @@ def load_error(data):
     return ""
 
 
-def predict(filepath, x, threads=None):
+def predict(filepath, x, threads=None, kernels="xnnpack"):
     """Run a `.tflite` file on every sample of `x`; return float outputs.
 
     Inputs are quantized with the file's input scale and zero point when
@@ -68,14 +68,22 @@ def predict(filepath, x, threads=None):
         x: NumPy array of inputs, `(n, *input_shape)`, or a list or dict of
             such arrays for a model with several inputs.
         threads: Number of CPU threads for LiteRT (default: its own).
+        kernels: Which of LiteRT's CPU kernel sets runs the file:
+            `"xnnpack"` (LiteRT's default, the XNNPACK delegate, what an
+            app gets), `"builtin"` (LiteRT's built-in optimized kernels,
+            without XNNPACK) or `"reference"` (its reference kernels,
+            whose integer arithmetic TensorFlow Lite Micro's follow). An
+            int8 file's outputs differ between them by a step here and
+            there; check the one your target runs.
 
     Returns:
         A float32 NumPy array, `(n, *output_shape)`, or a list or dict of
         them for a model with several outputs.
 
     Raises:
-        ValueError: if the file is missing or not a `.tflite` file, or `x`
-            does not match its inputs.
+        ValueError: if the file is missing or not a `.tflite` file,
+            `kernels` is not one of the three, or `x` does not match its
+            inputs.
 
     Example:
 
@@ -85,12 +93,18 @@ def predict(filepath, x, threads=None):
     >>> _ = export_tflite(model, "m.tflite", quantization="float32")
     >>> predict("m.tflite", np.zeros((5, 4), "float32")).shape
     (5, 3)
+
+    The same file on LiteRT's reference kernels:
+
+    >>> predict("m.tflite", np.zeros((5, 4), "float32"),
+    ...         kernels="reference").shape
+    (5, 3)
     """
-    file = _File(filepath, threads=threads)
+    file = _File(filepath, threads=threads, kernels=kernels)
     return file.pack(file.run(file.arrays(x)))
 
 
-def evaluate(filepath, x, y, threads=None):
+def evaluate(filepath, x, y, threads=None, kernels="xnnpack"):
     """Top-1 accuracy of a classifier `.tflite` file on `(x, y)`.
 
     Args:
@@ -101,14 +115,15 @@ def evaluate(filepath, x, y, threads=None):
         y: Integer labels, `(n,)` (or one-hot, `(n, classes)`); a list or
             dict of them, one per output, for several outputs.
         threads: Number of CPU threads for LiteRT.
+        kernels: LiteRT's CPU kernel set, as in `predict`.
 
     Returns:
         Accuracy as a float in [0, 1]; a list or dict of them, one per
         output, for several outputs.
 
     Raises:
-        ValueError: if `x` and `y` differ in length, or `x` does not match
-            the file's input.
+        ValueError: if `x` and `y` differ in length, `x` does not match
+            the file's input, or `kernels` is not one of the three.
 
     Example:
 
@@ -120,7 +135,7 @@ def evaluate(filepath, x, y, threads=None):
     >>> evaluate("m.tflite", np.array([[1., 0.], [0., 1.]]), np.array([0, 1]))
     1.0
     """
-    file = _File(filepath, threads=threads)
+    file = _File(filepath, threads=threads, kernels=kernels)
     arrays = file.arrays(x)
     labels = _flat_outputs(y, file.output_names)
     if len(labels) != len(file.outputs):
@@ -222,7 +237,9 @@ def _comparison(expected, actual, per_position=False):
     )
 
 
-def compare(model, filepath, x, threads=None, per_position=False):
+def compare(
+    model, filepath, x, threads=None, per_position=False, kernels="xnnpack"
+):
     """Compare a `.tflite` file with the Keras model it was exported from.
 
     The check a mobile developer runs before shipping: on the same inputs,
@@ -247,6 +264,8 @@ def compare(model, filepath, x, threads=None, per_position=False):
             positions (every index but the last axis) whose top-1 class
             over the last axis is the same. Each output needs a last axis
             of at least 2 classes.
+        kernels: LiteRT's CPU kernel set that runs the file, as in
+            `predict`.
 
     Returns:
         A `Comparison` (`agreement`, `max_abs_error`, `mean_abs_error`,
@@ -257,8 +276,9 @@ def compare(model, filepath, x, threads=None, per_position=False):
         TypeError: if `model` is not a Keras model, or `per_position` is
             not a bool.
         ValueError: if `x` does not match the file's input shape, the
-            model's and file's outputs differ in number or shape, or
-            `per_position` is set for an output with no class axis.
+            model's and file's outputs differ in number or shape,
+            `per_position` is set for an output with no class axis, or
+            `kernels` is not one of the three.
 
     Example:
 
@@ -282,7 +302,7 @@ def compare(model, filepath, x, threads=None, per_position=False):
     """
     _validation.check_model(model)
     _validation.check_type("per_position", per_position, bool, "a bool")
-    file = _File(filepath, threads=threads)
+    file = _File(filepath, threads=threads, kernels=kernels)
     arrays = file.arrays(x)
     keras_x = (
         x if isinstance(x, dict) else (arrays if len(arrays) > 1 else arrays[0])

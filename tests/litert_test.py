@@ -50,6 +50,56 @@ def test_latency_grows_with_the_work_a_file_does(float_file, tmp_path):
     assert str(cnn).startswith(f"median {cnn.median_ms:.3f} ms")
 
 
+def test_kernels_runs_the_int8_file_on_each_litert_kernel_set(
+    trained_cnn, digits, tmp_path
+):
+    (x, _), (x_test, y_test) = digits
+    path = str(tmp_path / "cnn_int8.tflite")
+    export_tflite(trained_cnn, path, representative_data=x[:200])
+    outputs = {
+        kernels: litert.predict(path, x_test, kernels=kernels)
+        for kernels in ("xnnpack", "builtin", "reference")
+    }
+    # The default is XNNPACK, LiteRT's own default.
+    np.testing.assert_array_equal(
+        litert.predict(path, x_test), outputs["xnnpack"]
+    )
+    # Each set rounds its own way: the same int8 file gives other outputs
+    # (a step apart here and there) but the same decisions, almost always.
+    top1 = outputs["xnnpack"].argmax(-1)
+    for kernels in ("builtin", "reference"):
+        assert np.any(outputs[kernels] != outputs["xnnpack"]), kernels
+        assert np.mean(outputs[kernels].argmax(-1) == top1) >= 0.97, kernels
+        assert litert.evaluate(
+            path, x_test, y_test, kernels=kernels
+        ) == pytest.approx(np.mean(outputs[kernels].argmax(-1) == y_test))
+        result = litert.compare(trained_cnn, path, x_test, kernels=kernels)
+        assert result.agreement >= 0.95, kernels
+
+
+@pytest.mark.parametrize("call", ["predict", "evaluate", "compare"])
+def test_unknown_kernels_are_refused_before_the_file_is_read(
+    call, trained_cnn, tmp_path
+):
+    missing = str(tmp_path / "not_written.tflite")
+    x = np.zeros((2, 32, 32, 1), "float32")
+    run = {
+        "predict": lambda: litert.predict(missing, x, kernels="gpu"),
+        "evaluate": lambda: litert.evaluate(
+            missing, x, np.zeros(2), kernels="gpu"
+        ),
+        "compare": lambda: litert.compare(
+            trained_cnn, missing, x, kernels="gpu"
+        ),
+    }[call]
+    with pytest.raises(
+        ValueError,
+        match="`kernels` to be one of 'xnnpack', 'builtin', 'reference'. "
+        "Received: kernels='gpu'",
+    ):
+        run()
+
+
 def test_compare_refuses_data_of_the_wrong_shape(trained_cnn, float_file):
     with pytest.raises(
         ValueError,

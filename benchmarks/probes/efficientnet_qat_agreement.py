@@ -36,44 +36,20 @@ from keras_slim.quantization import error_report  # noqa: E402
 MARGINS = (0.05, 0.2)
 
 
-# LiteRT's CPU kernels: XNNPACK (its default delegate, what
-# `litert.predict` runs), its built-in optimized kernels without the
-# delegate, and its built-in reference kernels.
-RESOLVERS = ("XNNPACK", "built-in", "reference")
+# LiteRT's CPU kernel sets by their printed names: XNNPACK (its default
+# delegate), its built-in optimized kernels without the delegate, and its
+# reference kernels (`litert.predict(..., kernels=...)`).
+RESOLVERS = {
+    "XNNPACK": "xnnpack",
+    "built-in": "builtin",
+    "reference": "reference",
+}
 
 
 def run_file(path, x, kind):
-    """The float outputs of the `.tflite` file at `path` on `x`, one
-    sample at a time, with LiteRT's kernels of `kind` (`RESOLVERS`)."""
-    from ai_edge_litert.interpreter import Interpreter
-    from ai_edge_litert.interpreter import OpResolverType
-
-    resolver = {
-        "XNNPACK": OpResolverType.AUTO,
-        "built-in": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-        "reference": OpResolverType.BUILTIN_REF,
-    }[kind]
-    interpreter = Interpreter(
-        model_path=path, experimental_op_resolver_type=resolver
-    )
-    interpreter.allocate_tensors()
-    given = interpreter.get_input_details()[0]
-    taken = interpreter.get_output_details()[0]
-    outputs = []
-    for sample in x:
-        value = sample[None].astype("float32")
-        if given["dtype"] != np.float32:
-            scale, zero = given["quantization"]
-            info = np.iinfo(given["dtype"])
-            value = np.clip(np.round(value / scale) + zero, info.min, info.max)
-        interpreter.set_tensor(given["index"], value.astype(given["dtype"]))
-        interpreter.invoke()
-        out = interpreter.get_tensor(taken["index"]).astype("float32")
-        if taken["dtype"] != np.float32:
-            scale, zero = taken["quantization"]
-            out = (out - zero) * scale
-        outputs.append(out[0])
-    return np.stack(outputs)
+    """The float outputs of the `.tflite` file at `path` on `x` with
+    LiteRT's kernels of `kind` (a key of `RESOLVERS`)."""
+    return litert.predict(path, x, kernels=RESOLVERS[kind])
 
 
 def run(name, epochs, seed, save=None):
