@@ -708,6 +708,24 @@ def test_a_model_with_nothing_to_prune_is_refused_naming_each_layer():
     assert copy.count_params() == _lstm_classifier().count_params()
 
 
+def test_nothing_to_prune_says_first_why_the_chosen_layers_cannot_lose_any():
+    layers = [keras.Input((8, 8, 1))]
+    layers += [
+        keras.layers.Conv2D(8, 3, padding="same", name=f"conv{i}")
+        for i in range(10)
+    ]
+    layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)]
+    model = keras.Sequential(layers)
+    with pytest.raises(ValueError) as info:
+        prune_channels(model, 0.5, filters=model.layers[-1].name)
+    message = str(info.value)
+    assert message.index("its channels reach a model output") < message.index(
+        "'conv0' (Conv2D): not matched by `filters`"
+    )
+    assert "'conv6' (Conv2D)" in message and "'conv7'" not in message
+    assert "and 3 more layers" in message
+
+
 def test_channel_pruning_with_nothing_to_prune_stops_before_the_first_step():
     model = _lstm_classifier()
     model.compile("adam", "sparse_categorical_crossentropy")

@@ -11,6 +11,7 @@ from keras_slim import _validation
 from keras_slim.pruning import _graph
 
 CRITERIA = ("l1", "l2", "bn_gamma")
+_UNMATCHED = "not matched by `filters`"
 
 
 def check_args(fraction, criterion, min_channels, round_to, name):
@@ -40,7 +41,7 @@ def analyse(model, filters, criterion):
     skipped = {}
     for name in analysis.producers:
         if name not in selected:
-            skipped[name] = "not matched by `filters`"
+            skipped[name] = _UNMATCHED
     norms = {}
     for node in analysis.nodes:
         if node.role == "norm" and node.inputs:
@@ -60,9 +61,12 @@ def why_none(analysis, skipped):
     """Why no channel of `analysis`'s model can be pruned: one clause per
     Conv/Dense layer (`skipped`'s reasons) and per layer with weights
     whose channels this analysis does not map (an LSTM, an Embedding)."""
+    # The layers `filters` left out last: the others say why what the
+    # user asked for cannot be pruned.
+    ordered = sorted(skipped.items(), key=lambda item: item[1] == _UNMATCHED)
     clauses = [
         f"{name!r} ({analysis.by_name[name].kind}): {reason}"
-        for name, reason in skipped.items()
+        for name, reason in ordered
     ]
     reasons = {node.name: reason for node, reason, _ in analysis.deferred}
     for node in analysis.nodes:
@@ -76,6 +80,8 @@ def why_none(analysis, skipped):
             clauses.append(
                 f"{node.name!r} ({node.kind}): its units are not pruned ({why})"
             )
+    if len(clauses) > 8:  # a large model: the first ones say enough
+        clauses = clauses[:8] + [f"and {len(clauses) - 8} more layers"]
     return "; ".join(clauses) or "it has no Conv or Dense layer"
 
 
