@@ -46,11 +46,6 @@ KERNELS = {
 }
 
 
-def check_kernels(kernels):
-    """`kernels` if it names one of `KERNELS`, else `ValueError`."""
-    return _validation.check_choice("kernels", kernels, tuple(KERNELS))
-
-
 class File:
     """An interpreter with the file's inputs/outputs and their structure."""
 
@@ -65,7 +60,7 @@ class File:
         from ai_edge_litert.interpreter import Interpreter
         from ai_edge_litert.interpreter import OpResolverType
 
-        check_kernels(kernels)
+        _validation.check_choice("kernels", kernels, tuple(KERNELS))
         if content is None:
             filepath = _validation.check_input_file("filepath", filepath)
             with open(filepath, "rb") as f:

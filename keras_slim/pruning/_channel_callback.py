@@ -118,7 +118,8 @@ class ChannelPruning(keras.callbacks.Callback):
         self._analysis, self._scores, skipped = _selection.analyse(
             model, self.filters, self.criterion
         )
-        if not self._analysis.classes():
+        self._prunable = list(self._analysis.classes())
+        if not self._prunable:
             # Refused before the first step: the whole `fit` would
             # otherwise train with nothing pruned.
             raise _selection.nothing_to_prune(
@@ -126,7 +127,6 @@ class ChannelPruning(keras.callbacks.Callback):
             )
         values = _constants.constants(self._analysis)
         live = _constants.live_roots(self._analysis, values)
-        self._prunable = list(self._analysis.classes())
         self._pruned = {r for r in self._prunable if r not in live}
         self._fraction_now = None
         self._last_step = None
