@@ -204,14 +204,23 @@ def flat_outputs(structure, names):
     return [np.asarray(structure)]
 
 
-def agreement(expected, actual):
+def agreement(expected, actual, per_position=False):
     """Per-output agreement of two `(n, ...)` arrays.
 
     Outputs with several values per sample agree when their top-1 index
     (over the flattened sample) is the same; single-value outputs
     (regression) when they differ by at most 10% of the largest
-    magnitude of the expected values.
+    magnitude of the expected values. With `per_position`, the share of
+    positions (every index but the last axis) that agree: same top-1
+    over the last axis, or, for a last axis of 1, within that 10%.
     """
+    if per_position:
+        e = expected.astype("float32")
+        a = actual.astype("float32")
+        if e.shape[-1] > 1:
+            return float(np.mean(np.argmax(e, -1) == np.argmax(a, -1)))
+        tolerance = 0.1 * max(float(np.abs(e).max()), 1e-6)
+        return float(np.mean(np.abs(e - a) <= tolerance))
     n = len(expected)
     e = expected.reshape(n, -1).astype("float32")
     a = actual.reshape(n, -1).astype("float32")

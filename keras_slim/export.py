@@ -280,7 +280,9 @@ def export_tflite(
         min_agreement: Refuse the file if, for any output, the fraction of
             verification samples on which it agrees with Keras (same top-1
             index; for single-value outputs, within 10% of the largest
-            expected magnitude) is below this. Default 0.5: trained
+            expected magnitude; for an output with spatial or sequence
+            axes, the fraction of its positions, each by its last axis) is
+            below this. Default 0.5: trained
             models' int8 files agree 97-100%; a miscalibrated one 14-24%.
             Untrained deep models, whose outputs are near ties, can land
             below too (an untrained MobileNetV3Small on random 0-255

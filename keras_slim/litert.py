@@ -18,7 +18,7 @@ import numpy as np
 
 from keras_slim import _validation
 from keras_slim._litert_file import File as _File
-from keras_slim._litert_file import agreement as _top1
+from keras_slim._litert_file import agreement as _agreement
 from keras_slim._litert_file import flat_outputs as _flat_outputs
 
 
@@ -222,12 +222,8 @@ class Comparison:
 
 def _comparison(expected, actual, per_position=False):
     error = np.abs(expected.astype("float32") - actual.astype("float32"))
-    positions = None
-    if per_position:
-        same = np.argmax(expected, -1) == np.argmax(actual, -1)
-        agreement, positions = float(np.mean(same)), int(same.size)
-    else:
-        agreement = _top1(expected, actual)
+    agreement = _agreement(expected, actual, per_position)
+    positions = int(np.prod(expected.shape[:-1])) if per_position else None
     return Comparison(
         agreement=agreement,
         max_abs_error=float(error.max()),

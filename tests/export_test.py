@@ -565,3 +565,28 @@ def test_parity_check_allows_one_step_on_rounding_ties_only():
     with pytest.raises(ValueError, match=r"difference inf"):
         check_parity(expected, nan, "jax")
     check_parity(nan, nan, "jax")
+
+
+def test_a_per_pixel_output_is_verified_pixel_by_pixel(tmp_path):
+    # Class 0 wins at every pixel by a wide margin, but its logit (the
+    # pixel, 0.95-1.0) is two int8 steps wide: one top-1 over the whole
+    # map, where the largest logit sits, agreed on 6% of the samples and
+    # refused this file; pixel by pixel they agree everywhere.
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.95, 1.0, (64, 8, 8, 1)).astype("float32")
+    model = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Conv2D(3, 1, name="pixels")]
+    )
+    model.layers[0].set_weights(
+        [
+            np.array([[[[1.0, 0.0, 0.0]]]], "float32"),
+            np.array([0.0, -5.0, 0.0], "float32"),
+        ]
+    )
+    path = str(tmp_path / "pixels.tflite")
+    report = export_tflite(model, path, representative_data=x)
+    assert report.agreement == {"pixels": 1.0}
+    assert report.info.int8_only
+    # Per pixel, the share of positions.
+    result = litert.compare(model, path, x, per_position=True)
+    assert result.agreement == 1.0 and result.positions == 64 * 8 * 8
