@@ -283,7 +283,9 @@ def test_a_refusal_for_low_agreement_names_the_rescaling_sliver(
     # for that figure to see what the user is told.
     from keras_slim import _verify
 
-    monkeypatch.setattr(_verify._litert_file, "agreement", lambda e, a: 0.24)
+    monkeypatch.setattr(
+        _verify._litert_file, "agreement", lambda e, a, per_position: 0.24
+    )
     with pytest.raises(
         ValueError, match=r"'dense' 24.0%.*Layer 'prep'.*\[0, 255\]"
     ):
